@@ -1,0 +1,177 @@
+"""Every number of the method in one place, with the paper's values as defaults.
+
+The paper is Wang, Sailor, Liu, Aw, "Contextual Paralinguistic Data Creation for Multi-Modal
+Speech-LLM: Data Condensation and Spoken QA Generation" (Interspeech 2025).
+
+Two profiles exist:
+- ``paper``: the real checkpoints from the model hub (needs network or a warm HF cache);
+- ``tiny``: the same code paths with tiny random-weight models built locally (offline demo, tests).
+
+A config is a tree of dataclasses; ``Config.from_dict`` / ``to_dict`` round-trip it through YAML or
+JSON, and ``with_overrides`` applies ``"dotted.key=value"`` strings from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PAPER_EMOTION_MODELS = (
+    "iic/emotion2vec_plus_large",
+    "iic/emotion2vec_plus_base",
+    "iic/emotion2vec_plus_seed",
+)
+PAPER_DIMENSION_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
+# Any transformers audio-classification checkpoint whose labels say female/male works here.
+DEFAULT_GENDER_MODEL = "alefiury/wav2vec2-large-xlsr-53-gender-recognition-librispeech"
+
+# α per emotion (paper, Algorithm 1). Neutral is not a target category in the paper: a segment
+# whose only consistent label is neutral is dropped. Add "neutral": k to make it one.
+PAPER_ALPHA = {"angry": 10, "disgusted": 10, "fearful": 4, "happy": 4, "sad": 2, "surprised": 3}
+
+
+@dataclass
+class VadConfig:
+    """silero-vad settings, and how its short speech regions become 30-60 s segments."""
+
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    min_silence_ms: int = 100
+    speech_pad_ms: int = 30
+    # Consecutive speech regions closer than this are joined into one segment, as long as the
+    # joined segment stays within max_segment_s (a longer pause always starts a new segment).
+    merge_gap_s: float = 2.0
+
+
+@dataclass
+class WindowSpec:
+    """A labelling window: the label covers ``label_s`` seconds, the model hears ``context_s`` more on each side."""
+
+    label_s: float = 2.0
+    context_s: float = 1.0
+    # The remainder after the last full window is kept as a shorter window when it lasts at
+    # least this fraction of label_s, and dropped otherwise.
+    min_last_fraction: float = 0.5
+
+
+@dataclass
+class CondenseConfig:
+    """Algorithm 1: valence consistency (x, y), occurrence thresholds (α), balanced sampling."""
+
+    x: float = 0.5  # v_pos_min = x, v_neg_max = 1 - x
+    y: float = 0.4  # v_neu_min = y, v_neu_max = 1 - y
+    alpha: dict[str, int] = field(default_factory=lambda: dict(PAPER_ALPHA))
+    samples_per_category: int = 80
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    emotion: list[str] = field(default_factory=lambda: list(PAPER_EMOTION_MODELS))
+    dimension: str = PAPER_DIMENSION_MODEL
+    gender: str = DEFAULT_GENDER_MODEL
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # "auto" (cuda by rank when available, else cpu), "cpu", "cuda", "cuda:1"
+    batch_size: int = 16  # windows per labelling batch
+    num_proc: int | None = None  # datasets.map processes for the labellers (one per GPU)
+
+
+@dataclass
+class Config:
+    profile: str = "paper"
+    sample_rate: int = 16_000
+    min_segment_s: float = 30.0  # τ
+    max_segment_s: float = 60.0
+    vad: VadConfig = field(default_factory=VadConfig)
+    emotion_window: WindowSpec = field(default_factory=lambda: WindowSpec(2.0, 1.0))
+    gender_window: WindowSpec = field(default_factory=lambda: WindowSpec(2.0, 0.5))
+    condense: CondenseConfig = field(default_factory=CondenseConfig)
+    models: ModelConfig = field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    # ---- thresholds derived from the two knobs -------------------------------------------
+    @property
+    def thresholds(self) -> dict[str, float]:
+        x, y = self.condense.x, self.condense.y
+        return {"v_pos_min": x, "v_neg_max": 1 - x, "v_neu_min": y, "v_neu_max": 1 - y}
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _from_dict(cls, data, path="")
+
+    def with_overrides(self, overrides: list[str]) -> Config:
+        """Apply ``section.key=value`` strings; values are parsed as JSON when they can be."""
+        data = self.to_dict()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"override {item!r}: no config section {part!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ValueError(f"override {item!r}: unknown config key {key!r}")
+            node[leaf] = value
+        return Config.from_dict(data)
+
+
+def _from_dict(cls, data: dict[str, Any], path: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(path + k for k in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_type(known[name].type)
+        kwargs[name] = _from_dict(sub, value, f"{path}{name}.") if sub and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation) -> type | None:
+    # Annotations are strings under ``from __future__ import annotations``.
+    return {
+        "VadConfig": VadConfig,
+        "WindowSpec": WindowSpec,
+        "CondenseConfig": CondenseConfig,
+        "ModelConfig": ModelConfig,
+        "RuntimeConfig": RuntimeConfig,
+    }.get(str(annotation))
+
+
+def paper_config() -> Config:
+    return Config()
+
+
+def tiny_config(model_dir: str) -> Config:
+    """The offline profile: the method's numbers stay the paper's, only the models are swapped
+    for tiny random-weight ones built under ``model_dir`` (see ``build.tiny``)."""
+    from pathlib import Path
+
+    root = Path(model_dir)
+    config = Config(profile="tiny")
+    config.models = ModelConfig(
+        emotion=[str(root / f"emotion2vec_tiny_{i}") for i in range(3)],
+        dimension=str(root / "msp_dim_tiny"),
+        gender=str(root / "gender_tiny"),
+    )
+    config.runtime.batch_size = 8
+    return config

@@ -1,0 +1,194 @@
+"""Stage 4, categorical SER: an emotion2vec+ ensemble run through FunASR, posteriors averaged.
+
+Input columns (one row per labelling window): ``audio_path``, ``ctx_start``, ``ctx_end`` (seconds;
+the span the model hears). Output columns, and only these (``schema.CATEGORICAL_OUTPUT``):
+
+- ``emotion``: the label with the highest averaged posterior, one of ``schema.EMOTION_LABELS``;
+- ``emotion_scores``: nine floats, the ensemble's mean posterior in ``EMOTION_LABELS`` order;
+- ``emotion_error``: null, or a message naming the file and the problem (then the other two are
+  null). A window that fails never fails its batch.
+
+Each member is a FunASR ``AutoModel`` (hub id or local folder), loaded once per process and device.
+Its labels are bilingual tokens (``生气/angry``, ``<unk>``); they are parsed and each member's scores
+are put into ``EMOTION_LABELS`` order by label, never by position, because checkpoints differ
+(the 5-class releases of emotion2vec+ hide four labels, which then get probability 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import devices
+from .audio import SAMPLE_RATE, AudioError, decode_spans
+from .schema import EMOTION_LABELS
+
+# FunASR maps the ModelScope ids (iic/emotion2vec_plus_*) to their Hugging Face mirrors
+# (emotion2vec/emotion2vec_plus_*), so "hf" serves the paper's ids through the HF cache and
+# HF_HUB_OFFLINE; "ms" (FunASR's default) downloads the same checkpoints from ModelScope.
+DEFAULT_HUB = "hf"
+# FunASR's placeholder for a label hidden in a 5-class checkpoint; it masks these to probability 0.
+_UNUSED_TOKEN_PREFIX = "unuse"
+_LABEL_INDEX = {label: i for i, label in enumerate(EMOTION_LABELS)}
+
+
+def parse_emotion_label(token: str, model_id: str | None = None) -> str:
+    """``生气/angry`` -> ``angry``; ``<unk>`` -> ``unknown``; plain English labels pass through."""
+    label = "unknown" if token.strip() == "<unk>" else token.rsplit("/", 1)[-1].strip().lower()
+    if label not in _LABEL_INDEX:
+        source = f" from {model_id}" if model_id else ""
+        raise ValueError(f"unknown emotion2vec label token {token!r}{source}; expected one of {EMOTION_LABELS}")
+    return label
+
+
+def scores_in_label_order(labels: Sequence[str], scores: Sequence[float], model_id: str | None = None) -> list[float]:
+    """One member's (labels, scores) as nine scores in ``EMOTION_LABELS`` order; absent labels get 0."""
+    if len(labels) != len(scores):
+        raise ValueError(f"{model_id}: {len(labels)} labels but {len(scores)} scores")
+    ordered = [0.0] * len(EMOTION_LABELS)
+    seen: set[str] = set()
+    for token, score in zip(labels, scores):
+        if token.startswith(_UNUSED_TOKEN_PREFIX):
+            continue
+        label = parse_emotion_label(token, model_id)
+        if label in seen:
+            raise ValueError(f"{model_id}: label {label!r} appears twice in {list(labels)}")
+        seen.add(label)
+        ordered[_LABEL_INDEX[label]] = float(score)
+    return ordered
+
+
+def average_posteriors(posteriors: Sequence[Sequence[float]]) -> list[float]:
+    """Mean of the members' posteriors, each renormalised to sum to 1 first."""
+    if not posteriors:
+        raise ValueError("no posteriors to average")
+    matrix = np.asarray(posteriors, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise ValueError(f"posteriors must all have the same length, got {[len(p) for p in posteriors]}")
+    totals = matrix.sum(axis=1, keepdims=True)
+    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0) or np.any(totals <= 0):
+        raise ValueError(f"posteriors must be finite, non-negative and not all zero: {matrix.tolist()}")
+    return (matrix / totals).mean(axis=0).tolist()
+
+
+def _load_member(model_id: str, device: str, hub: str):
+    import torch
+    from funasr import AutoModel
+
+    return AutoModel(
+        model=model_id,
+        hub=hub,
+        device=device,
+        disable_update=True,  # no version check over the network
+        disable_pbar=True,
+        log_level="WARNING",
+        # FunASR sets torch's thread count to ncpu (default 4) on load and on every generate call.
+        ncpu=torch.get_num_threads(),
+    )
+
+
+def _member(model_id: str, device: str, hub: str):
+    return devices.cached(("emotion2vec", model_id, device, hub), lambda: _load_member(model_id, device, hub))
+
+
+def _generate(model, clips: list[np.ndarray]) -> list[dict]:
+    results = model.generate(
+        clips,
+        batch_size=len(clips),
+        fs=SAMPLE_RATE,
+        granularity="utterance",
+        extract_embedding=False,
+    )
+    if len(results) != len(clips):
+        raise RuntimeError(f"FunASR returned {len(results)} results for {len(clips)} clips")
+    return results
+
+
+def _member_posteriors(model_id: str, model, clips: list[np.ndarray]) -> list[list[float] | Exception]:
+    """Posteriors of one member, in input order. FunASR gives every array in a list the same key,
+    so results are matched to clips by position. If the batch fails, each clip is retried alone
+    to find the ones at fault."""
+    try:
+        results = _generate(model, clips)
+    except Exception:
+        results = []
+        for clip in clips:
+            try:
+                results.extend(_generate(model, [clip]))
+            except Exception as exc:
+                results.append(exc)
+    return [
+        result if isinstance(result, Exception) else scores_in_label_order(result["labels"], result["scores"], model_id)
+        for result in results
+    ]
+
+
+def _clip_problem(clip: np.ndarray | AudioError) -> str | None:
+    if isinstance(clip, AudioError):
+        return str(clip)
+    if clip.size == 0:
+        return "empty span"
+    return None
+
+
+def _span(path: str, start: float, end: float) -> str:
+    return f"{path} [{start:.3f}-{end:.3f} s]"
+
+
+def label_categorical_emotion(
+    batch: dict[str, list],
+    rank: int | None = None,
+    *,
+    model_ids: list[str],
+    device: str = "auto",
+    hub: str = DEFAULT_HUB,
+) -> dict[str, list]:
+    """Batched map function: emotion, emotion_scores, emotion_error for each window."""
+    if not model_ids:
+        raise ValueError("model_ids is empty: the emotion stage needs at least one emotion2vec model")
+    paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
+    clips = decode_spans(paths, starts, ends)
+    errors: list[str | None] = []
+    for path, start, end, clip in zip(paths, starts, ends, clips):
+        problem = _clip_problem(clip)
+        if problem is None:
+            errors.append(None)
+        elif isinstance(clip, AudioError):
+            errors.append(problem)  # AudioError already names the file
+        else:
+            errors.append(f"{_span(path, start, end)}: {problem}")
+
+    usable = [i for i, error in enumerate(errors) if error is None]
+    per_item: dict[int, list[list[float]]] = {i: [] for i in usable}
+    if usable:
+        run_device = devices.device_for(rank, device)
+        usable_clips = [clips[i] for i in usable]
+        for model_id in model_ids:
+            posteriors = _member_posteriors(model_id, _member(model_id, run_device, hub), usable_clips)
+            for i, posterior in zip(usable, posteriors):
+                if errors[i] is not None:
+                    continue
+                if isinstance(posterior, Exception):
+                    errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {model_id} failed ({_first_line(posterior)})"
+                else:
+                    per_item[i].append(posterior)
+
+    emotions: list[str | None] = [None] * len(paths)
+    scores: list[list[float] | None] = [None] * len(paths)
+    for i in usable:
+        if errors[i] is not None:
+            continue
+        try:
+            averaged = average_posteriors(per_item[i])
+        except ValueError as exc:
+            errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {exc}"
+            continue
+        scores[i] = averaged
+        emotions[i] = EMOTION_LABELS[int(np.argmax(averaged))]
+    return {"emotion": emotions, "emotion_scores": scores, "emotion_error": errors}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

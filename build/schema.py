@@ -1,0 +1,109 @@
+"""Label sets and the columns each stage adds: the contract between stages.
+
+Times are seconds from the start of the recording. Audio is never copied between stages: rows carry
+``audio_path`` plus ``start``/``end`` and decode the span on demand (``build.audio``).
+"""
+
+from __future__ import annotations
+
+from datasets import Features, List, Value
+
+# emotion2vec+ output order (its tokens.txt), which is also alphabetical.
+EMOTION_LABELS = (
+    "angry",
+    "disgusted",
+    "fearful",
+    "happy",
+    "neutral",
+    "other",
+    "sad",
+    "surprised",
+    "unknown",
+)
+SENTIMENT_CLASSES = {
+    "positive": frozenset({"happy"}),
+    "neutral": frozenset({"neutral"}),
+    "ambiguous": frozenset({"surprised"}),
+    "negative": frozenset({"angry", "disgusted", "fearful", "sad"}),
+}
+GENDER_LABELS = ("female", "male")
+DIMENSIONS = ("arousal", "dominance", "valence")  # audeering MSP-Podcast output order
+
+# stage 0: ingest -> one row per recording
+RECORDING = Features(
+    {
+        "recording_id": Value("string"),
+        "audio_path": Value("string"),
+        "duration": Value("float64"),  # seconds; null when the file could not be probed
+        "error": Value("string"),  # null when the file opened
+    }
+)
+
+# stage 1: VAD -> new columns on the recording rows
+VAD_OUTPUT = Features({"speech": List({"start": Value("float64"), "end": Value("float64")}), "vad_error": Value("string")})
+
+# stage 2: one row per segment
+SEGMENT = Features(
+    {
+        "segment_id": Value("string"),  # {recording_id}-{index:04d}
+        "recording_id": Value("string"),
+        "audio_path": Value("string"),
+        "start": Value("float64"),
+        "end": Value("float64"),
+    }
+)
+
+# stage 3: one row per labelling window (one table per labeller)
+WINDOW = Features(
+    {
+        "segment_id": Value("string"),
+        "recording_id": Value("string"),
+        "audio_path": Value("string"),
+        "start": Value("float64"),  # labelled span
+        "end": Value("float64"),
+        "ctx_start": Value("float64"),  # what the model hears
+        "ctx_end": Value("float64"),
+    }
+)
+
+# stage 4-6: columns each labeller adds to its window rows
+CATEGORICAL_OUTPUT = Features(
+    {"emotion": Value("string"), "emotion_scores": List(Value("float32")), "emotion_error": Value("string")}
+)
+DIMENSIONAL_OUTPUT = Features(
+    {
+        "arousal": Value("float32"),
+        "dominance": Value("float32"),
+        "valence": Value("float32"),
+        "dimension_error": Value("string"),
+    }
+)
+GENDER_OUTPUT = Features(
+    {"gender": Value("string"), "gender_score": Value("float32"), "gender_error": Value("string")}
+)
+
+EMOTION_WINDOW = {
+    "start": Value("float64"),
+    "end": Value("float64"),
+    "emotion": Value("string"),  # after X_E: "unknown" when inconsistent with valence
+    "raw_emotion": Value("string"),  # the classifier's own label
+    "emotion_scores": List(Value("float32")),  # 9 scores in EMOTION_LABELS order
+    "arousal": Value("float32"),
+    "dominance": Value("float32"),
+    "valence": Value("float32"),
+    "consistent": Value("bool"),
+}
+GENDER_WINDOW = {"start": Value("float64"), "end": Value("float64"), "gender": Value("string"), "gender_score": Value("float32")}
+
+# stage 7: a condensed, labelled segment
+CONDENSED_SEGMENT = Features(
+    {
+        **SEGMENT,
+        "emotion_windows": List(EMOTION_WINDOW),
+        "gender_windows": List(GENDER_WINDOW),
+        "emotion_counts": {label: Value("int32") for label in EMOTION_LABELS},
+        "emotions": List(Value("string")),  # every category that passed its α
+        "primary_emotion": Value("string"),
+        "gender": Value("string"),  # majority over the gender windows
+    }
+)
