@@ -35,7 +35,7 @@ def _first_line(exc: BaseException) -> str:
 def probe_duration(path: str) -> float:
     """Duration in seconds from the container, falling back to a full decode when it has none."""
     decoder = _decoder(path, SAMPLE_RATE)
-    duration = decoder.metadata.duration_seconds
+    duration = decoder.metadata.duration_seconds_from_header
     if duration is None:
         duration = len(decode_span(path)) / SAMPLE_RATE
     if not duration or duration <= 0:

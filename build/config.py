@@ -42,7 +42,7 @@ class VadConfig:
     speech_pad_ms: int = 30
     # Consecutive speech regions closer than this are joined into one segment, as long as the
     # joined segment stays within max_segment_s (a longer pause always starts a new segment).
-    merge_gap_s: float = 2.0
+    merge_gap_s: float = 3.0
 
 
 @dataclass
