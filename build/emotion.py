@@ -16,7 +16,9 @@ are put into ``EMOTION_LABELS`` order by label, never by position, because check
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -72,24 +74,52 @@ def average_posteriors(posteriors: Sequence[Sequence[float]]) -> list[float]:
     return (matrix / totals).mean(axis=0).tolist()
 
 
+@contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """Undo FunASR's changes to the root logger: ``import funasr`` imports every submodule, one of
+    which calls ``logging.basicConfig(level=INFO)``, and ``AutoModel()`` calls it again."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def _load_member(model_id: str, device: str, hub: str):
     import torch
-    from funasr import AutoModel
 
-    return AutoModel(
-        model=model_id,
-        hub=hub,
-        device=device,
-        disable_update=True,  # no version check over the network
-        disable_pbar=True,
-        log_level="WARNING",
-        # FunASR sets torch's thread count to ncpu (default 4) on load and on every generate call.
-        ncpu=torch.get_num_threads(),
-    )
+    with root_logging_kept():
+        from funasr import AutoModel
+    # A second block, so that AutoModel's basicConfig(level=log_level) is the one in force while it loads.
+    with root_logging_kept():
+        return AutoModel(
+            model=model_id,
+            hub=hub,
+            device=device,
+            disable_update=True,  # no version check over the network
+            disable_pbar=True,
+            log_level="WARNING",
+            # FunASR sets torch's thread count to ncpu (default 4) on load and on every generate call.
+            ncpu=torch.get_num_threads(),
+        )
+
+
+def _load_member_or_explain(model_id: str, device: str, hub: str):
+    try:
+        return _load_member(model_id, device, hub)
+    except Exception as exc:
+        # FunASR prints a failed download and then fails with "model '<id>' is not registered".
+        raise RuntimeError(
+            f"cannot load emotion2vec model {model_id!r} (hub={hub!r}, device={device!r}): {_first_line(exc)}. "
+            "A hub id needs network access or a warm cache; a local folder needs config.yaml, model.pt "
+            "and tokens.txt."
+        ) from exc
 
 
 def _member(model_id: str, device: str, hub: str):
-    return devices.cached(("emotion2vec", model_id, device, hub), lambda: _load_member(model_id, device, hub))
+    return devices.cached(("emotion2vec", model_id, device, hub), lambda: _load_member_or_explain(model_id, device, hub))
 
 
 def _generate(model, clips: list[np.ndarray]) -> list[dict]:

@@ -148,3 +148,22 @@ def test_empty_span_fails_its_row_only(members, clips):
     out = label(batch, members[:1])
     assert out["emotion_error"][0] == f"{clips[0]} [1.000-1.000 s]: empty span"
     assert out["emotion_error"][1] is None and out["emotion"][1] in EMOTION_LABELS
+
+
+def test_clip_the_model_rejects_fails_its_row_only(members, clips):
+    # 10 ms is shorter than the conv front end's receptive field: FunASR raises for the whole
+    # batch, and the stage retries clip by clip to pin the failure on this row.
+    batch = {"audio_path": [clips[0], clips[1]], "ctx_start": [0.5, 0.5], "ctx_end": [2.5, 0.51]}
+    reference = label(windows([clips[0]]), members[:2])
+    out = label(batch, members[:2])
+    assert out["emotion_error"][0] is None
+    assert out["emotion_scores"][0] == pytest.approx(reference["emotion_scores"][0], abs=1e-6)
+    assert out["emotion_error"][1].startswith(f"{clips[1]} [0.500-0.510 s]: {members[0]} failed (RuntimeError: ")
+    assert out["emotion"][1] is None and out["emotion_scores"][1] is None
+
+
+def test_unloadable_model_is_a_clear_error(clips, tmp_path):
+    not_a_model = tmp_path / "empty_folder"
+    not_a_model.mkdir()
+    with pytest.raises(RuntimeError, match=r"cannot load emotion2vec model '.*empty_folder'"):
+        label(windows(clips[:1]), [str(not_a_model)])

@@ -167,7 +167,10 @@ _CONFIGURATION = {
 
 
 def _random_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    from funasr.models.emotion2vec.model import Emotion2vec
+    from ..emotion import root_logging_kept
+
+    with root_logging_kept():  # importing funasr switches the root logger to INFO
+        from funasr.models.emotion2vec.model import Emotion2vec
 
     # fork_rng keeps the caller's global RNG state untouched.
     with torch.random.fork_rng(devices=[]):

