@@ -63,7 +63,9 @@ class MspDimensionModel(Wav2Vec2PreTrainedModel):
         self.classifier = MspRegressionHead(config)
         self.post_init()
 
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    def forward(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> SequenceClassifierOutput:
         hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
         if attention_mask is None:
             pooled = hidden.mean(dim=1)

@@ -10,13 +10,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import math
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import Wav2Vec2FeatureExtractor
+from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
 from build.audio import decode_span
 from build.dimension import (
@@ -41,6 +42,7 @@ REAL_EMOTION_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / 
 MALE_NEUTRAL = str(REAL_EMOTION_SPEECH / "03-01-01-01-01-01-01.wav")
 FEMALE_NEUTRAL = str(REAL_EMOTION_SPEECH / "03-01-01-01-01-01-02.wav")
 MALE_ANGRY = str(REAL_EMOTION_SPEECH / "03-01-05-01-01-01-01.wav")
+FEMALE_ANGRY = str(REAL_EMOTION_SPEECH / "03-01-05-01-01-01-02.wav")
 MISSING = str(REAL_EMOTION_SPEECH / "no-such-recording.wav")
 
 
@@ -52,17 +54,20 @@ def windows(*spans: tuple[str, float, float]) -> dict[str, list]:
     }
 
 
-# Spans of different lengths, so a batch needs padding.
+# Spans of different lengths, so a batch needs padding. One span per file: decode_spans decodes a
+# file once over all its spans, and a sub-span decoded on its own can start one source sample
+# (1/48000 s) away from the same span sliced out of a longer decode, which would blur the comparison.
 MIXED_LENGTHS = windows(
     (MALE_NEUTRAL, 0.0, 3.0),
     (FEMALE_NEUTRAL, 0.5, 1.75),
     (MALE_ANGRY, 1.0, 3.2),
-    (MALE_NEUTRAL, 1.0, 2.0),
+    (FEMALE_ANGRY, 1.0, 2.0),
 )
 
 
 def one_by_one(label, batch: dict[str, list], **kwargs) -> dict[str, list]:
-    rows = [label(windows((path, start, end)), **kwargs) for path, start, end in zip(*batch.values())]
+    """Run a map function on each window alone and collect its columns."""
+    rows = [label(windows(batch_spans(batch, i)), **kwargs) for i in range(len(batch["audio_path"]))]
     return {column: [row[column][0] for row in rows] for column in rows[0]}
 
 
@@ -209,7 +214,7 @@ def test_group_norm_model_never_sees_padding(tmp_path):
     MspDimensionModel(config).save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(tmp_path)
     batch = windows(
-        (MALE_NEUTRAL, 0.0, 2.0), (FEMALE_NEUTRAL, 0.0, 1.0), (MALE_ANGRY, 1.0, 3.0), (FEMALE_NEUTRAL, 1.0, 2.0)
+        (MALE_NEUTRAL, 0.0, 2.0), (FEMALE_NEUTRAL, 0.0, 1.0), (MALE_ANGRY, 1.0, 3.0), (FEMALE_ANGRY, 1.0, 2.0)
     )
 
     batched = label_dimensions(batch, model_id=str(tmp_path), device="cpu")
@@ -234,7 +239,8 @@ def test_bad_windows_get_errors_and_the_rest_are_labelled(dimension_model):
         (FEMALE_NEUTRAL, 0.0, 2.5),
     )
     out = label_dimensions(batch, model_id=dimension_model, device="cpu")
-    alone = one_by_one(label_dimensions, windows(batch_spans(batch, 0), batch_spans(batch, 3)), model_id=dimension_model, device="cpu")
+    good = windows(batch_spans(batch, 0), batch_spans(batch, 3))
+    alone = one_by_one(label_dimensions, good, model_id=dimension_model, device="cpu")
 
     errors = out["dimension_error"]
     assert errors[0] is None and errors[3] is None
@@ -313,6 +319,23 @@ def test_gender_on_real_speech_is_the_softmax_of_a_direct_forward_pass(gender_mo
     np.testing.assert_allclose(out["gender_score"], alone["gender_score"], atol=1e-4)
 
 
+def test_gender_group_norm_model_runs_equal_length_groups(tmp_path):
+    torch.manual_seed(5)
+    config = tiny_gender_config(feat_extract_norm="group", do_stable_layer_norm=False)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(tmp_path)
+    batch = windows(
+        (MALE_NEUTRAL, 0.0, 2.0), (FEMALE_NEUTRAL, 0.0, 1.0), (MALE_ANGRY, 1.0, 3.0), (FEMALE_ANGRY, 1.0, 2.0)
+    )
+
+    batched = label_gender(batch, model_id=str(tmp_path), device="cpu")
+    alone = one_by_one(label_gender, batch, model_id=str(tmp_path), device="cpu")
+
+    assert batched["gender_error"] == [None] * 4
+    assert batched["gender"] == alone["gender"]
+    np.testing.assert_allclose(batched["gender_score"], alone["gender_score"], atol=1e-5)
+
+
 def test_gender_missing_file_is_named_and_the_rest_are_labelled(gender_model):
     batch = windows((FEMALE_NEUTRAL, 0.0, 2.0), (MISSING, 0.0, 2.0), (MALE_NEUTRAL, 0.0, 2.0))
     out = label_gender(batch, model_id=gender_model, device="cpu")
@@ -323,14 +346,13 @@ def test_gender_missing_file_is_named_and_the_rest_are_labelled(gender_model):
 
 
 def test_gender_model_with_unmappable_labels_is_refused_at_load(tmp_path):
-    build_dir = tmp_path / "unlabelled"
     torch.manual_seed(0)
-    from transformers import Wav2Vec2ForSequenceClassification
-
-    Wav2Vec2ForSequenceClassification(tiny_gender_config(id2label={0: "LABEL_0", 1: "LABEL_1"})).save_pretrained(build_dir)
-    tiny_feature_extractor().save_pretrained(build_dir)
-    with pytest.raises(ValueError, match=rf"{build_dir}: cannot map the model's labels \['LABEL_0', 'LABEL_1'\]"):
-        load_gender_model(str(build_dir), "cpu")
+    config = tiny_gender_config(id2label={0: "LABEL_0", 1: "LABEL_1"})  # a checkpoint saved without names
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tiny_feature_extractor().save_pretrained(tmp_path)
+    message = f"{tmp_path}: cannot map the model's labels ['LABEL_0', 'LABEL_1']"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_gender_model(str(tmp_path), "cpu")
 
 
 # --- the tiny builders --------------------------------------------------------------------------
@@ -338,11 +360,14 @@ def test_gender_model_with_unmappable_labels_is_refused_at_load(tmp_path):
 
 @pytest.mark.parametrize("build", [build_tiny_dimension_model, build_tiny_gender_model])
 def test_tiny_builders_are_fast_and_seeded(tmp_path, build):
+    rng_before = torch.get_rng_state()
     started = time.perf_counter()
     build(tmp_path / "a", seed=0)
     assert time.perf_counter() - started < 2.0
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
     build(tmp_path / "b", seed=0)
     build(tmp_path / "c", seed=1)
     files = {name: (tmp_path / name / "model.safetensors").read_bytes() for name in "abc"}
     assert files["a"] == files["b"] != files["c"]
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    saved = {path.name for path in (tmp_path / "a").iterdir()}
+    assert saved == {"config.json", "model.safetensors", "preprocessor_config.json"}

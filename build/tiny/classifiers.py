@@ -44,19 +44,18 @@ def _tiny_wav2vec2_config(**overrides) -> Wav2Vec2Config:
 
 def tiny_dimension_config(**overrides) -> Wav2Vec2Config:
     """wav2vec2-large-robust's layout in miniature, with the MSP-Podcast labels."""
-    return _tiny_wav2vec2_config(**{"id2label": dict(enumerate(DIMENSIONS)), "architectures": ["MspDimensionModel"], **overrides})
+    labels = {"id2label": dict(enumerate(DIMENSIONS)), "architectures": ["MspDimensionModel"]}
+    return _tiny_wav2vec2_config(**{**labels, **overrides})
 
 
 def tiny_gender_config(**overrides) -> Wav2Vec2Config:
     """An XLS-R-style audio classifier with the labels female, male."""
-    return _tiny_wav2vec2_config(
-        **{
-            "id2label": dict(enumerate(GENDER_LABELS)),
-            "classifier_proj_size": 16,
-            "architectures": ["Wav2Vec2ForSequenceClassification"],
-            **overrides,
-        }
-    )
+    labels = {
+        "id2label": dict(enumerate(GENDER_LABELS)),
+        "classifier_proj_size": 16,
+        "architectures": ["Wav2Vec2ForSequenceClassification"],
+    }
+    return _tiny_wav2vec2_config(**{**labels, **overrides})
 
 
 def tiny_feature_extractor() -> Wav2Vec2FeatureExtractor:
@@ -66,7 +65,11 @@ def tiny_feature_extractor() -> Wav2Vec2FeatureExtractor:
     )
 
 
-def _save(model, dest: Path) -> Path:
+def _build_and_save(model_class, config: Wav2Vec2Config, dest: str | Path, seed: int) -> Path:
+    # A private RNG stream: building a model must not reseed the caller's torch RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config).eval()
     dest = Path(dest)
     model.save_pretrained(dest)
     tiny_feature_extractor().save_pretrained(dest)
@@ -77,11 +80,9 @@ def build_tiny_dimension_model(dest: str | Path, seed: int = 0) -> Path:
     """A random ``MspDimensionModel`` saved in ``dest`` with its feature extractor."""
     from ..dimension import MspDimensionModel
 
-    torch.manual_seed(seed)
-    return _save(MspDimensionModel(tiny_dimension_config()).eval(), dest)
+    return _build_and_save(MspDimensionModel, tiny_dimension_config(), dest, seed)
 
 
 def build_tiny_gender_model(dest: str | Path, seed: int = 0) -> Path:
     """A random ``Wav2Vec2ForSequenceClassification`` (female, male) saved in ``dest``."""
-    torch.manual_seed(seed)
-    return _save(Wav2Vec2ForSequenceClassification(tiny_gender_config()).eval(), dest)
+    return _build_and_save(Wav2Vec2ForSequenceClassification, tiny_gender_config(), dest, seed)
