@@ -17,6 +17,7 @@ are put into ``EMOTION_LABELS`` order by label, never by position, because check
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -44,7 +45,9 @@ def parse_emotion_label(token: str, model_id: str | None = None) -> str:
     return label
 
 
-def scores_in_label_order(labels: Sequence[str], scores: Sequence[float], model_id: str | None = None) -> list[float]:
+def scores_in_label_order(
+    labels: Sequence[str], scores: Sequence[float], model_id: str | None = None
+) -> list[float]:
     """One member's (labels, scores) as nine scores in ``EMOTION_LABELS`` order; absent labels get 0."""
     if len(labels) != len(scores):
         raise ValueError(f"{model_id}: {len(labels)} labels but {len(scores)} scores")
@@ -75,25 +78,33 @@ def average_posteriors(posteriors: Sequence[Sequence[float]]) -> list[float]:
 
 
 @contextmanager
-def root_logging_kept() -> Iterator[None]:
-    """Undo FunASR's changes to the root logger: ``import funasr`` imports every submodule, one of
-    which calls ``logging.basicConfig(level=INFO)``, and ``AutoModel()`` calls it again."""
+def funasr_side_effects_contained() -> Iterator[None]:
+    """Keep FunASR's process-wide side effects out: ``import funasr`` imports every submodule, one of
+    which calls ``logging.basicConfig(level=INFO)``; building a model calls ``basicConfig`` again and
+    reseeds ``random``, ``numpy`` and ``torch`` (CPU state restored here); ``generate`` draws from
+    ``random``."""
+    import torch
+
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):
+            yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
 
 
 def _load_member(model_id: str, device: str, hub: str):
     import torch
 
-    with root_logging_kept():
+    with funasr_side_effects_contained():
         from funasr import AutoModel
     # A second block, so that AutoModel's basicConfig(level=log_level) is the one in force while it loads.
-    with root_logging_kept():
+    with funasr_side_effects_contained():
         return AutoModel(
             model=model_id,
             hub=hub,
@@ -119,17 +130,19 @@ def _load_member_or_explain(model_id: str, device: str, hub: str):
 
 
 def _member(model_id: str, device: str, hub: str):
-    return devices.cached(("emotion2vec", model_id, device, hub), lambda: _load_member_or_explain(model_id, device, hub))
+    key = ("emotion2vec", model_id, device, hub)
+    return devices.cached(key, lambda: _load_member_or_explain(model_id, device, hub))
 
 
 def _generate(model, clips: list[np.ndarray]) -> list[dict]:
-    results = model.generate(
-        clips,
-        batch_size=len(clips),
-        fs=SAMPLE_RATE,
-        granularity="utterance",
-        extract_embedding=False,
-    )
+    with funasr_side_effects_contained():  # generate draws its random item keys from `random`
+        results = model.generate(
+            clips,
+            batch_size=len(clips),
+            fs=SAMPLE_RATE,
+            granularity="utterance",
+            extract_embedding=False,
+        )
     if len(results) != len(clips):
         raise RuntimeError(f"FunASR returned {len(results)} results for {len(clips)} clips")
     return results
@@ -149,21 +162,26 @@ def _member_posteriors(model_id: str, model, clips: list[np.ndarray]) -> list[li
             except Exception as exc:
                 results.append(exc)
     return [
-        result if isinstance(result, Exception) else scores_in_label_order(result["labels"], result["scores"], model_id)
-        for result in results
+        r if isinstance(r, Exception) else scores_in_label_order(r["labels"], r["scores"], model_id) for r in results
     ]
-
-
-def _clip_problem(clip: np.ndarray | AudioError) -> str | None:
-    if isinstance(clip, AudioError):
-        return str(clip)
-    if clip.size == 0:
-        return "empty span"
-    return None
 
 
 def _span(path: str, start: float, end: float) -> str:
     return f"{path} [{start:.3f}-{end:.3f} s]"
+
+
+def _decode_windows(paths: list[str], starts: list[float], ends: list[float]) -> tuple[list, list[str | None]]:
+    """The windows' samples, and per window None or why it cannot be labelled."""
+    clips = decode_spans(paths, starts, ends)
+    errors: list[str | None] = []
+    for path, start, end, clip in zip(paths, starts, ends, clips):
+        if isinstance(clip, AudioError):
+            errors.append(str(clip))  # names the file already
+        elif clip.size == 0:
+            errors.append(f"{_span(path, start, end)}: empty span")
+        else:
+            errors.append(None)
+    return clips, errors
 
 
 def label_categorical_emotion(
@@ -178,44 +196,31 @@ def label_categorical_emotion(
     if not model_ids:
         raise ValueError("model_ids is empty: the emotion stage needs at least one emotion2vec model")
     paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
-    clips = decode_spans(paths, starts, ends)
-    errors: list[str | None] = []
-    for path, start, end, clip in zip(paths, starts, ends, clips):
-        problem = _clip_problem(clip)
-        if problem is None:
-            errors.append(None)
-        elif isinstance(clip, AudioError):
-            errors.append(problem)  # AudioError already names the file
-        else:
-            errors.append(f"{_span(path, start, end)}: {problem}")
-
+    clips, errors = _decode_windows(paths, starts, ends)
     usable = [i for i, error in enumerate(errors) if error is None]
-    per_item: dict[int, list[list[float]]] = {i: [] for i in usable}
+
+    posteriors: dict[int, list[list[float]]] = {i: [] for i in usable}
     if usable:
         run_device = devices.device_for(rank, device)
-        usable_clips = [clips[i] for i in usable]
         for model_id in model_ids:
-            posteriors = _member_posteriors(model_id, _member(model_id, run_device, hub), usable_clips)
-            for i, posterior in zip(usable, posteriors):
-                if errors[i] is not None:
-                    continue
-                if isinstance(posterior, Exception):
+            member = _member(model_id, run_device, hub)
+            for i, posterior in zip(usable, _member_posteriors(model_id, member, [clips[i] for i in usable])):
+                if isinstance(posterior, Exception) and errors[i] is None:
                     errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {model_id} failed ({_first_line(posterior)})"
-                else:
-                    per_item[i].append(posterior)
+                elif not isinstance(posterior, Exception):
+                    posteriors[i].append(posterior)
 
     emotions: list[str | None] = [None] * len(paths)
     scores: list[list[float] | None] = [None] * len(paths)
     for i in usable:
         if errors[i] is not None:
             continue
-        try:
-            averaged = average_posteriors(per_item[i])
+        try:  # a member can emit NaN (e.g. in half precision); that fails this window only
+            scores[i] = average_posteriors(posteriors[i])
         except ValueError as exc:
             errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {exc}"
             continue
-        scores[i] = averaged
-        emotions[i] = EMOTION_LABELS[int(np.argmax(averaged))]
+        emotions[i] = EMOTION_LABELS[int(np.argmax(scores[i]))]
     return {"emotion": emotions, "emotion_scores": scores, "emotion_error": errors}
 
 

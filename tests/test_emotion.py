@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +132,8 @@ def test_ensemble_is_the_mean_of_its_members(members, clips):
 def test_batch_results_follow_input_order(members, clips):
     batched = label(windows(clips), members[:1])
     one_by_one = [label(windows([clip]), members[:1]) for clip in clips]
+    # the clips get different posteriors, so a reordering would show
+    assert not np.allclose(batched["emotion_scores"][0], batched["emotion_scores"][1], atol=1e-3)
     assert np.allclose(batched["emotion_scores"], [run["emotion_scores"][0] for run in one_by_one], atol=1e-5)
     assert batched["emotion"] == [run["emotion"][0] for run in one_by_one]
 
@@ -167,3 +173,23 @@ def test_unloadable_model_is_a_clear_error(clips, tmp_path):
     not_a_model.mkdir()
     with pytest.raises(RuntimeError, match=r"cannot load emotion2vec model '.*empty_folder'"):
         label(windows(clips[:1]), [str(not_a_model)])
+
+
+def test_checkpoint_with_an_unknown_label_is_a_clear_error(members, clips, tmp_path):
+    odd = Path(shutil.copytree(members[0], tmp_path / "odd_labels"))
+    tokens = list(EMOTION2VEC_TOKENS)
+    tokens[2] = "愤怒/furious"
+    (odd / "tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"'愤怒/furious' from {re.escape(str(odd))}"):
+        label(windows(clips[:1]), [str(odd)])
+
+
+def test_loading_a_member_leaves_logging_and_random_state_alone(tmp_path, clips):
+    fresh = str(build_tiny_emotion2vec(tmp_path / "fresh", seed=7))  # not in the load cache yet
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level, random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    label(windows(clips[:1]), [fresh])
+    assert root.handlers == before[0] and root.level == before[1]
+    assert random.getstate() == before[2]
+    assert np.array_equal(np.random.get_state()[1], before[3])
+    assert torch.equal(torch.get_rng_state(), before[4])

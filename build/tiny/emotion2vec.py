@@ -167,9 +167,9 @@ _CONFIGURATION = {
 
 
 def _random_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    from ..emotion import root_logging_kept
+    from ..emotion import funasr_side_effects_contained
 
-    with root_logging_kept():  # importing funasr switches the root logger to INFO
+    with funasr_side_effects_contained():  # importing funasr switches the root logger to INFO
         from funasr.models.emotion2vec.model import Emotion2vec
 
     # fork_rng keeps the caller's global RNG state untouched.
