@@ -37,12 +37,12 @@ from build.tiny.classifiers import (
     tiny_gender_config,
 )
 
-REAL_EMOTION_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_emotion_speech"
+REAL_EMOTION_SPEECH = Path(__file__).resolve().parent / "data" / "ravdess"
 # RAVDESS, 48 kHz: actor 01 (male) and 02 (female), neutral and angry; 3.3-4.3 s each.
-MALE_NEUTRAL = str(REAL_EMOTION_SPEECH / "03-01-01-01-01-01-01.wav")
-FEMALE_NEUTRAL = str(REAL_EMOTION_SPEECH / "03-01-01-01-01-01-02.wav")
-MALE_ANGRY = str(REAL_EMOTION_SPEECH / "03-01-05-01-01-01-01.wav")
-FEMALE_ANGRY = str(REAL_EMOTION_SPEECH / "03-01-05-01-01-01-02.wav")
+MALE_NEUTRAL = str(REAL_EMOTION_SPEECH / "03-01-01-01-01-01-01.flac")
+FEMALE_NEUTRAL = str(REAL_EMOTION_SPEECH / "03-01-01-01-01-01-02.flac")
+MALE_ANGRY = str(REAL_EMOTION_SPEECH / "03-01-05-01-01-01-01.flac")
+FEMALE_ANGRY = str(REAL_EMOTION_SPEECH / "03-01-05-01-01-01-02.flac")
 MISSING = str(REAL_EMOTION_SPEECH / "no-such-recording.wav")
 
 

@@ -17,9 +17,9 @@ from build.emotion import average_posteriors, label_categorical_emotion, parse_e
 from build.schema import EMOTION_LABELS
 from build.tiny.emotion2vec import EMOTION2VEC_TOKENS, build_tiny_emotion2vec
 
-# RAVDESS clips (48 kHz mono, 3-4.3 s); decode_spans resamples them to 16 kHz.
-REAL_EMOTION_SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_emotion_speech"
-CLIP_NAMES = ("03-01-01-01-01-01-01.wav", "03-01-05-01-02-01-02.wav", "03-01-04-01-01-01-03.wav")
+# RAVDESS clips bundled in tests/data/ravdess (48 kHz mono FLAC, 3-4.3 s); decode_spans resamples them to 16 kHz.
+REAL_EMOTION_SPEECH = Path(__file__).resolve().parent / "data" / "ravdess"
+CLIP_NAMES = ("03-01-01-01-01-01-01.flac", "03-01-05-01-02-01-02.flac", "03-01-04-01-01-01-03.flac")
 
 
 @pytest.fixture(scope="module")
