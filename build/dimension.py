@@ -22,9 +22,6 @@ see padding at all, so their windows run in groups of equal length.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-
 import numpy as np
 import torch
 from torch import nn
@@ -32,7 +29,8 @@ from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model, Wav2Vec2PreTra
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import devices
-from .audio import SAMPLE_RATE, AudioError, decode_spans
+from .audio import SAMPLE_RATE
+from .batching import classify_windows, pads_with_attention_mask
 from .schema import DIMENSIONS
 
 
@@ -90,11 +88,6 @@ def dimension_columns(id2label: dict, model_id: str) -> list[int]:
     raise ValueError(f"{model_id}: labels {labels} are not the three dimensions {list(DIMENSIONS)}")
 
 
-def pads_with_attention_mask(config) -> bool:
-    """wav2vec2-family models with a layer-norm feature encoder take padded, masked batches."""
-    return getattr(config, "feat_extract_norm", None) == "layer"
-
-
 def load_dimension_model(model_id: str, device: str):
     """(model, feature extractor, output columns) for a hub id or a local folder."""
     model = MspDimensionModel.from_pretrained(model_id)
@@ -126,57 +119,6 @@ def predict_dimensions(model, extractor, clips: list[np.ndarray]) -> np.ndarray:
     return logits.float().cpu().numpy()
 
 
-def batch_plan(lengths: Sequence[int], pad_with_mask: bool) -> list[list[int]]:
-    """Which items run together: all of them when padding is allowed, else one group per length."""
-    if pad_with_mask:
-        return [list(range(len(lengths)))] if lengths else []
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, length in enumerate(lengths):
-        by_length[length].append(i)
-    return list(by_length.values())
-
-
-def run_in_groups(
-    clips: list[np.ndarray], predict: Callable[[list[np.ndarray]], np.ndarray], pad_with_mask: bool
-) -> list[np.ndarray | Exception]:
-    """Outputs (or the exception) per clip. A failed group is retried one clip at a time, so a
-    clip at fault only costs its own row."""
-    results: list[np.ndarray | Exception] = [None] * len(clips)  # type: ignore[list-item]
-    for group in batch_plan([len(clip) for clip in clips], pad_with_mask):
-        try:
-            rows = predict([clips[i] for i in group])
-        except Exception:
-            rows = []
-            for i in group:
-                try:
-                    rows.append(predict([clips[i]])[0])
-                except Exception as exc:
-                    rows.append(exc)
-        for i, row in zip(group, rows):
-            if not isinstance(row, Exception) and not np.all(np.isfinite(row)):
-                row = FloatingPointError(f"model output is not finite: {np.asarray(row).tolist()}")
-            results[i] = row
-    return results
-
-
-def _clip_problem(clip: np.ndarray, model) -> str | None:
-    if clip.size == 0:
-        return "empty span"
-    frames = int(model._get_feat_extract_output_lengths(clip.size))
-    if frames < 1:
-        return f"too short for the model ({clip.size} samples give no frame)"
-    return None
-
-
-def _span(path: str, start: float, end: float) -> str:
-    return f"{path} [{start:.3f}-{end:.3f} s]"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def label_dimensions(
     batch: dict[str, list],
     rank: int | None = None,
@@ -185,36 +127,11 @@ def label_dimensions(
     device: str = "auto",
 ) -> dict[str, list]:
     """Batched map function: arousal, dominance, valence, dimension_error for each window."""
-    paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
-    out: dict[str, list] = {name: [None] * len(paths) for name in DIMENSIONS}
-    errors: list[str | None] = [None] * len(paths)
-    clips = decode_spans(paths, starts, ends)
-    for i, clip in enumerate(clips):
-        if isinstance(clip, AudioError):
-            errors[i] = str(clip)  # already names the file
-    if all(error is not None for error in errors):
-        return {**out, "dimension_error": errors}  # nothing to run: don't even load the model
-
-    model, extractor, columns = _model(model_id, devices.device_for(rank, device))
-    usable: list[int] = []
-    for i, clip in enumerate(clips):
-        if errors[i] is not None:
-            continue
-        problem = _clip_problem(clip, model)
-        if problem:
-            errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {problem}"
-        else:
-            usable.append(i)
-
-    results = run_in_groups(
-        [clips[i] for i in usable],
-        lambda group: predict_dimensions(model, extractor, group),
-        pads_with_attention_mask(model.config),
-    )
-    for i, row in zip(usable, results):
-        if isinstance(row, Exception):
-            errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {model_id} failed ({_first_line(row)})"
-            continue
-        for name, column in zip(DIMENSIONS, columns):
-            out[name][i] = float(row[column])
+    load = lambda: _model(model_id, devices.device_for(rank, device))
+    rows, errors = classify_windows(batch, model_id, load, lambda loaded, clips: predict_dimensions(loaded[0], loaded[1], clips))
+    out: dict[str, list] = {name: [None] * len(rows) for name in DIMENSIONS}
+    for i, row in enumerate(rows):
+        if row is not None:
+            for name, column in zip(DIMENSIONS, load()[2]):
+                out[name][i] = float(row[column])
     return {**out, "dimension_error": errors}

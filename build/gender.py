@@ -14,20 +14,18 @@ or local folder), once per process and device. Checkpoints spell their labels di
 (``female``/``male``, ``F``/``M``, ``woman``/``man``): they are read from ``config.id2label`` and
 mapped by name, never by position; a model whose labels do not map is refused with a ValueError.
 
-Batching follows the dimensional stage: wav2vec2-family models with a layer-norm feature encoder
-take padded batches with an attention mask; every other model runs in groups of equal length, so
-no model ever sees padding it was not trained with.
+Batching and per-window failures follow ``build.batching``.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from . import devices
-from .audio import SAMPLE_RATE, AudioError, decode_spans
+from .audio import SAMPLE_RATE
+from .batching import classify_windows, pads_with_attention_mask
 from .schema import GENDER_LABELS
 
 _GENDER_WORDS = {
@@ -69,11 +67,6 @@ def gender_from_logits(logits: Sequence[float], indices: dict[str, int]) -> tupl
     return GENDER_LABELS[best], float(probabilities[best])
 
 
-def pads_with_attention_mask(config) -> bool:
-    """wav2vec2-family models with a layer-norm feature encoder take padded, masked batches."""
-    return getattr(config, "feat_extract_norm", None) == "layer"
-
-
 def load_gender_model(model_id: str, device: str):
     """(model, feature extractor, label indices) for a hub id or a local folder."""
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
@@ -106,57 +99,6 @@ def predict_logits(model, extractor, clips: list[np.ndarray]) -> np.ndarray:
     return logits.float().cpu().numpy()
 
 
-def batch_plan(lengths: Sequence[int], pad_with_mask: bool) -> list[list[int]]:
-    """Which items run together: all of them when padding is allowed, else one group per length."""
-    if pad_with_mask:
-        return [list(range(len(lengths)))] if lengths else []
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, length in enumerate(lengths):
-        by_length[length].append(i)
-    return list(by_length.values())
-
-
-def run_in_groups(
-    clips: list[np.ndarray], predict: Callable[[list[np.ndarray]], np.ndarray], pad_with_mask: bool
-) -> list[np.ndarray | Exception]:
-    """Outputs (or the exception) per clip. A failed group is retried one clip at a time, so a
-    clip at fault only costs its own row."""
-    results: list[np.ndarray | Exception] = [None] * len(clips)  # type: ignore[list-item]
-    for group in batch_plan([len(clip) for clip in clips], pad_with_mask):
-        try:
-            rows = predict([clips[i] for i in group])
-        except Exception:
-            rows = []
-            for i in group:
-                try:
-                    rows.append(predict([clips[i]])[0])
-                except Exception as exc:
-                    rows.append(exc)
-        for i, row in zip(group, rows):
-            if not isinstance(row, Exception) and not np.all(np.isfinite(row)):
-                row = FloatingPointError(f"model output is not finite: {np.asarray(row).tolist()}")
-            results[i] = row
-    return results
-
-
-def _clip_problem(clip: np.ndarray, model) -> str | None:
-    if clip.size == 0:
-        return "empty span"
-    output_lengths = getattr(model, "_get_feat_extract_output_lengths", None)  # wav2vec2 family
-    if output_lengths is not None and int(output_lengths(clip.size)) < 1:
-        return f"too short for the model ({clip.size} samples give no frame)"
-    return None
-
-
-def _span(path: str, start: float, end: float) -> str:
-    return f"{path} [{start:.3f}-{end:.3f} s]"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def label_gender(
     batch: dict[str, list],
     rank: int | None = None,
@@ -165,36 +107,11 @@ def label_gender(
     device: str = "auto",
 ) -> dict[str, list]:
     """Batched map function: gender, gender_score, gender_error for each window."""
-    paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
-    genders: list[str | None] = [None] * len(paths)
-    scores: list[float | None] = [None] * len(paths)
-    errors: list[str | None] = [None] * len(paths)
-    clips = decode_spans(paths, starts, ends)
-    for i, clip in enumerate(clips):
-        if isinstance(clip, AudioError):
-            errors[i] = str(clip)  # already names the file
-    if all(error is not None for error in errors):
-        return {"gender": genders, "gender_score": scores, "gender_error": errors}
-
-    model, extractor, indices = _model(model_id, devices.device_for(rank, device))
-    usable: list[int] = []
-    for i, clip in enumerate(clips):
-        if errors[i] is not None:
-            continue
-        problem = _clip_problem(clip, model)
-        if problem:
-            errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {problem}"
-        else:
-            usable.append(i)
-
-    results = run_in_groups(
-        [clips[i] for i in usable],
-        lambda group: predict_logits(model, extractor, group),
-        pads_with_attention_mask(model.config),
-    )
-    for i, row in zip(usable, results):
-        if isinstance(row, Exception):
-            errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {model_id} failed ({_first_line(row)})"
-        else:
-            genders[i], scores[i] = gender_from_logits(row, indices)
+    load = lambda: _model(model_id, devices.device_for(rank, device))
+    rows, errors = classify_windows(batch, model_id, load, lambda loaded, clips: predict_logits(loaded[0], loaded[1], clips))
+    genders: list[str | None] = [None] * len(rows)
+    scores: list[float | None] = [None] * len(rows)
+    for i, row in enumerate(rows):
+        if row is not None:
+            genders[i], scores[i] = gender_from_logits(row, load()[2])
     return {"gender": genders, "gender_score": scores, "gender_error": errors}

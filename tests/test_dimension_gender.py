@@ -20,9 +20,9 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
 from build.audio import decode_span
+from build.batching import batch_plan
 from build.dimension import (
     MspDimensionModel,
-    batch_plan,
     dimension_columns,
     label_dimensions,
     load_dimension_model,
