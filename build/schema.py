@@ -107,3 +107,17 @@ CONDENSED_SEGMENT = Features(
         "gender": Value("string"),  # majority over the gender windows
     }
 )
+
+# stage 8-9: ASR + alignment, then word labels (columns added to condensed segment rows)
+WORD = {"word": Value("string"), "start": Value("float64"), "end": Value("float64"), "score": Value("float32")}
+ASR_OUTPUT = Features(
+    {
+        "transcript": Value("string"),
+        "language": Value("string"),
+        "words": List(WORD),  # times in seconds of the recording; null for words the aligner left untimed
+        "aligner": Value("string"),  # which aligner produced the times
+        "asr_error": Value("string"),
+    }
+)
+TAGGED_WORD = {**WORD, "emotion": Value("string"), "gender": Value("string")}
+WORDS_OUTPUT = Features({"tagged_words": List(TAGGED_WORD)})
