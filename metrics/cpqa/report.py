@@ -1,0 +1,133 @@
+"""Render CPQA results: the paper's Table 2 layout, a per-category table, and per-clip correlations.
+
+Pure functions over the dicts the ``cpqa`` metric returns; this module imports nothing from its
+siblings, so it can be imported on its own (``from metrics.cpqa import report``) or by file path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+CONVENTIONS = ("score", "score_successful")
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _judge_prompt_rows(results: Mapping) -> list[tuple[str, str]]:
+    return [(judge, prompt) for judge, prompts in results["judges"].items() for prompt in prompts]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table2_markdown(results_by_qa_set: Mapping[str, Mapping], convention: str = "score", digits: int = 2) -> str:
+    """Rows judge x prompt, one column per QA set (as in the paper's Table 2), scores 0-100.
+
+    ``convention``: ``"score"`` (failed judgements count 0, AudioBench) or ``"score_successful"``.
+    A last row gives each set's judgement success rate, so the two conventions can be reconciled.
+
+    >>> r = {"judges": {"gpt-4o": {"audiobench": {"score": 53.333, "score_successful": 80.0, "success_rate": 2/3}}}}
+    >>> print(table2_markdown({"CPQA": r}), end="")
+    | Judge | Prompt | CPQA |
+    |---|---|---:|
+    | gpt-4o | audiobench | 53.33 |
+    | success rate |  | 66.7 % |
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}")
+    sets = list(results_by_qa_set)
+    rows_seen: list[tuple[str, str]] = []
+    for results in results_by_qa_set.values():
+        rows_seen += [row for row in _judge_prompt_rows(results) if row not in rows_seen]
+    rows = []
+    for judge, prompt in rows_seen:
+        cells = [results_by_qa_set[name]["judges"].get(judge, {}).get(prompt, {}).get(convention) for name in sets]
+        rows.append([judge, prompt] + [_cell(c, digits) for c in cells])
+    rows.append(["success rate", ""] + [_success_rate_cell(results_by_qa_set[name]) for name in sets])
+    return _markdown(["Judge", "Prompt"] + sets, rows)
+
+
+def _success_rate_cell(results: Mapping) -> str:
+    summaries = [s for prompts in results["judges"].values() for s in prompts.values()]
+    n = sum(s.get("n", 0) for s in summaries)
+    if n:
+        rate = sum(s["n_judged"] for s in summaries) / n
+    elif len(summaries) == 1:
+        rate = summaries[0].get("success_rate")
+    else:
+        rate = None
+    return "–" if rate is None else f"{100 * rate:.1f} %"
+
+
+def category_table_markdown(results: Mapping, convention: str = "score", digits: int = 2) -> str:
+    """Rows judge x prompt, one column per QA category, plus the overall score."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}")
+    categories: list[str] = []
+    for prompts in results["judges"].values():
+        for summary in prompts.values():
+            categories += [c for c in summary.get("by_category", {}) if c not in categories]
+    rows = []
+    for judge, prompt in _judge_prompt_rows(results):
+        summary = results["judges"][judge][prompt]
+        cells = [summary.get("by_category", {}).get(c, {}).get(convention) for c in categories]
+        rows.append([judge, prompt] + [_cell(c, digits) for c in cells + [summary.get(convention)]])
+    return _markdown(["Judge", "Prompt"] + categories + ["all"], rows)
+
+
+def clip_scores(results: Mapping, judge: str, prompt: str, convention: str = "score") -> dict[str, float]:
+    """Mean 0-100 score per clip for one judge x prompt (items need a ``clip_id``).
+
+    With ``"score"`` a failed judgement counts 0; with ``"score_successful"`` it is left out, and a
+    clip whose judgements all failed has no score.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}")
+    per_clip: dict[str, list[int]] = {}
+    for index, item in enumerate(results["items"]):
+        clip = item.get("clip_id")
+        if clip is None:
+            raise ValueError(f"item {index} has no clip_id; pass clip_ids=... (or file paths as audio) to compute")
+        rating = item["judgements"][judge][prompt]["rating"]
+        ratings = per_clip.setdefault(str(clip), [])
+        if rating is not None:
+            ratings.append(rating)
+        elif convention == "score":
+            ratings.append(0)
+    return {clip: 20.0 * sum(r) / len(r) for clip, r in per_clip.items() if r}
+
+
+def clip_correlation(results_a: Mapping, results_b: Mapping, judge: str, prompt: str, convention: str = "score") -> dict:
+    """Pearson and Spearman correlation of per-clip scores between two QA sets over the same audio.
+
+    Only clips present in both sets count. A coefficient is None when it is undefined (fewer than
+    three shared clips, or constant scores in either set).
+
+    >>> def res(ratings):
+    ...     items = [{"clip_id": c, "judgements": {"j": {"p": {"rating": r}}}} for c, r in ratings]
+    ...     return {"items": items}
+    >>> a = res([("x", 5), ("x", 3), ("y", 1), ("z", 4)])
+    >>> b = res([("x", 4), ("y", 0), ("z", 5), ("w", 2)])
+    >>> c = clip_correlation(a, b, "j", "p")
+    >>> round(c["pearson"], 3), round(c["spearman"], 3), c["n_clips"]
+    (0.982, 0.866, 3)
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    scores_a = clip_scores(results_a, judge, prompt, convention)
+    scores_b = clip_scores(results_b, judge, prompt, convention)
+    shared = [clip for clip in scores_a if clip in scores_b]
+    a = [scores_a[c] for c in shared]
+    b = [scores_b[c] for c in shared]
+    defined = len(shared) >= 3 and len(set(a)) > 1 and len(set(b)) > 1
+    return {
+        "pearson": float(pearsonr(a, b)[0]) if defined else None,
+        "spearman": float(spearmanr(a, b)[0]) if defined else None,
+        "n_clips": len(shared),
+    }

@@ -1,0 +1,595 @@
+"""The CPQA evaluate metric: loading, the doctest, judges over a loopback server, score arithmetic,
+30 s windows, audio inputs, and a tiny Qwen2-Audio built offline answering real audio."""
+
+import doctest
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import AMI, REPO, ravdess_recording
+from openai_stub import OpenAIStub, Reply
+
+METRIC_DIR = REPO / "metrics" / "cpqa"
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def metric():
+    import evaluate
+
+    return evaluate.load(str(METRIC_DIR), keep_in_memory=True)
+
+
+@pytest.fixture(scope="module")
+def modules(metric):
+    """The metric's module and its siblings, as evaluate imported them."""
+    package = importlib.import_module(type(metric).__module__).__package__
+    return {name: importlib.import_module(f"{package}.{name}") for name in ("cpqa", "judge", "scores", "speech_llm", "report")}
+
+
+def model_answer(request: dict) -> str:
+    """The model answer the judge was asked to grade, cut out of the rendered prompt."""
+    content = request["messages"][-1]["content"]
+    return content.split("[Model answer]\n", 1)[1].split("\n\n[Task]", 1)[0]
+
+
+def is_paralinguistic(request: dict, judge_module) -> bool:
+    return judge_module.PROMPTS["paralinguistic"] in request["messages"][-1]["content"]
+
+
+def rated(n: int) -> str:
+    return f"Explanation: compared with the reference.\nRating: {n}"
+
+
+# --- loading and the doctest ---------------------------------------------------------------------
+
+
+def test_metrics_never_import_the_build_package():
+    for path in METRIC_DIR.glob("*.py"):
+        for line in path.read_text().splitlines():
+            assert not line.lstrip().startswith(("import build", "from build")), f"{path.name}: {line}"
+
+
+def test_evaluate_loads_the_metric_by_relative_and_absolute_path_from_another_cwd(tmp_path, monkeypatch):
+    import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(METRIC_DIR, tmp_path)
+    for path in (relative, str(METRIC_DIR)):
+        loaded = evaluate.load(path, keep_in_memory=True)
+        assert loaded.name == "cpqa"
+        folder = Path(importlib.import_module(type(loaded).__module__).__file__).parent
+        # evaluate copies the direct sibling imports next to the script it imports
+        assert {"judge.py", "scores.py", "speech_llm.py", "report.py"} <= {p.name for p in folder.glob("*.py")}
+        assert "Interspeech 2025" in loaded.citation and loaded.description
+
+
+def test_evaluate_loads_the_metric_from_the_repository_root(monkeypatch):
+    import evaluate
+
+    monkeypatch.chdir(REPO)
+    assert evaluate.load("metrics/cpqa", keep_in_memory=True).name == "cpqa"
+
+
+def test_the_doctests_run(modules, monkeypatch):
+    monkeypatch.chdir(REPO)  # the example loads "metrics/cpqa" from the repository root
+    for name, module in modules.items():
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+    assert doctest.testmod(modules["cpqa"]).attempted >= 6  # the _KWARGS_DESCRIPTION example itself
+
+
+def test_metric_card_has_the_evaluate_yaml_header():
+    card = (METRIC_DIR / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "title: CPQA" in header and "- metric" in header
+    assert "## How to Use" in card and "## Citation" in card
+
+
+# --- judges and score arithmetic -----------------------------------------------------------------
+
+
+QUESTIONS = ["How does the speaker feel?", "Is the speaker male or female?", "Who speaks after the pause?"]
+REFERENCES = ["Angry.", "Female.", "A second, calmer speaker."]
+CATEGORIES = ["emotion", "emotion", "speaker"]
+PREDICTIONS = ["answer five", "answer three", "answer broken"]
+
+
+def judge_a(modules):
+    """audiobench: 5, 3, malformed body; paralinguistic: 5, 5, malformed body."""
+
+    def respond(request):
+        answer = model_answer(request)
+        if answer == "answer broken":
+            return Reply(200, raw="this is not json")
+        if answer == "answer three" and not is_paralinguistic(request, modules["judge"]):
+            return rated(3)
+        return rated(5)
+
+    return respond
+
+
+def judge_b(request):
+    """Both prompts: 4, HTTP 500 (after its retry), a reply without a rating."""
+    answer = model_answer(request)
+    if answer == "answer five":
+        return "Explanation: mostly right.\n**Rating:** [4]"
+    if answer == "answer three":
+        return Reply(500, "overloaded")
+    return "I think it deserves a four."
+
+
+def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, modules):
+    with OpenAIStub(judge_a(modules)) as a, OpenAIStub(judge_b) as b:
+        results = metric.compute(
+            questions=QUESTIONS,
+            references=REFERENCES,
+            predictions=PREDICTIONS,
+            categories=CATEGORIES,
+            judges=[
+                {"name": "judge-a", "model": "model-a", "base_url": a.base_url, "max_retries": 0},
+                {"name": "judge-b", "model": "model-b", "base_url": b.base_url, "max_retries": 1},
+            ],
+        )
+        requests_b = list(b.requests)
+
+    by = results["judges"]
+    a_audiobench = by["judge-a"]["audiobench"]
+    assert a_audiobench["score"] == pytest.approx((5 + 3 + 0) / 3 * 20)  # 53.33: failure counted as 0
+    assert a_audiobench["score_successful"] == pytest.approx((5 + 3) / 2 * 20)  # 80.0
+    assert a_audiobench["success_rate"] == pytest.approx(2 / 3)
+    assert (a_audiobench["n"], a_audiobench["n_judged"]) == (3, 2)
+    assert a_audiobench["by_category"]["emotion"] == {"score": 80.0, "score_successful": 80.0, "success_rate": 1.0, "n": 2, "n_judged": 2}
+    assert a_audiobench["by_category"]["speaker"] == {"score": 0.0, "score_successful": None, "success_rate": 0.0, "n": 1, "n_judged": 0}
+
+    a_para = by["judge-a"]["paralinguistic"]
+    assert (a_para["score"], a_para["score_successful"]) == (pytest.approx(200 / 3), 100.0)
+    for prompt in ("audiobench", "paralinguistic"):
+        b_summary = by["judge-b"][prompt]
+        assert (b_summary["score"], b_summary["score_successful"]) == (pytest.approx(80 / 3), 80.0)
+        assert b_summary["success_rate"] == pytest.approx(1 / 3)
+
+    assert results["score"] == pytest.approx((160 / 3 + 200 / 3 + 80 / 3 + 80 / 3) / 4)
+    assert results["score_successful"] == pytest.approx((80 + 100 + 80 + 80) / 4)
+    assert results["success_rate"] == pytest.approx(6 / 12)
+
+    items = results["items"]
+    assert items[0]["judgements"]["judge-b"]["audiobench"]["raw"] == "Explanation: mostly right.\n**Rating:** [4]"
+    assert items[1]["judgements"]["judge-b"]["audiobench"]["error"].startswith("InternalServerError")
+    assert items[2]["judgements"]["judge-a"]["audiobench"]["error"].startswith("JSONDecodeError")
+    unparsed = items[2]["judgements"]["judge-b"]["paralinguistic"]
+    assert unparsed["rating"] is None and unparsed["raw"] == "I think it deserves a four."
+    assert unparsed["error"] == 'no "Rating: N" line in the reply'
+    # bounded retries: the 500 is asked twice per prompt (max_retries=1), the others once
+    asked = [model_answer(r) for r in requests_b]
+    assert asked.count("answer three") == 4 and asked.count("answer five") == 2
+    assert all(r["temperature"] == 0 for r in requests_b)
+    assert [j["name"] for j in results["config"]["judges"]] == ["judge-a", "judge-b"]
+
+
+def test_api_key_comes_from_the_environment_and_is_never_returned(metric, monkeypatch):
+    secret = "sk-test-not-a-real-key-0123456789"
+    monkeypatch.setenv("CPQA_TEST_JUDGE_KEY", secret)
+    with OpenAIStub(lambda request: rated(4)) as stub:
+        judge = {"model": "m", "base_url": stub.base_url, "api_key_env": "CPQA_TEST_JUDGE_KEY"}
+        results = metric.compute(questions=QUESTIONS[:1], references=REFERENCES[:1], predictions=["x"], judges=[judge])
+    assert results["score"] == 80.0
+    assert secret not in json.dumps(results, default=str)
+
+    monkeypatch.delenv("CPQA_TEST_JUDGE_KEY")
+    with pytest.raises(ValueError, match="CPQA_TEST_JUDGE_KEY is not set"):
+        metric.compute(questions=QUESTIONS[:1], references=REFERENCES[:1], predictions=["x"], judges=[judge])
+
+
+def test_judge_replies_are_cached_on_disk_and_errors_are_not(metric, modules, tmp_path):
+    cache = tmp_path / "judge-cache"
+    kwargs = dict(questions=QUESTIONS[:2], references=REFERENCES[:2], predictions=["one", "two"], prompts=["audiobench"], cache_dir=str(cache))
+    with OpenAIStub(lambda r: rated(2) if model_answer(r) == "one" else Reply(503, "busy")) as stub:
+        first = metric.compute(judges=[{"model": "m", "base_url": stub.base_url, "max_retries": 0}], **kwargs)
+        assert len(stub.requests) == 2
+    with OpenAIStub(lambda r: rated(5)) as stub:
+        second = metric.compute(judges=[{"model": "m", "base_url": stub.base_url, "max_retries": 0}], **kwargs)
+        assert [model_answer(r) for r in stub.requests] == ["two"]  # "one" came from the cache
+    assert [i["judgements"]["m"]["audiobench"]["rating"] for i in first["items"]] == [2, None]
+    assert [i["judgements"]["m"]["audiobench"]["rating"] for i in second["items"]] == [2, 5]
+
+    judge = modules["judge"]
+    messages = judge.render_messages("audiobench", QUESTIONS[0], REFERENCES[0], "one")
+    key = judge.ReplyCache.key("m", messages, {"temperature": 0.0, "max_tokens": 512})
+    stored = json.loads((cache / key[:2] / f"{key}.json").read_text())
+    assert stored == {"model": "m", "text": rated(2)}
+
+
+def test_concurrency_is_bounded_and_identical_requests_are_sent_once(metric):
+    import threading
+    import time
+
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def slow(request):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return rated(3)
+
+    with OpenAIStub(slow) as stub:
+        results = metric.compute(
+            questions=["q"] * 8,
+            references=["r"] * 8,
+            predictions=[f"a{i % 6}" for i in range(8)],  # two answers repeat
+            prompts=["audiobench"],
+            judges=[{"model": "m", "base_url": stub.base_url}],
+            max_concurrency=2,
+        )
+        assert len(stub.requests) == 6
+    assert peak[0] <= 2
+    assert results["score"] == 60.0
+
+
+def test_parse_rating_accepts_formatting_and_rejects_out_of_range(modules):
+    parse = modules["judge"].parse_rating
+    assert parse("Explanation: fine.\nRating: 5") == (5, None)
+    assert parse("Scale 0-5 ... Rating: 1 means bad.\nExplanation: ok\nRating: 3/5") == (3, None)
+    assert parse("rating - 0") == (0, None)
+    assert parse("Rating: 7")[0] is None and "outside" in parse("Rating: 7")[1]
+    assert parse("Rating: 4.5")[0] is None
+    assert parse("Rating: -1")[0] is None  # not read as 1
+    assert parse("") == (None, "empty reply")
+
+
+def test_bad_arguments_fail_loudly(metric):
+    base = dict(questions=["q"], references=["r"], predictions=["p"])
+    with pytest.raises(ValueError, match="judges"):
+        metric.compute(**base)
+    with pytest.raises(ValueError, match="unknown judge prompts"):
+        metric.compute(judges=[lambda m: rated(1)], prompts=["nope"], **base)
+    with pytest.raises(ValueError, match="categories has 2 entries"):
+        metric.compute(judges=[lambda m: rated(1)], categories=["a", "b"], **base)
+    with pytest.raises(ValueError, match="unique"):
+        metric.compute(judges=[{"model": "m"}, {"model": "m"}], **base)
+    with pytest.raises(ValueError, match="only apply when the speech-LLM answers"):
+        metric.compute(judges=[lambda m: rated(1)], model="Qwen/Qwen2-Audio-7B-Instruct", **base)
+    with pytest.raises(ValueError, match="predictions or audio"):
+        metric.compute(questions=["q"], references=["r"], judges=[lambda m: rated(1)])
+
+
+# --- 30 s windows --------------------------------------------------------------------------------
+
+
+def test_windows_cover_the_first_and_the_last_30_seconds(modules):
+    windows = modules["speech_llm"].audio_windows
+    clip = np.arange(45 * SR, dtype=np.float32)
+    (first, head), (last, tail) = windows(clip, SR)
+    assert (first, last) == ("first_30s", "last_30s")
+    assert head[0] == 0 and head[-1] == 30 * SR - 1 and len(head) == 30 * SR
+    assert tail[0] == 15 * SR and tail[-1] == 45 * SR - 1 and len(tail) == 30 * SR
+    assert [name for name, _ in windows(clip[: 30 * SR], SR)] == ["full"]
+
+
+def test_list_predictions_keep_the_best_window(metric):
+    scores = {"early": 2, "late": 4, "same-a": 3, "same-b": 3}
+
+    def respond(request):
+        answer = model_answer(request)
+        return Reply(500, "down") if answer == "fails" else rated(scores[answer])
+
+    with OpenAIStub(respond) as stub:
+        results = metric.compute(
+            questions=["q"] * 3,
+            references=["r"] * 3,
+            predictions=[["early", "late"], ["same-a", "same-b"], ["fails", "early"]],
+            prediction_windows=[["first_30s", "last_30s"]] * 3,
+            prompts=["audiobench"],
+            judges=[{"name": "j", "model": "m", "base_url": stub.base_url, "max_retries": 0}],
+        )
+    got = [(i["judgements"]["j"]["audiobench"]["rating"], i["judgements"]["j"]["audiobench"]["window"]) for i in results["items"]]
+    assert got == [(4, "last_30s"), (3, "first_30s"), (2, "last_30s")]  # ties go to the first window
+    windows = results["items"][2]["judgements"]["j"]["audiobench"]["windows"]
+    assert windows[0]["rating"] is None and windows[0]["error"].startswith("InternalServerError")
+
+
+def silence_then(speech: np.ndarray, seconds: float) -> np.ndarray:
+    return np.concatenate([np.zeros(int(seconds * SR), dtype=np.float32), speech])
+
+
+def test_a_45_second_clip_is_answered_twice_and_the_better_window_counts(metric, modules, tmp_path):
+    speech = sf.read(AMI, dtype="float32")[0][: 30 * SR]
+    silence_first = silence_then(speech, 15)  # first window half silent, last window all speech
+    speech_first = np.concatenate([speech, np.zeros(15 * SR, dtype=np.float32)])
+    path = tmp_path / "speech_first.flac"
+    sf.write(path, speech_first, SR)
+    seen = []
+
+    def toy_speech_llm(questions, waveforms, sampling_rate):
+        seen.extend(waveforms)
+        return ["opens with silence" if not np.any(w[:SR]) else "opens with speech" for w in waveforms]
+
+    def judge(messages):
+        return rated(4 if "opens with speech" in messages[-1]["content"] else 1)
+
+    results = metric.compute(
+        questions=["What happens?"] * 2,
+        references=["People talk."] * 2,
+        audio=[{"array": silence_first, "sampling_rate": SR}, str(path)],
+        model=toy_speech_llm,
+        judges=[judge],
+        prompts=["audiobench"],
+    )
+    first, second = (item["judgements"]["judge"]["audiobench"] for item in results["items"])
+    assert (first["rating"], first["window"]) == (4, "last_30s")
+    assert (second["rating"], second["window"]) == (4, "first_30s")
+    assert [w["rating"] for w in first["windows"]] == [1, 4]
+    assert [p["window"] for p in results["items"][0]["predictions"]] == ["first_30s", "last_30s"]
+    assert [len(w) for w in seen] == [30 * SR] * 4
+    np.testing.assert_array_equal(seen[1], silence_first[-30 * SR :])
+    assert results["items"][1]["clip_id"] == str(path) and results["items"][0]["clip_id"] is None
+    assert results["config"]["speech_llm"] == "toy_speech_llm"
+
+
+def test_undecodable_audio_fails_its_item_only(metric, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio at all")
+    results = metric.compute(
+        questions=["q", "q"],
+        references=["r", "r"],
+        audio=[str(broken), (np.zeros(SR, dtype=np.float32), SR)],
+        model=lambda questions, waveforms, rate: ["fine"] * len(waveforms),
+        judges=[lambda messages: rated(5)],
+        prompts=["audiobench"],
+    )
+    bad, good = (item["judgements"]["<lambda>"]["audiobench"] for item in results["items"])
+    assert bad["rating"] is None and "broken.wav" in bad["error"] and good["rating"] == 5
+    assert results["judges"]["<lambda>"]["audiobench"]["score"] == 50.0
+
+
+def test_judge_settings_are_checked_before_the_speech_llm_runs(metric, monkeypatch):
+    monkeypatch.delenv("CPQA_TEST_JUDGE_KEY", raising=False)
+    calls = []
+
+    def speech_llm(questions, waveforms, rate):
+        calls.append(questions)
+        return ["x"] * len(questions)
+
+    judge = {"model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "CPQA_TEST_JUDGE_KEY"}
+    with pytest.raises(ValueError, match="CPQA_TEST_JUDGE_KEY"):
+        metric.compute(questions=["q"], references=["r"], audio=[(np.zeros(SR), SR)], model=speech_llm, judges=[judge])
+    with pytest.raises(ValueError, match="audio has 2 entries"):
+        metric.compute(questions=["q"], references=["r"], audio=[str(AMI)] * 2, model=speech_llm, judges=[lambda m: ""])
+    assert calls == []
+
+
+# --- audio inputs ----------------------------------------------------------------------------------
+
+
+def test_every_audio_form_decodes_to_the_same_16k_waveform(modules, tmp_path):
+    import datasets
+    from scipy.signal import resample_poly
+
+    load = modules["speech_llm"].load_waveform
+    reference = load(str(AMI), SR)
+    assert reference.dtype == np.float32 and len(reference) == 60 * SR
+
+    native = sf.read(AMI, dtype="float32")[0]
+    np.testing.assert_array_equal(load({"array": native, "sampling_rate": SR}, SR), reference)
+    np.testing.assert_array_equal(load((native, SR), SR), reference)
+    np.testing.assert_array_equal(load(native, SR, source_rate=SR), reference)
+    np.testing.assert_array_equal(load({"bytes": AMI.read_bytes(), "path": None}, SR), reference)
+
+    stereo_44k = np.stack([resample_poly(native, 441, 160)] * 2).astype(np.float32)
+    resampled = load({"array": stereo_44k, "sampling_rate": 44_100}, SR)
+    assert len(resampled) == 60 * SR
+    assert np.corrcoef(resampled[SR:-SR], reference[SR:-SR])[0, 1] > 0.99
+
+    ds = datasets.Dataset.from_dict({"audio": [str(AMI)]}).cast_column("audio", datasets.Audio(sampling_rate=SR))
+    decoded = ds[0]["audio"]  # a torchcodec AudioDecoder in datasets >= 4
+    assert hasattr(decoded, "get_all_samples")
+    np.testing.assert_allclose(load(decoded, SR), reference, atol=1e-4)
+
+
+def test_a_datasets_audio_column_goes_in_as_it_is(metric):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"audio": [str(AMI)], "instruction": ["q"], "answer": ["r"]})
+    ds = ds.cast_column("audio", datasets.Audio(sampling_rate=SR))
+    results = metric.compute(
+        questions=ds["instruction"],
+        references=ds["answer"],
+        audio=ds["audio"],  # a lazy Column of torchcodec decoders
+        model=lambda questions, waveforms, rate: [f"{len(w) / rate:.0f} s" for w in waveforms],
+        judges=[lambda messages: rated(2)],
+        prompts=["audiobench"],
+    )
+    assert [(p["window"], p["text"]) for p in results["items"][0]["predictions"]] == [("first_30s", "30 s"), ("last_30s", "30 s")]
+
+
+# --- a tiny Qwen2-Audio, built offline ---------------------------------------------------------------
+
+
+QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_audio(tmp_path_factory) -> Path:
+    """A random-weight Qwen2-Audio (hidden size 32) with a locally trained byte-level BPE tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN2_AUDIO_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [*QUESTIONS, *REFERENCES, "system\nYou are a helpful assistant.", "user\nAudio 1:", "assistant\n"] * 10
+    bpe.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+    probe = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
+    processor = Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer, chat_template=probe.default_chat_template
+    )
+    config = Qwen2AudioConfig(
+        audio_config={
+            "model_type": "qwen2_audio_encoder",
+            "d_model": 32,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 64,
+            "num_mel_bins": 128,
+            "max_source_positions": 1500,  # 3000 mel frames = 30 s
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 2048,
+        },
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_tiny_qwen2_audio_answers_windows_in_left_padded_batches(metric, modules, tiny_qwen2_audio):
+    network, processor = modules["speech_llm"].load_speech_llm(str(tiny_qwen2_audio), device="cpu")
+    assert processor.tokenizer.padding_side == "left"
+    calls = []
+    generate = network.generate
+
+    def spy(**inputs):
+        calls.append({k: v.clone() for k, v in inputs.items() if hasattr(v, "clone")})
+        return generate(**inputs)
+
+    network.generate = spy
+    ravdess = sf.read(ravdess_recording(1), dtype="float32")[0]
+    try:
+        with OpenAIStub(lambda request: rated(3)) as stub:
+            results = metric.compute(
+                questions=["What emotion do you hear in this voice?", "How many?"],
+                references=["Calm.", "Four people."],
+                audio=[{"array": ravdess[: 3 * SR], "sampling_rate": SR}, str(AMI)],
+                categories=["emotion", "speaker"],
+                model=str(tiny_qwen2_audio),  # a local folder goes through the same loader as the hub id
+                device="cpu",
+                batch_size=2,
+                max_new_tokens=3,
+                judges=[{"name": "stub", "model": "m", "base_url": stub.base_url}],
+            )
+            judged = {model_answer(r) for r in stub.requests}
+    finally:
+        network.generate = generate
+
+    voice, meeting = results["items"]
+    assert [p["window"] for p in voice["predictions"]] == ["full"]
+    assert [p["window"] for p in meeting["predictions"]] == ["first_30s", "last_30s"]
+    answers = voice["predictions"] + meeting["predictions"]
+    assert all(isinstance(p["text"], str) and p["error"] is None for p in answers)
+    assert judged == {p["text"] for p in answers}
+    assert meeting["judgements"]["stub"]["paralinguistic"]["rating"] == 3
+    assert results["judges"]["stub"]["audiobench"]["by_category"]["speaker"]["score"] == 60.0
+    assert results["config"]["speech_llm"] == str(tiny_qwen2_audio)
+    assert (voice["clip_id"], meeting["clip_id"]) == (None, str(AMI))  # paths are the default clip ids
+
+    # batches of two (voice + first meeting window), then one; the audio reached the model
+    # (transformers 5 reads `audio=`; `audios=` would have been ignored and no features made)
+    assert [c["input_ids"].shape[0] for c in calls] == [2, 1]
+    assert all(tuple(c["input_features"].shape[1:]) == (128, 3000) for c in calls)
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    # one <|AUDIO|> per 40 ms of real audio: 3 s -> 75, 30 s -> 750
+    assert [int((c["input_ids"] == audio_id).sum(-1).sum()) for c in calls] == [75 + 750, 750]
+    # left padding: both rows end at the generation prompt; the 3 s clip's shorter row is padded in front
+    mask = calls[0]["attention_mask"]
+    assert bool(mask[:, -1].all())
+    assert mask[0, 0] == 0 and mask[1, 0] == 1 and int(mask[1].sum() - mask[0].sum()) > 600
+
+
+# --- reports -----------------------------------------------------------------------------------------
+
+
+def two_qa_sets(metric):
+    """Two QA sets over the same three clips, judged by one callable judge under both prompts."""
+
+    def judge(messages):
+        return rated(int(messages[-1]["content"].split("[Model answer]\n")[1][0]))
+
+    generated = metric.compute(
+        questions=["q1", "q2", "q3", "q4"],
+        references=["r"] * 4,
+        predictions=["5", "3", "1", "4"],  # the judge reads the rating off the answer
+        clip_ids=["clip-a", "clip-a", "clip-b", "clip-c"],
+        categories=["emotion", "speaker", "emotion", "other"],
+        judges=[judge],
+    )
+    human = metric.compute(
+        questions=["h1", "h2", "h3"],
+        references=["r"] * 3,
+        predictions=["4", "0", "5"],
+        clip_ids=["clip-a", "clip-b", "clip-c"],
+        judges=[judge],
+    )
+    return generated, human
+
+
+def test_table2_layout_and_per_clip_correlation(metric):
+    from metrics.cpqa import report  # the lead's CLI imports it the same way
+
+    generated, human = two_qa_sets(metric)
+    table = report.table2_markdown({"CPQA": generated, "Human QA": human})
+    assert table == (
+        "| Judge | Prompt | CPQA | Human QA |\n"
+        "|---|---|---:|---:|\n"
+        "| judge | audiobench | 65.00 | 60.00 |\n"
+        "| judge | paralinguistic | 65.00 | 60.00 |\n"
+        "| success rate |  | 100.0 % | 100.0 % |\n"
+    )
+    categories = report.category_table_markdown(generated)
+    assert categories.splitlines()[0] == "| Judge | Prompt | emotion | speaker | other | all |"
+    assert categories.splitlines()[2] == "| judge | audiobench | 60.00 | 60.00 | 80.00 | 65.00 |"
+
+    # per clip: CPQA a=(5+3)/2*20=80, b=20, c=80; human a=80, b=0, c=100
+    assert report.clip_scores(generated, "judge", "audiobench") == {"clip-a": 80.0, "clip-b": 20.0, "clip-c": 80.0}
+    correlation = report.clip_correlation(generated, human, "judge", "audiobench")
+    assert correlation["n_clips"] == 3
+    assert correlation["pearson"] == pytest.approx(3600 / (2400 * 5600) ** 0.5)
+    assert correlation["spearman"] == pytest.approx(1.5 / 3**0.5)
+
+
+def test_correlation_is_undefined_rather_than_invented(metric):
+    from metrics.cpqa import report
+
+    generated, human = two_qa_sets(metric)
+    only_two = {"items": [i for i in human["items"] if i["clip_id"] != "clip-c"]}
+    assert report.clip_correlation(generated, only_two, "judge", "audiobench") == {"pearson": None, "spearman": None, "n_clips": 2}
+    no_ids = metric.compute(questions=["q"], references=["r"], predictions=["1"], judges=[lambda m: rated(1)])
+    with pytest.raises(ValueError, match="clip_id"):
+        report.clip_scores(no_ids, "<lambda>", "audiobench")
+
+
+def test_cpqa_imports_every_sibling_module_directly():
+    """evaluate copies only the script's direct relative imports: a sibling reached otherwise goes missing."""
+    from evaluate.loading import get_imports
+
+    internal = {name for kind, name, _, _ in get_imports(str(METRIC_DIR / "cpqa.py")) if kind == "internal"}
+    siblings = {p.stem for p in METRIC_DIR.glob("*.py")} - {"cpqa"}
+    assert internal == siblings
