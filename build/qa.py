@@ -1,0 +1,293 @@
+"""Stage 10, QA generation: an LLM writes question-answer pairs about each condensed segment.
+
+    prompt file (build/prompts/qa_v1.txt) -> render_messages (pure) -> LlmClient (cached, concurrent)
+    -> parse_qa (pure) -> qa_pairs
+
+Input columns: ``segment_id``, ``transcript``, ``tagged_words`` (``word, start, end, score, emotion,
+gender``), ``primary_emotion``, ``emotions``, ``gender``; ``start``/``end`` when present put the word
+times relative to the clip. Output columns, and only these:
+
+- ``qa_pairs``: list of ``{"question", "answer"}`` (empty when the reply had none);
+- ``qa_raw``: the reply as the LLM wrote it (kept whether or not it parsed);
+- ``qa_error``: null, ``"unparseable reply"``, ``"no transcript"``, or the transport error;
+- ``prompt_version``, ``llm_model``: provenance of every row.
+
+``structured_output``: ``"json_schema"`` sends a JSON schema (the reply is then JSON); ``"text"`` asks for
+``Q:``/``A:`` lines; ``"auto"`` sends the schema and falls back to plain text on a server that refuses it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+from string import Template
+
+from . import devices
+from .llm import LlmClient
+
+PROMPT_VERSION = "qa_v1"
+PROMPT_DIR = Path(__file__).with_name("prompts")
+STRUCTURED_MODES = ("auto", "json_schema", "text")
+UNPARSEABLE = "unparseable reply"
+NO_TRANSCRIPT = "no transcript"
+
+
+# ---------------------------------------------------------------- prompt
+@functools.lru_cache(maxsize=None)
+def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
+    """The ``### section`` blocks of ``prompts/<version>.txt`` as templates (text before the first is comment)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (PROMPT_DIR / f"{version}.txt").read_text().splitlines():
+        if line.startswith("### "):
+            current = sections.setdefault(line[4:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    missing = {"system", "user", "format_text", "format_json"} - sections.keys()
+    if missing:
+        raise ValueError(f"prompt {version} lacks the sections {sorted(missing)}")
+    return {name: Template("\n".join(lines).strip()) for name, lines in sections.items()}
+
+
+def word_spans(words: list[dict], clip_start: float = 0.0) -> list[dict]:
+    """Consecutive words that share emotion and gender, merged into one span (keeps prompts short)."""
+    spans: list[dict] = []
+    for w in words:
+        labels = (w.get("emotion"), w.get("gender"))
+        if spans and (spans[-1]["emotion"], spans[-1]["gender"]) == labels:
+            spans[-1]["end"] = w["end"]
+            spans[-1]["words"].append(w["word"].strip())
+        else:
+            spans.append({"start": w["start"], "end": w["end"], "emotion": labels[0], "gender": labels[1], "words": [w["word"].strip()]})
+    for span in spans:
+        span["start"] = round(span["start"] - clip_start, 1)
+        span["end"] = round(span["end"] - clip_start, 1)
+    return spans
+
+
+def format_word_spans(spans: list[dict]) -> str:
+    if not spans:
+        return "(no word timings)"
+    return "\n".join(
+        f"{s['start']:.1f}-{s['end']:.1f} | {s['emotion'] or 'none'} | {s['gender'] or 'none'} | {' '.join(s['words'])}" for s in spans
+    )
+
+
+def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION) -> list[dict]:
+    """System and user messages for one segment row."""
+    prompt = load_prompt(version)
+    words = row.get("tagged_words") or []
+    clip_start = row.get("start") or 0.0
+    fields = {
+        "duration": _duration(row, words, clip_start),
+        "transcript": (row.get("transcript") or "").strip(),
+        "primary_emotion": row.get("primary_emotion") or "none",
+        "emotions": ", ".join(row.get("emotions") or []) or "none",
+        "gender": row.get("gender") or "unknown",
+        "word_spans": format_word_spans(word_spans(words, clip_start)),
+        "n_pairs": n_pairs,
+        "output_format": prompt["format_json" if structured else "format_text"].substitute(),
+    }
+    return [
+        {"role": "system", "content": prompt["system"].substitute(fields)},
+        {"role": "user", "content": prompt["user"].substitute(fields)},
+    ]
+
+
+def _duration(row: dict, words: list[dict], clip_start: float) -> str:
+    if row.get("start") is not None and row.get("end") is not None:
+        seconds = row["end"] - row["start"]
+    elif words:
+        seconds = words[-1]["end"] - clip_start
+    else:
+        return "unknown"
+    return f"{seconds:.0f} seconds"
+
+
+def qa_schema(n_pairs: int) -> dict:
+    """JSON schema of a reply; valid for OpenAI's strict mode and for llama.cpp grammars."""
+    pair = {
+        "type": "object",
+        "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["question", "answer"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"pairs": {"type": "array", "items": pair, "minItems": 1, "maxItems": n_pairs}},
+        "required": ["pairs"],
+        "additionalProperties": False,
+    }
+
+
+def response_format(n_pairs: int) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "qa_pairs", "strict": True, "schema": qa_schema(n_pairs)}}
+
+
+# ---------------------------------------------------------------- parse
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+_JSON_PAIR = re.compile(r'\{\s*"question"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"answer"\s*:\s*("(?:[^"\\]|\\.)*")\s*\}', re.S)
+# strict=False: small models put raw newlines and tabs inside JSON strings
+_LENIENT_JSON = json.JSONDecoder(strict=False)
+_MARK = r"(?:\*\*|__)?"
+# "Q:", "Question:", "Q1:", "Question 2:", "1. Q:", "- Q:", "**Q1:**" at the start of a line
+_LABEL = re.compile(rf"^\s*(?:[-*•]\s+)?(?:\d+\s*[.)]\s*)?{_MARK}(?P<kind>question|answer|q|a)\s*\d*\s*{_MARK}\s*:\s*{_MARK}\s*", re.I)
+# an answer label later on a question's line: "Q: Who speaks? A: A woman."
+_INLINE_ANSWER = re.compile(rf"\s{_MARK}(?:answer|a)\s*\d*\s*{_MARK}\s*:\s*{_MARK}\s*", re.I)
+
+
+def parse_qa(text: str | None) -> list[dict]:
+    """Question-answer pairs from a reply in JSON (bare, fenced, or truncated) or labelled lines."""
+    if not text or not text.strip():
+        return []
+    pairs = _pairs_from_json(text)
+    if pairs is None:
+        pairs = _pairs_from_lines(text)
+    return [p for p in pairs if _has_words(p["question"]) and _has_words(p["answer"])]
+
+
+def _has_words(value: str) -> bool:
+    """False for empty fields and placeholders such as "..." copied from the format description."""
+    return any(ch.isalnum() for ch in value)
+
+
+def _pairs_from_json(text: str) -> list[dict] | None:
+    """None when the text holds no usable JSON; complete pairs are salvaged from a truncated reply."""
+    candidate = _json_candidate(text)
+    if candidate is None:
+        return None
+    try:
+        data, _ = _LENIENT_JSON.raw_decode(candidate)  # ignores chatter after the JSON value
+    except json.JSONDecodeError:
+        salvaged = [{"question": _json_string(q), "answer": _json_string(a)} for q, a in _JSON_PAIR.findall(candidate)]
+        return [_clean_pair(p) for p in salvaged] or None
+    if isinstance(data, dict):
+        data = data.get("pairs", data.get("qa_pairs", [data]))
+    if not isinstance(data, list):
+        return None
+    return [_clean_pair(_pair_from_item(item)) for item in data if isinstance(item, dict)] or None
+
+
+def _json_string(quoted: str) -> str:
+    try:
+        return _LENIENT_JSON.decode(quoted)
+    except json.JSONDecodeError:
+        return ""
+
+
+def _json_candidate(text: str) -> str | None:
+    fenced = _FENCE.search(text)
+    if fenced:
+        return fenced.group(1).strip()
+    text = text.strip()
+    if text.startswith(("{", "[")):
+        return text
+    if '"question"' in text:  # JSON after a sentence of preamble
+        starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+        return text[min(starts):] if starts else None
+    return None
+
+
+def _pair_from_item(item: dict) -> dict:
+    lowered = {str(k).lower(): v for k, v in item.items()}
+    question = lowered.get("question", lowered.get("q"))
+    answer = lowered.get("answer", lowered.get("a"))
+    return {"question": question if isinstance(question, str) else "", "answer": answer if isinstance(answer, str) else ""}
+
+
+def _pairs_from_lines(text: str) -> list[dict]:
+    pairs: list[dict] = []
+    current: dict | None = None
+    field: str | None = None  # the field that unlabelled lines continue; None after a blank line
+    for line in text.splitlines():
+        label = _LABEL.match(line)
+        if label is None:
+            if not line.strip() or line.strip().startswith("```"):
+                field = None
+            elif current is not None and field is not None:
+                current[field] += " " + line.strip()
+            continue
+        rest = line[label.end() :].strip()
+        if label.group("kind").lower().startswith("q"):
+            current = {"question": rest, "answer": ""}
+            pairs.append(current)
+            field = "question"
+            inline = _INLINE_ANSWER.search(rest)
+            if inline:
+                current["question"], current["answer"] = rest[: inline.start()].strip(), rest[inline.end() :].strip()
+                field = "answer"
+        elif current is not None and not current["answer"]:
+            current["answer"] = rest
+            field = "answer"
+    return [_clean_pair(p) for p in pairs]
+
+
+def _clean_pair(pair: dict) -> dict:
+    return {key: _clean(value) for key, value in pair.items()}
+
+
+def _clean(value: str) -> str:
+    value = re.sub(r"\s+", " ", value).strip()
+    value = re.sub(r"^(?:\*\*|__)|(?:\*\*|__)$", "", value).strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].strip()
+    return value
+
+
+# ---------------------------------------------------------------- map function
+def generate_qa(
+    batch: dict[str, list],
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str,
+    cache_dir: str | None,
+    pairs_per_segment: int,
+    temperature: float,
+    max_tokens: int,
+    structured_output: str,
+    concurrency: int,
+    max_retries: int,
+    timeout_s: float,
+) -> dict[str, list]:
+    """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
+    if structured_output not in STRUCTURED_MODES:
+        raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
+    if not base_url:
+        raise ValueError("generate_qa needs a base_url: start build.llm_server.embedded_server() or configure qa.base_url")
+    client = devices.cached(
+        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+    )
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
+    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output) for i in askable]
+    results = dict(zip(askable, client.complete_many(requests)))
+
+    out: dict[str, list] = {"qa_pairs": [], "qa_raw": [], "qa_error": [], "prompt_version": [], "llm_model": []}
+    for i in range(len(rows)):
+        result = results.get(i)
+        if result is None:
+            pairs, raw, error = [], None, NO_TRANSCRIPT
+        elif result.error is not None:
+            pairs, raw, error = [], result.text, result.error
+        else:
+            pairs, raw = parse_qa(result.text), result.text
+            error = None if pairs else UNPARSEABLE
+        out["qa_pairs"].append(pairs)
+        out["qa_raw"].append(raw)
+        out["qa_error"].append(error)
+        out["prompt_version"].append(PROMPT_VERSION)
+        out["llm_model"].append(model)
+    return out
+
+
+def qa_request(row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str) -> dict:
+    structured = structured_output != "text"
+    request = {"messages": render_messages(row, n_pairs, structured), "temperature": temperature, "max_tokens": max_tokens}
+    if structured:
+        request["response_format"] = response_format(n_pairs)
+        request["fallback_to_text"] = structured_output == "auto"
+    return request
