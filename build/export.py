@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import string
+from collections import Counter
 from pathlib import Path
 
 from datasets import Audio, Dataset
@@ -95,3 +96,118 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def public_model_id(model: str) -> str:
+    """Hub ids stay as they are; a local folder is named ``local:<folder name>`` (no local paths in data)."""
+    return f"local:{Path(model).name}" if Path(model).exists() else model
+
+
+# Columns of the published tables that come from the segment, in order (see dataset_card.md).
+_SEGMENT_COLUMNS = ("segment_id", "recording_id", "source_file", "start", "end", "duration", "primary_emotion", "emotions", "gender", "transcript", "words")
+
+
+def segment_table(segments: Dataset, models: dict[str, object]) -> Dataset:
+    """One row per clip: audio, provenance, labels, words and windows, ``n_pairs``, model ids."""
+    data = with_audio(segments)
+    data = data.map(
+        lambda b: {
+            "source_file": [Path(p).name for p in b["audio_path"]],
+            "duration": [round(e - s, 3) for s, e in zip(b["start"], b["end"])],
+            "words": b["tagged_words"],
+            "n_pairs": [len(p) for p in b["qa_pairs"]],
+        },
+        batched=True,
+        remove_columns=["tagged_words"],
+    )
+    for name, value in models.items():
+        data = data.add_column(name, [value] * len(data))
+    keep = ["context", *_SEGMENT_COLUMNS, "emotion_counts", "emotion_windows", "gender_windows", "n_pairs", "language", "aligner", "llm_model", "prompt_version", *models]
+    return data.select_columns(keep)
+
+
+def qa_table(pairs: Dataset, segment_rows: Dataset) -> Dataset:
+    """One row per kept pair: AudioBench's ``context``/``instruction``/``answer`` first, then the rest."""
+    from datasets import concatenate_datasets
+
+    index = {sid: i for i, sid in enumerate(segment_rows["segment_id"])}
+    aligned = segment_rows.select([index[sid] for sid in pairs["segment_id"]]).remove_columns(["emotion_counts", "emotion_windows", "gender_windows", "n_pairs"])
+    own = pairs.map(
+        lambda b: {
+            "question_id": [f"{sid}-q{i:02d}" for sid, i in zip(b["segment_id"], b["pair_index"])],
+            "instruction": b["question"],
+        },
+        batched=True,
+        remove_columns=[c for c in pairs.column_names if c not in ("answer", "category")],
+    )
+    joined = concatenate_datasets([aligned, own], axis=1)
+    first = ["context", "instruction", "answer", "category", "question_id"]
+    return joined.select_columns(first + [c for c in joined.column_names if c not in first])
+
+
+PROFILE_NOTES = {
+    "paper": "",
+    "tiny": (
+        "> **Demo build.** This dataset was made with cpqa's offline profile: its emotion, valence and gender\n"
+        "> labels come from tiny random-weight models and its QA pairs from a 135M-parameter LLM. It shows\n"
+        "> the pipeline and the format; it is not a benchmark."
+    ),
+}
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def _counts_table(values: list, header: str) -> str:
+    counts = Counter(v if v is not None else "(none)" for v in values)
+    return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
+
+
+def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models: dict, *, license: str, sources: str, load_path: str) -> dict[str, str]:
+    """Every ``$field`` of dataset_card.md, from the built tables, the funnel and the config."""
+    funnel_rows = [(name, count) for name, count in report["counts"].items()]
+    for stage, reasons in report["drops"].items():
+        funnel_rows += [(f"dropped at {stage}: {reason}", n) for reason, n in sorted(reasons.items())]
+    model_rows = [(role, value if isinstance(value, str) else ", ".join(value)) for role, value in models.items()]
+    if len(qa):
+        model_rows += [("llm_model", ", ".join(sorted(set(qa["llm_model"])))), ("aligner", ", ".join(sorted(set(qa["aligner"]))))]
+    c = config
+    return {
+        "license": license,
+        "language": c.asr.language or "multilingual",
+        "pretty_name": "CPQA: contextual paralinguistic QA" + (" (demo build)" if c.profile == "tiny" else ""),
+        "size_category": _size_category(len(qa)),
+        "profile_note": PROFILE_NOTES.get(c.profile, ""),
+        "load_path": load_path,
+        "n_pairs": str(len(qa)),
+        "n_segments": str(len(segment_rows)),
+        "n_recordings": str(len(set(segment_rows["recording_id"]))),
+        "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
+        "category_table": _counts_table(qa["category"], "category"),
+        "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
+        "gender_table": _counts_table(segment_rows["gender"], "gender"),
+        "funnel_table": markdown_table(("step", "count"), funnel_rows),
+        "models_table": markdown_table(("role", "model"), model_rows),
+        "merge_gap_s": f"{c.vad.merge_gap_s:g}",
+        "min_segment_s": f"{c.min_segment_s:g}",
+        "max_segment_s": f"{c.max_segment_s:g}",
+        "emotion_window_s": f"{c.emotion_window.label_s:g}",
+        "emotion_context_s": f"{c.emotion_window.context_s:g}",
+        "gender_window_s": f"{c.gender_window.label_s:g}",
+        "gender_context_s": f"{c.gender_window.context_s:g}",
+        "x": f"{c.condense.x:g}",
+        "y": f"{c.condense.y:g}",
+        "v_neg_max": f"{c.thresholds['v_neg_max']:g}",
+        "v_neu_max": f"{c.thresholds['v_neu_max']:g}",
+        "alpha": ", ".join(f"{k} {v}" for k, v in c.condense.alpha.items()),
+        "samples_per_category": str(c.condense.samples_per_category),
+        "seed": str(c.condense.seed),
+        "pairs_per_segment": str(c.qa.pairs_per_segment),
+        "prompt_version": ", ".join(sorted(set(qa["prompt_version"]))) if len(qa) else "(none)",
+        "duplicate_threshold": f"{c.postfilter.duplicate_threshold:g}",
+        "sources": sources,
+    }

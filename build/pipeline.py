@@ -2,7 +2,9 @@
 
     recordings --probe--> --VAD--> segments --length filter--> windows (emotion, gender)
       --emotion2vec+ ensemble, MSP-Podcast dimensions, gender--> --X_E--> segments with windows
-      --X_O--> --balanced sampling--> condensed segments
+      --X_O--> --balanced sampling--> condensed segments                       (run_labelling)
+      --ASR + alignment--> --word join--> --LLM QA--> pairs --post-filter--> (run_qa)
+      --> Parquet + dataset card                                               (export_dataset)
 
 Every drop is counted by stage and reason (``Funnel``), and every input recording ends as
 ``kept``, ``dropped`` (stage and reason) or ``failed`` (stage and error) in the ledger.
@@ -16,74 +18,83 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, Features
 
-from . import condense, dimension, emotion, gender, ingest, segment, windows
+from . import align, condense, dimension, emotion, export, gender, ingest, postfilter, qa, segment, windows, words
 from .config import Config
-from .schema import CONDENSED_SEGMENT
+from .schema import ASR_OUTPUT, CONDENSED_SEGMENT, QA_OUTPUT, WORDS_OUTPUT
 
 log = logging.getLogger("cpqa")
 
-STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling")
+STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "qa", "postfilter")
 
 
 @dataclass
 class Drop:
     recording_id: str
     stage: str
-    reason: str  # counted in the funnel: no file names, no numbers that vary per row
+    reason: str  # counted in the funnel: no file names, nothing that varies per row
     detail: str | None = None  # the full error message, kept in the ledger
 
 
 @dataclass
 class Funnel:
-    counts: dict[str, int] = field(default_factory=dict)  # rows after each step
-    drops: list[Drop] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # rows after each step, in order
+    drops: list[Drop] = field(default_factory=list)  # recordings and segments
+    pair_drops: Counter = field(default_factory=Counter)  # QA pairs, by reason
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
         for d in self.drops:
             table.setdefault(d.stage, Counter())[d.reason] += 1
+        if self.pair_drops:
+            table["pairs"] = Counter(self.pair_drops)
         return {stage: dict(counter) for stage, counter in table.items()}
 
 
 @dataclass
 class BuildResult:
-    condensed: Dataset
+    recording_ids: list[str]
+    failures: dict[str, tuple[str, str]]
     funnel: Funnel
-    ledger: list[dict]
+    segments: Dataset  # condensed segments (with transcripts and pairs once run_qa ran)
+    pairs: Dataset | None = None  # kept QA pairs, once run_qa ran
+
+    @property
+    def ledger(self) -> list[dict]:
+        final = self.pairs if self.pairs is not None else self.segments
+        return _ledger(self.recording_ids, self.failures, self.funnel, set(final["recording_id"]))
 
     def report(self) -> dict:
-        status = Counter(entry["status"] for entry in self.ledger)
-        return {
+        report = {
             "counts": self.funnel.counts,
             "drops": self.funnel.drop_counts(),
-            "recordings": dict(status),
-            "primary_emotions": dict(Counter(self.condensed["primary_emotion"])),
+            "recordings": dict(Counter(entry["status"] for entry in self.ledger)),
+            "primary_emotions": dict(Counter(self.segments["primary_emotion"])),
         }
+        if self.pairs is not None:
+            report["categories"] = dict(Counter(self.pairs["category"]))
+        return report
 
 
 def _drop_rows(data: Dataset, reasons: list[str | None], stage: str, funnel: Funnel, details: list | None = None) -> Dataset:
     """Drop the rows that have a reason, recording each drop against its recording."""
-    keep = [i for i, reason in enumerate(reasons) if reason is None]
     rids = data["recording_id"]
     for i, reason in enumerate(reasons):
         if reason is not None:
             funnel.drops.append(Drop(rids[i], stage, reason, details[i] if details else None))
-    return data.select(keep)
+    return data.select([i for i, reason in enumerate(reasons) if reason is None])
 
 
+# ---------------------------------------------------------------- labelling half (stages 0-7)
 def run_labelling(source: str | Path, config: Config, work_dir: str | Path) -> BuildResult:
-    """Run ingest → condensation on ``source``; returns the condensed segments, funnel and ledger."""
+    """Ingest → condensation on ``source``."""
     work_dir = Path(work_dir)
     funnel = Funnel()
-    runtime = config.runtime
 
-    # 0 ingest
     recordings = ingest.list_recordings(source, cache_dir=work_dir / "cache")
     recordings = recordings.map(ingest.probe_recordings, batched=True, batch_size=32, desc="probe")
     funnel.counts["recordings"] = len(recordings)
-    # 1 VAD
     vad = config.vad
     recordings = recordings.map(
         segment.detect_speech,
@@ -101,7 +112,7 @@ def run_labelling(source: str | Path, config: Config, work_dir: str | Path) -> B
         elif not speech:
             funnel.drops.append(Drop(rid, "vad", "no speech detected"))
     funnel.counts["recordings with speech"] = sum(1 for s in recordings["speech"] if s)
-    # 2 segments and the length filter
+
     segments = recordings.map(
         segment.explode_segments,
         batched=True,
@@ -114,30 +125,26 @@ def run_labelling(source: str | Path, config: Config, work_dir: str | Path) -> B
     segments = _drop_rows(segments, reasons, "length", funnel)
     funnel.counts["segments within length"] = len(segments)
 
-    # 3-6 windows and labels
     emotion_windows, gender_windows = _label_windows(segments, config)
-    # 7 X_E, then windows back onto their segments
     emotion_windows = emotion_windows.map(
         condense.mark_consistency, batched=True, fn_kwargs=dict(x=config.condense.x, y=config.condense.y), desc="consistency"
     )
     segments, label_errors = _attach_windows(segments, emotion_windows, gender_windows)
     segments = _drop_rows(segments, [("labelling failed" if e else None) for e in label_errors], "label", funnel, label_errors)
     funnel.counts["segments labelled"] = len(segments)
-    # 7 X_O and balanced sampling
+
     segments = segments.map(condense.count_occurrences, batched=True, fn_kwargs=dict(alpha=config.condense.alpha), desc="occurrence")
     segments = _drop_rows(segments, segments["drop_reason"], "occurrence", funnel).remove_columns("drop_reason")
     funnel.counts["segments passing occurrence"] = len(segments)
     kept = condense.balanced_sample(segments["segment_id"], segments["primary_emotion"], config.condense.samples_per_category, config.condense.seed)
     segments = _drop_rows(segments, [None if sid in kept else "over the per-category quota" for sid in segments["segment_id"]], "sampling", funnel)
     funnel.counts["condensed segments"] = len(segments)
-    segments = segments.cast(CONDENSED_SEGMENT)
-    ledger = _ledger(recordings["recording_id"], failures, funnel, set(segments["recording_id"]))
-    return BuildResult(segments, funnel, ledger)
+    return BuildResult(recordings["recording_id"], failures, funnel, segments.cast(CONDENSED_SEGMENT))
 
 
 def _label_windows(segments: Dataset, config: Config) -> tuple[Dataset, Dataset]:
     runtime = config.runtime
-    common = dict(batched=True, batch_size=runtime.batch_size, with_rank=True, num_proc=runtime.num_proc)
+    on_device = dict(batched=True, batch_size=runtime.batch_size, with_rank=True, num_proc=runtime.num_proc)
 
     def explode(spec, name):
         return segments.map(
@@ -151,13 +158,13 @@ def _label_windows(segments: Dataset, config: Config) -> tuple[Dataset, Dataset]
     emotion_windows = explode(config.emotion_window, "emotion")
     gender_windows = explode(config.gender_window, "gender")
     emotion_windows = emotion_windows.map(
-        emotion.label_categorical_emotion, fn_kwargs=dict(model_ids=list(config.models.emotion), device=runtime.device), desc="emotion2vec", **common
+        emotion.label_categorical_emotion, fn_kwargs=dict(model_ids=list(config.models.emotion), device=runtime.device), desc="emotion2vec", **on_device
     )
     emotion_windows = emotion_windows.map(
-        dimension.label_dimensions, fn_kwargs=dict(model_id=config.models.dimension, device=runtime.device), desc="dimensions", **common
+        dimension.label_dimensions, fn_kwargs=dict(model_id=config.models.dimension, device=runtime.device), desc="dimensions", **on_device
     )
     gender_windows = gender_windows.map(
-        gender.label_gender, fn_kwargs=dict(model_id=config.models.gender, device=runtime.device), desc="gender", **common
+        gender.label_gender, fn_kwargs=dict(model_id=config.models.gender, device=runtime.device), desc="gender", **on_device
     )
     return emotion_windows, gender_windows
 
@@ -195,12 +202,87 @@ def _attach_windows(segments: Dataset, emotion_windows: Dataset, gender_windows:
     columns["emotion_windows"] = [grouped_emotion.get(sid, []) for sid in ids]
     columns["gender_windows"] = [grouped_gender.get(sid, []) for sid in ids]
     columns["gender"] = [condense.majority_gender(w) for w in columns["gender_windows"]]
-    features = {k: CONDENSED_SEGMENT[k] for k in columns}
-    from datasets import Features
-
-    return Dataset.from_dict(columns, features=Features(features)), [errors.get(sid) for sid in ids]
+    features = Features({k: CONDENSED_SEGMENT[k] for k in columns})
+    return Dataset.from_dict(columns, features=features), [errors.get(sid) for sid in ids]
 
 
+# ---------------------------------------------------------------- QA half (stages 8-11)
+def run_qa(result: BuildResult, config: Config, work_dir: str | Path, base_url: str | None) -> BuildResult:
+    """ASR → word join → QA generation → post-filter on the condensed segments of ``result``.
+
+    ``base_url`` is the OpenAI-compatible endpoint (the caller starts the embedded one if needed).
+    """
+    funnel, runtime, asr = result.funnel, config.runtime, config.asr
+    segments = result.segments.map(
+        align.transcribe_and_align,
+        batched=True,
+        batch_size=asr.batch_size,
+        with_rank=True,
+        num_proc=runtime.num_proc,
+        fn_kwargs=dict(model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=runtime.device),
+        features=Features({**result.segments.features, **ASR_OUTPUT}),  # a batch of failures has no types to infer
+        desc="asr",
+    )
+    errors = segments["asr_error"]
+    reasons = ["transcription failed" if e else (None if t and t.strip() else "no words recognised") for e, t in zip(errors, segments["transcript"])]
+    segments = _drop_rows(segments, reasons, "asr", funnel, [e or None for e in errors])
+    funnel.counts["segments transcribed"] = len(segments)
+    segments = segments.map(words.tag_words, batched=True, features=Features({**segments.features, **WORDS_OUTPUT}), desc="word labels")
+
+    q = config.qa
+    segments = segments.map(
+        qa.generate_qa,
+        batched=True,
+        batch_size=max(q.concurrency * 4, 16),
+        fn_kwargs=dict(
+            base_url=base_url,
+            model=q.model,
+            api_key_env=q.api_key_env,
+            cache_dir=str(Path(work_dir) / "llm-cache"),
+            pairs_per_segment=q.pairs_per_segment,
+            temperature=q.temperature,
+            max_tokens=q.max_tokens,
+            structured_output=q.structured_output,
+            concurrency=q.concurrency,
+            max_retries=q.max_retries,
+            timeout_s=q.timeout_s,
+        ),
+        features=Features({**segments.features, **QA_OUTPUT}),
+        desc="qa",
+    )
+    qa_errors = segments["qa_error"]
+    reasons = [(_generic(e) if e else (None if pairs else "no pairs in the reply")) for e, pairs in zip(qa_errors, segments["qa_pairs"])]
+    segments = _drop_rows(segments, reasons, "qa", funnel, qa_errors)
+    funnel.counts["segments with QA pairs"] = len(segments)
+
+    pairs = segments.map(postfilter.explode_pairs, batched=True, remove_columns=segments.column_names, desc="pairs")
+    funnel.counts["QA pairs generated"] = len(pairs)
+    pf = config.postfilter
+    pairs = pairs.map(postfilter.filter_reasons, batched=True, fn_kwargs=dict(transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars), desc="post-filter")
+    pairs = pairs.map(
+        postfilter.mark_duplicates,
+        batched=True,
+        batch_size=None,  # whole table in one batch: duplicates are looked for within each segment
+        with_rank=True,
+        fn_kwargs=dict(model=pf.embedding_model, threshold=pf.duplicate_threshold, device=runtime.device),
+        desc="duplicates",
+    )
+    funnel.pair_drops.update(r for r in pairs["drop_reason"] if r is not None)
+    pairs = pairs.filter(lambda r: r is None, input_columns="drop_reason").remove_columns("drop_reason")
+    pairs = pairs.map(postfilter.categorise, batched=True, desc="categories")
+    funnel.counts["QA pairs kept"] = len(pairs)
+    with_pairs = set(pairs["segment_id"])
+    segments = _drop_rows(segments, [None if sid in with_pairs else "no pair survived the post-filter" for sid in segments["segment_id"]], "postfilter", funnel)
+    funnel.counts["segments in the benchmark"] = len(segments)
+    result.segments, result.pairs = segments, pairs
+    return result
+
+
+def _generic(error: str) -> str:
+    return "unparseable reply" if error == "unparseable reply" else "LLM request failed"
+
+
+# ---------------------------------------------------------------- ledger
 def _ledger(recording_ids: list[str], failures: dict[str, tuple[str, str]], funnel: Funnel, kept: set[str]) -> list[dict]:
     """One entry per input recording: kept, failed (stage, error) or dropped (stage, reasons)."""
     by_recording: dict[str, list[Drop]] = {}
@@ -208,36 +290,55 @@ def _ledger(recording_ids: list[str], failures: dict[str, tuple[str, str]], funn
         by_recording.setdefault(d.recording_id, []).append(d)
     ledger = []
     for rid in recording_ids:
-        if rid in failures:
-            stage, error = failures[rid]
-            ledger.append({"recording_id": rid, "status": "failed", "stage": stage, "reason": error})
-            continue
-        if rid in kept:
-            ledger.append({"recording_id": rid, "status": "kept", "stage": None, "reason": None})
-            continue
+        entry = {"recording_id": rid, "status": "kept", "stage": None, "reason": None}
         drops = by_recording.get(rid, [])
-        # The recording got as far as its furthest segment: report the drops at that stage.
-        last = max((STAGES.index(d.stage) for d in drops), default=None)
-        if last is None:
-            ledger.append({"recording_id": rid, "status": "dropped", "stage": "segments", "reason": "no segment"})
-            continue
-        at_last = [d for d in drops if STAGES.index(d.stage) == last]
-        if all(d.detail for d in at_last):  # every segment failed with an error
-            ledger.append({"recording_id": rid, "status": "failed", "stage": STAGES[last], "reason": at_last[0].detail})
-            continue
-        reasons = Counter(d.reason for d in at_last)
-        text = "; ".join(f"{n} segment(s) {r}" if STAGES[last] != "vad" else r for r, n in sorted(reasons.items()))
-        ledger.append({"recording_id": rid, "status": "dropped", "stage": STAGES[last], "reason": text})
+        if rid in failures:
+            entry.update(status="failed", stage=failures[rid][0], reason=failures[rid][1])
+        elif rid not in kept and drops:
+            # The recording got as far as its furthest segment: report the drops at that stage.
+            last = max(STAGES.index(d.stage) for d in drops)
+            at_last = [d for d in drops if STAGES.index(d.stage) == last]
+            if all(d.detail for d in at_last):  # every one of them failed with an error
+                entry.update(status="failed", stage=STAGES[last], reason=at_last[0].detail)
+            else:
+                reasons = Counter(d.reason for d in at_last)
+                entry.update(status="dropped", stage=STAGES[last], reason="; ".join(f"{r} (x{n})" if n > 1 else r for r, n in sorted(reasons.items())))
+        elif rid not in kept:
+            entry.update(status="dropped", stage="segments", reason="no segment")
+        ledger.append(entry)
     return ledger
 
 
-def write_outputs(result: BuildResult, out_dir: str | Path) -> Path:
-    """``out_dir/condensed`` (load_from_disk), ``report.json`` (funnel) and ``recordings.jsonl`` (ledger)."""
+def write_report(result: BuildResult, out_dir: str | Path) -> None:
+    """``report.json`` (funnel) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.condensed.save_to_disk(str(out_dir / "condensed"))
     (out_dir / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
     with open(out_dir / "recordings.jsonl", "w") as f:
         for entry in result.ledger:
             f.write(json.dumps(entry) + "\n")
+
+
+# ---------------------------------------------------------------- export (stage 12)
+def model_ids(config: Config) -> dict[str, object]:
+    """The models behind the labels, as published (local folders by name only)."""
+    return {
+        "emotion_models": [export.public_model_id(m) for m in config.models.emotion],
+        "dimension_model": export.public_model_id(config.models.dimension),
+        "gender_model": export.public_model_id(config.models.gender),
+        "asr_model": export.public_model_id(config.asr.model),
+    }
+
+
+def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str) -> Path:
+    """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports."""
+    out_dir = Path(out_dir)
+    models = model_ids(config)
+    segment_rows = export.segment_table(result.segments, models)
+    qa_rows = export.qa_table(result.pairs, segment_rows)
+    export.write_config(qa_rows, out_dir, "qa")
+    export.write_config(segment_rows, out_dir, "segments")
+    values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
+    (out_dir / "README.md").write_text(export.render_card(card_template, values))
+    write_report(result, out_dir)
     return out_dir

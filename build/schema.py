@@ -121,3 +121,14 @@ ASR_OUTPUT = Features(
 )
 TAGGED_WORD = {**WORD, "emotion": Value("string"), "gender": Value("string")}
 WORDS_OUTPUT = Features({"tagged_words": List(TAGGED_WORD)})
+
+# stage 10: QA generation (columns added to segment rows)
+QA_OUTPUT = Features(
+    {
+        "qa_pairs": List({"question": Value("string"), "answer": Value("string")}),
+        "qa_raw": Value("string"),  # the LLM's reply as received, kept for every row
+        "qa_error": Value("string"),
+        "prompt_version": Value("string"),
+        "llm_model": Value("string"),
+    }
+)

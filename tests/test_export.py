@@ -1,0 +1,160 @@
+"""Export round trip: Parquet shards + card -> load_dataset with the audio decoded and equal to the source span."""
+
+import numpy as np
+import pytest
+from datasets import Dataset
+
+from build import export, pipeline
+from build.audio import decode_span
+from build.config import paper_config
+from build.schema import CONDENSED_SEGMENT, EMOTION_LABELS
+from conftest import AMI, REPO
+
+SPANS = [(2.0, 34.0), (20.5, 55.0)]
+
+
+def _segments() -> Dataset:
+    rows = []
+    for i, (start, end) in enumerate(SPANS):
+        word = {"word": "menu", "start": start + 1.0, "end": start + 1.4, "score": 0.9, "emotion": "happy", "gender": "female"}
+        rows.append(
+            {
+                "segment_id": f"ami-{i:04d}",
+                "recording_id": "ami",
+                "audio_path": str(AMI),
+                "start": start,
+                "end": end,
+                "emotion_windows": [{"start": start, "end": start + 2, "emotion": "happy", "raw_emotion": "happy", "emotion_scores": [0.1] * 9, "arousal": 0.5, "dominance": 0.5, "valence": 0.7, "consistent": True}],
+                "gender_windows": [{"start": start, "end": start + 2, "gender": "female", "gender_score": 0.8}],
+                "emotion_counts": {label: int(label == "happy") * 5 for label in EMOTION_LABELS},
+                "emotions": ["happy"],
+                "primary_emotion": "happy",
+                "gender": "female",
+                "transcript": "a menu display on the remote",
+                "language": "en",
+                "aligner": "faster-whisper",
+                "tagged_words": [word],
+                "qa_pairs": [{"question": "How does the speaker feel?", "answer": "Pleased."}, {"question": "What is discussed?", "answer": "A menu."}][: 2 - i],
+                "llm_model": "stub-model",
+                "prompt_version": "qa_v1",
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def _pairs(segments: Dataset) -> Dataset:
+    rows = [
+        {"segment_id": s["segment_id"], "recording_id": s["recording_id"], "pair_index": i, "question": p["question"], "answer": p["answer"], "category": c}
+        for s in segments
+        for i, (p, c) in enumerate(zip(s["qa_pairs"], ["emotion", "other"]))
+    ]
+    return Dataset.from_list(rows)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    segments = _segments()
+    models = pipeline.model_ids(paper_config())
+    segment_rows = export.segment_table(segments, models)
+    qa_rows = export.qa_table(_pairs(segments), segment_rows)
+    export.write_config(qa_rows, out, "qa")
+    export.write_config(segment_rows, out, "segments")
+    report = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
+    values = export.card_values(paper_config(), qa_rows, segment_rows, report, models, license="cc-by-4.0", sources="AMI excerpt.", load_path="you/cpqa")
+    (out / "README.md").write_text(export.render_card((REPO / "dataset_card.md").read_text(), values))
+    (out / "work").mkdir()
+    (out / "work" / "scratch.txt").write_text("local only")
+    (out / "report.json").write_text("{}")
+    return out
+
+
+def test_load_dataset_gives_qa_rows_with_decoded_audio_equal_to_the_source_span(built):
+    from datasets import load_dataset
+
+    qa = load_dataset(str(built), split="test")
+    assert len(qa) == 3
+    assert qa.column_names[:5] == ["context", "instruction", "answer", "category", "question_id"]
+    assert qa["instruction"] == ["How does the speaker feel?", "What is discussed?", "How does the speaker feel?"]
+    assert qa["question_id"] == ["ami-0000-q00", "ami-0000-q01", "ami-0001-q00"]
+    assert qa["category"] == ["emotion", "other", "emotion"]
+    assert qa["source_file"] == ["ami_es2004_excerpt.flac"] * 3
+    assert qa["duration"] == [32.0, 32.0, 34.5]
+    assert qa["emotion_models"][0] == ["iic/emotion2vec_plus_large", "iic/emotion2vec_plus_base", "iic/emotion2vec_plus_seed"]
+    assert qa["words"][0] == [{"word": "menu", "start": 3.0, "end": 3.4, "score": 0.9, "emotion": "happy", "gender": "female"}]
+    assert "audio_path" not in qa.column_names  # no local paths are published
+    for row, (start, end) in zip(qa.select([0, 2]), SPANS):
+        audio = row["context"]
+        samples = audio.get_all_samples() if hasattr(audio, "get_all_samples") else None
+        array = samples.data.numpy()[0] if samples is not None else np.asarray(audio["array"])
+        rate = samples.sample_rate if samples is not None else audio["sampling_rate"]
+        expected = decode_span(str(AMI), start, end)
+        assert rate == 16_000 and len(array) == len(expected)
+        assert np.abs(array - expected).max() <= 1 / 32768 + 1e-6  # 16-bit FLAC: lossless up to quantisation
+
+
+def test_segments_config_loads_with_windows_and_pair_counts(built):
+    from datasets import load_dataset
+
+    segments = load_dataset(str(built), "segments", split="test")
+    assert segments["segment_id"] == ["ami-0000", "ami-0001"]
+    assert segments["n_pairs"] == [2, 1]
+    assert segments["emotion_windows"][0][0]["valence"] == pytest.approx(0.7)
+    assert segments["emotion_counts"][0]["happy"] == 5
+
+
+def test_card_has_configs_and_real_statistics(built):
+    card = (built / "README.md").read_text()
+    assert "config_name: qa\n  default: true" in card and "path: data/segments/test-*.parquet" in card
+    assert "license: cc-by-4.0" in card
+    assert "| QA pairs | 3 |" in card and "| clips (segments) | 2 |" in card
+    assert "| emotion | 2 |" in card and "| other | 1 |" in card
+    assert "| dropped at length: shorter than 30 s | 4 |" in card
+    assert "angry 10, disgusted 10, fearful 4, happy 4, sad 2, surprised 3" in card
+    import yaml
+
+    header = yaml.safe_load(card.split("---")[1])
+    assert [c["config_name"] for c in header["configs"]] == ["qa", "segments"]
+    assert header["pretty_name"] == "CPQA: contextual paralinguistic QA"
+
+
+def test_files_to_upload_is_exactly_the_card_and_the_shards(built):
+    assert export.files_to_upload(built) == [
+        "README.md",
+        "data/qa/test-00000-of-00001.parquet",
+        "data/segments/test-00000-of-00001.parquet",
+    ]
+
+
+def test_card_template_fields_must_all_be_given():
+    with pytest.raises(KeyError, match=r"needs a value for \$n_pairs"):
+        export.render_card("pairs: $n_pairs", {})
+
+
+def test_push_uploads_exactly_those_files(built, monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, repo_type, private, exist_ok):
+            calls["create"] = (repo_id, repo_type, private)
+
+        def upload_folder(self, folder_path, repo_id, repo_type, allow_patterns, commit_message):
+            calls["upload"] = sorted(allow_patterns)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    url = export.push(built, "you/cpqa")
+    assert url == "https://huggingface.co/datasets/you/cpqa"
+    assert calls["create"] == ("you/cpqa", "dataset", True)  # private by default
+    assert calls["upload"] == export.files_to_upload(built)
+    assert calls["token"] == "hf_secret"
+
+
+def test_local_model_folders_are_published_by_name_only(tmp_path):
+    assert export.public_model_id(str(tmp_path)) == f"local:{tmp_path.name}"
+    assert export.public_model_id("iic/emotion2vec_plus_large") == "iic/emotion2vec_plus_large"
