@@ -8,6 +8,8 @@ first predicate that fires, in this order:
 - "empty": question or answer blank (or the answer shorter than ``min_answer_chars``);
 - "garbled": fewer than half of the characters are letters, a word repeats five times in a row,
   or the answer only repeats the question;
+- "not a question": no question mark and no interrogative or imperative opening ("what", "is",
+  "describe", ...);
 - "presupposes a transcript": the question names a transcript, text, caption... (a listener has audio only).
 
 ``mark_duplicates`` (batched map over pair rows; call it with ``batch_size=None`` so that no segment
@@ -44,6 +46,12 @@ _SPEAKER_WORDS = (
 )
 
 
+_QUESTION_OPENINGS = (
+    r"what|who|whom|whose|why|how|when|where|which|is|are|was|were|does|do|did|can|could|would|will|"
+    r"should|has|have|had|describe|name|identify|list|explain|tell|compare|summari[sz]e|give|state"
+)
+
+
 def _has(alternatives: str, text: str) -> bool:
     return re.search(r"\b(?:" + alternatives + r")\b", text, flags=re.IGNORECASE) is not None
 
@@ -68,6 +76,8 @@ def pair_drop_reason(question: str | None, answer: str | None, transcript_words:
         return "empty"
     if _garbled(question) or _garbled(answer) or _normal(answer) == _normal(question):
         return "garbled"
+    if not question.rstrip().endswith("?") and not _has(_QUESTION_OPENINGS, question.split()[0]):
+        return "not a question"
     if _has(transcript_pattern(transcript_words), question):
         return "presupposes a transcript"
     return None

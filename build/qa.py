@@ -57,13 +57,15 @@ def word_spans(words: list[dict], clip_start: float = 0.0) -> list[dict]:
     for w in words:
         labels = (w.get("emotion"), w.get("gender"))
         if spans and (spans[-1]["emotion"], spans[-1]["gender"]) == labels:
-            spans[-1]["end"] = w["end"]
+            if w["end"] is not None:  # untimed words (numbers, symbols) keep the span's end
+                spans[-1]["end"] = w["end"]
+            spans[-1]["start"] = spans[-1]["start"] if spans[-1]["start"] is not None else w["start"]
             spans[-1]["words"].append(w["word"].strip())
         else:
             spans.append({"start": w["start"], "end": w["end"], "emotion": labels[0], "gender": labels[1], "words": [w["word"].strip()]})
     for span in spans:
-        span["start"] = round(span["start"] - clip_start, 1)
-        span["end"] = round(span["end"] - clip_start, 1)
+        for key in ("start", "end"):
+            span[key] = None if span[key] is None else round(span[key] - clip_start, 1)
     return spans
 
 
@@ -71,8 +73,12 @@ def format_word_spans(spans: list[dict]) -> str:
     if not spans:
         return "(no word timings)"
     return "\n".join(
-        f"{s['start']:.1f}-{s['end']:.1f} | {s['emotion'] or 'none'} | {s['gender'] or 'none'} | {' '.join(s['words'])}" for s in spans
+        f"{_seconds(s['start'])}-{_seconds(s['end'])} | {s['emotion'] or 'none'} | {s['gender'] or 'none'} | {' '.join(s['words'])}" for s in spans
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION) -> list[dict]:

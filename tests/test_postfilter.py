@@ -26,6 +26,8 @@ WORDS = ["transcript", "transcription", "text", "written", "caption", "subtitle"
         ("What???", "!!! ??? ...", "garbled"),
         ("Where are they?", "door door door door door", "garbled"),
         ("Is the speaker angry?", "is the speaker angry", "garbled"),
+        ("Your best friend", "My family is awesome.", "not a question"),
+        ("Describe the speaker's tone", "Calm and even.", None),
     ],
 )
 def test_pair_drop_reasons(question, answer, reason):

@@ -136,6 +136,18 @@ def test_render_puts_transcript_labels_and_word_spans_in_the_prompt():
     assert SECRET not in json.dumps([system, user])
 
 
+def test_render_keeps_untimed_words_in_their_span():
+    words = [
+        {"word": "It", "start": 10.0, "end": 10.2, "score": 0.9, "emotion": "sad", "gender": "male"},
+        {"word": "costs", "start": 10.3, "end": 10.6, "score": 0.9, "emotion": "sad", "gender": "male"},
+        {"word": "£20", "start": None, "end": None, "score": None, "emotion": "sad", "gender": "male"},
+        {"word": "£5", "start": None, "end": None, "score": None, "emotion": "angry", "gender": "male"},
+    ]
+    row = {**segment_row(), "start": 10.0, "tagged_words": words}
+    content = render_messages(row, n_pairs=1, structured=False)[1]["content"]
+    assert "0.0-0.6 | sad | male | It costs £20\n?-? | angry | male | £5\n" in content
+
+
 def test_render_structured_asks_for_json():
     _, user = render_messages(segment_row(), n_pairs=2, structured=True)
     assert user["content"].endswith('Reply with JSON only: an object with a "pairs" list that holds one object per pair, '
