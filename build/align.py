@@ -45,7 +45,9 @@ Two fixes make WhisperX 3.7.4 run under torch 2.8 and offline:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import sys
 import os
 import shutil
 import tempfile
@@ -112,12 +114,25 @@ def _ctranslate2_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
+def _whisperx_logs_to_stderr() -> None:
+    """WhisperX logs INFO lines to stdout; keep stdout for the caller and only warnings and up."""
+    from whisperx.log_utils import setup_logging
+
+    setup_logging("warning")  # configures now what its modules would configure at INFO on first use
+    for handler in logging.getLogger("whisperx").handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def _load_whisperx(model_path: str, device: str, compute_type: str, language: str | None):
     import torch
     import whisperx
 
+    _whisperx_logs_to_stderr()
+
     kind, index = _ctranslate2_device(device)
-    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()):
+    # pyannote print()s version warnings about the bundled VAD checkpoint: to stderr with them.
+    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr):
         return whisperx.load_model(
             model_path,
             kind,
@@ -182,9 +197,19 @@ def _detect_language(pipeline, audio: np.ndarray) -> str:
     return pipeline.detect_language(audio)
 
 
+def _seeded() -> None:
+    """Whisper falls back to sampling at temperature > 0 when a decode looks repetitive (RAVDESS's
+    repeated sentences do): seed CTranslate2 per segment so a rebuild gives the same transcript and
+    the LLM cache is hit, whatever the segment order."""
+    import ctranslate2
+
+    ctranslate2.set_random_seed(0)
+
+
 def _whisperx_words(pipeline, align_model, audio: np.ndarray, language: str, batch_size: int, device: str) -> tuple[str, list[dict]]:
     import whisperx
 
+    _seeded()
     segments = pipeline.transcribe(audio, batch_size=batch_size, language=language)["segments"]
     transcript = " ".join(s["text"].strip() for s in segments).strip()
     if not segments:
@@ -201,6 +226,7 @@ def _whisperx_words(pipeline, align_model, audio: np.ndarray, language: str, bat
 
 
 def _faster_whisper_words(pipeline, audio: np.ndarray, language: str | None) -> tuple[str, str, list[dict]]:
+    _seeded()
     segments, info = pipeline.model.transcribe(audio, language=language, word_timestamps=True, vad_filter=True)
     texts, words = [], []
     for segment in segments:

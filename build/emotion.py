@@ -82,14 +82,17 @@ def funasr_side_effects_contained() -> Iterator[None]:
     """Keep FunASR's process-wide side effects out: ``import funasr`` imports every submodule, one of
     which calls ``logging.basicConfig(level=INFO)``; building a model calls ``basicConfig`` again and
     reseeds ``random``, ``numpy`` and ``torch`` (CPU state restored here); ``generate`` draws from
-    ``random``."""
+    ``random``. Its prints ("funasr version: ...") go to stderr, leaving stdout to the caller."""
+    import contextlib
+    import sys
+
     import torch
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         root.handlers[:] = handlers

@@ -75,6 +75,20 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def dataset_info_yaml(out_dir: str | Path, rows: dict[str, int]) -> str:
+    """The card's ``dataset_info``: rows and Parquet bytes per config.
+
+    Besides informing the Hub viewer, it makes a rebuild load fresh: ``load_dataset`` on a local
+    folder caches under the folder's name and a hash of the card's metadata (not of the data files),
+    so without these numbers a rebuild into the same folder would load the previous build's cache.
+    """
+    lines = ["dataset_info:"]
+    for name, n in rows.items():
+        size = sum(p.stat().st_size for p in (Path(out_dir) / "data" / name).glob("*.parquet"))
+        lines += [f"- config_name: {name}", "  splits:", f"  - name: {SPLIT}", f"    num_bytes: {size}", f"    num_examples: {n}", f"  download_size: {size}", f"  dataset_size: {size}"]
+    return "\n".join(lines)
+
+
 def files_to_upload(out_dir: str | Path) -> list[str]:
     """The card and the Parquet shards, relative to ``out_dir``; work files and reports stay local."""
     root = Path(out_dir)
@@ -107,15 +121,15 @@ def public_model_id(model: str) -> str:
 _SEGMENT_COLUMNS = ("segment_id", "recording_id", "source_file", "start", "end", "duration", "primary_emotion", "emotions", "gender", "transcript", "words")
 
 
-def segment_table(segments: Dataset, models: dict[str, object]) -> Dataset:
-    """One row per clip: audio, provenance, labels, words and windows, ``n_pairs``, model ids."""
+def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dict[str, int]) -> Dataset:
+    """One row per clip: audio, provenance, labels, words and windows, ``n_pairs`` (pairs kept), model ids."""
     data = with_audio(segments)
     data = data.map(
         lambda b: {
             "source_file": [Path(p).name for p in b["audio_path"]],
             "duration": [round(e - s, 3) for s, e in zip(b["start"], b["end"])],
             "words": b["tagged_words"],
-            "n_pairs": [len(p) for p in b["qa_pairs"]],
+            "n_pairs": [pair_counts.get(sid, 0) for sid in b["segment_id"]],
         },
         batched=True,
         remove_columns=["tagged_words"],

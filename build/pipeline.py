@@ -334,11 +334,12 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports."""
     out_dir = Path(out_dir)
     models = model_ids(config)
-    segment_rows = export.segment_table(result.segments, models)
+    segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"]))
     qa_rows = export.qa_table(result.pairs, segment_rows)
     export.write_config(qa_rows, out_dir, "qa")
     export.write_config(segment_rows, out_dir, "segments")
     values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
+    values["dataset_info"] = export.dataset_info_yaml(out_dir, {"qa": len(qa_rows), "segments": len(segment_rows)})
     (out_dir / "README.md").write_text(export.render_card(card_template, values))
     write_report(result, out_dir)
     return out_dir

@@ -56,12 +56,14 @@ def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     segments = _segments()
     models = pipeline.model_ids(paper_config())
-    segment_rows = export.segment_table(segments, models)
-    qa_rows = export.qa_table(_pairs(segments), segment_rows)
+    pairs = _pairs(segments)
+    segment_rows = export.segment_table(segments, models, {"ami-0000": 2, "ami-0001": 1})
+    qa_rows = export.qa_table(pairs, segment_rows)
     export.write_config(qa_rows, out, "qa")
     export.write_config(segment_rows, out, "segments")
     report = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
     values = export.card_values(paper_config(), qa_rows, segment_rows, report, models, license="cc-by-4.0", sources="AMI excerpt.", load_path="you/cpqa")
+    values["dataset_info"] = export.dataset_info_yaml(out, {"qa": len(qa_rows), "segments": len(segment_rows)})
     (out / "README.md").write_text(export.render_card((REPO / "dataset_card.md").read_text(), values))
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
@@ -116,6 +118,27 @@ def test_card_has_configs_and_real_statistics(built):
     header = yaml.safe_load(card.split("---")[1])
     assert [c["config_name"] for c in header["configs"]] == ["qa", "segments"]
     assert header["pretty_name"] == "CPQA: contextual paralinguistic QA"
+    qa_info = header["dataset_info"][0]
+    assert qa_info["config_name"] == "qa" and qa_info["splits"] == [{"name": "test", "num_bytes": qa_info["dataset_size"], "num_examples": 3}]
+    assert qa_info["dataset_size"] == (built / "data" / "qa" / "test-00000-of-00001.parquet").stat().st_size
+
+
+def test_a_rebuild_into_the_same_folder_loads_fresh(tmp_path):
+    """load_dataset caches a local folder by its name and card metadata: the card's sizes must change it."""
+    from datasets import load_dataset
+
+    segments = _segments()
+    models = pipeline.model_ids(paper_config())
+    loaded = []
+    for counts in ({"ami-0000": 2, "ami-0001": 1}, {"ami-0000": 0, "ami-0001": 0}):
+        out = tmp_path / "same-name"
+        rows = export.segment_table(segments, models, counts)
+        export.write_config(rows, out, "segments")
+        export.write_config(rows.select([0]), out, "qa")
+        info = export.dataset_info_yaml(out, {"qa": 1, "segments": 2})
+        (out / "README.md").write_text("---\n" + info + "\nconfigs:\n- config_name: segments\n  data_files:\n  - split: test\n    path: data/segments/test-*.parquet\n---\n")
+        loaded.append(load_dataset(str(out), "segments", split="test")["n_pairs"][:])
+    assert loaded == [[2, 1], [0, 0]]
 
 
 def test_files_to_upload_is_exactly_the_card_and_the_shards(built):

@@ -1,0 +1,113 @@
+"""`python cpqa.py demo` end to end against a loopback OpenAI-compatible server, then `evaluate` on its output."""
+
+import json
+
+import pytest
+
+import cpqa
+from openai_stub import OpenAIStub
+
+SECRET = "sk-test-never-written-anywhere"
+PAIRS = [
+    {"question": "How does the speaker feel?", "answer": "Afraid."},
+    {"question": "How is the speaker feeling?", "answer": "Scared."},  # near-duplicate of the first
+    {"question": "What does the transcript say first?", "answer": "Kids are talking."},  # presupposes a transcript
+    {"question": "Is the speaker male or female?", "answer": "Male."},
+    {"question": "Why does the speaker sound afraid?", "answer": "The dogs by the door worry him."},
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    with OpenAIStub(lambda request: json.dumps({"pairs": PAIRS})) as stub, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_BASE_URL", stub.base_url)
+        mp.setenv("OPENAI_API_KEY", SECRET)
+        import io
+        from contextlib import redirect_stdout
+
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            assert cpqa.main(["demo", "--out", str(out)]) == 0
+        requests = list(stub.requests)
+    return out, printed.getvalue(), requests
+
+
+def test_demo_prints_the_funnel_and_how_to_open_the_result(demo):
+    out, printed, requests = demo
+    lines = printed.splitlines()
+    assert lines[0] == "cpqa build: 8 recordings in"
+    assert "      dropped: 4 shorter than 30 s" in lines  # the Apollo radio excerpt
+    n = len(requests)  # one request per condensed segment
+    assert f"  {'QA pairs generated':<30} {5 * n:>6}" in lines
+    assert f"  {'QA pairs kept':<30} {3 * n:>6}" in lines
+    assert f"      dropped: {n} near-duplicate question" in lines
+    assert f"      dropped: {n} presupposes a transcript" in lines
+    assert "recordings: 7 kept, 1 dropped, 0 failed" in lines
+    assert "  apollo11: dropped at length: shorter than 30 s (x4)" in lines
+    assert f"QA categories: contextual paralinguistic reasoning {n}, emotion {n}, speaker {n}" in lines
+    assert lines[-1].startswith(f'open with: datasets.load_dataset("{out}", split="test")')
+
+
+def test_demo_dataset_loads_with_exact_rows(demo):
+    from datasets import load_dataset
+
+    out, _, requests = demo
+    qa = load_dataset(str(out), split="test")
+    segments = load_dataset(str(out), "segments", split="test")
+    assert len(segments) == len(requests) == 7
+    assert len(qa) == 3 * len(segments)
+    assert qa["instruction"][:3] == ["How does the speaker feel?", "Is the speaker male or female?", "Why does the speaker sound afraid?"]
+    assert qa["category"][:3] == ["emotion", "speaker", "contextual paralinguistic reasoning"]
+    assert set(qa["prompt_version"]) == {"qa_v1"} and set(qa["aligner"]) == {"faster-whisper"}
+    assert qa["emotion_models"][0] == ["local:emotion2vec_tiny_0", "local:emotion2vec_tiny_1", "local:emotion2vec_tiny_2"]
+    assert qa["asr_model"][0] == "bundled:tiny.en"
+    first = segments[0]
+    assert first["n_pairs"] == 3 and first["transcript"].strip()
+    assert all(w["emotion"] is not None for w in first["words"] if w["start"] is not None)
+    ledger = [json.loads(line) for line in (out / "recordings.jsonl").read_text().splitlines()]
+    assert len(ledger) == 8 and sum(e["status"] == "kept" for e in ledger) == 7
+
+
+def test_the_api_key_never_reaches_outputs_or_the_cache(demo):
+    out, _, _ = demo
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_rerun_pays_for_no_llm_request(demo, tmp_path):
+    out, _, _ = demo
+    with OpenAIStub(lambda request: json.dumps({"pairs": PAIRS})) as stub, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_BASE_URL", stub.base_url)
+        import io
+        from contextlib import redirect_stdout
+
+        with redirect_stdout(io.StringIO()):
+            assert cpqa.main(["demo", "--out", str(out)]) == 0
+        assert stub.requests == []  # every reply came from OUT/work/llm-cache
+
+
+def test_evaluate_judges_given_predictions_and_writes_table2(demo, tmp_path):
+    out, _, _ = demo
+    from datasets import load_dataset
+
+    qa = load_dataset(str(out), split="test")
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"question_id": q, "prediction": "He sounds afraid."}) + "\n" for q in qa["question_id"]))
+
+    def grade(request):
+        prompt = request["messages"][-1]["content"]
+        return "Explanation: wrong focus.\nRating: 1" if "male or female" in prompt else "Explanation: matches.\nRating: 4"
+
+    with OpenAIStub(grade) as judge:
+        results_dir = tmp_path / "results"
+        assert cpqa.main(["evaluate", str(out), "--judge", f"model=stub-judge,base_url={judge.base_url},name=stub", "--predictions", str(predictions), "--prompts", "audiobench", "--out", str(results_dir)]) == 0
+    results = json.loads((results_dir / "results.json").read_text())
+    summary = results["out"]["judges"]["stub"]["audiobench"]
+    # a third of the questions are speaker questions rated 1, the rest 4: (1 + 4 + 4) / 3 x 20 = 60
+    assert summary["score"] == pytest.approx(60.0)
+    assert summary["by_category"]["speaker"]["score"] == pytest.approx(20.0)
+    assert summary["success_rate"] == 1.0
+    table = (results_dir / "results.md").read_text()
+    assert "| stub | audiobench | 60.00 |" in table
