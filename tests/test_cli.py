@@ -111,3 +111,27 @@ def test_evaluate_judges_given_predictions_and_writes_table2(demo, tmp_path):
     assert summary["success_rate"] == 1.0
     table = (results_dir / "results.md").read_text()
     assert "| stub | audiobench | 60.00 |" in table
+
+
+def test_evaluate_two_qa_sets_reports_their_per_clip_correlation(demo, tmp_path):
+    out, _, _ = demo
+    from datasets import load_dataset
+
+    qa = load_dataset(str(out), split="test")
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"question_id": q, "prediction": f"He sounds afraid [{s}]."}) + "\n" for q, s in zip(qa["question_id"], qa["segment_id"])))
+    clips = sorted(set(qa["segment_id"]))
+    rating = {sid: i % 6 for i, sid in enumerate(clips)}  # each clip its own rating, in both sets
+
+    def grade(request):
+        prompt = request["messages"][-1]["content"]
+        clip = next(sid for sid in clips if f"[{sid}]" in prompt)
+        return f"Rating: {rating[clip]}"
+
+    with OpenAIStub(grade) as judge:
+        results_dir = tmp_path / "two"
+        argv = ["evaluate", str(out), str(out), "--labels", "llm", "human", "--judge", f"model=stub-judge,base_url={judge.base_url},name=stub", "--predictions", str(predictions), "--prompts", "audiobench", "--out", str(results_dir)]
+        assert cpqa.main(argv) == 0
+    table = (results_dir / "results.md").read_text()
+    assert "## Per-clip correlation, llm vs human" in table
+    assert f"| stub | audiobench | {len(clips)} | 1.000 | 1.000 |" in table
