@@ -83,7 +83,9 @@ class AsrConfig:
     # "faster-whisper": Whisper's own word timestamps (offline, any language).
     aligner: str = "whisperx"
     language: str | None = "en"  # None: detect per segment
-    compute_type: str = "float16"  # CTranslate2 precision; "int8" on CPU
+    # CTranslate2 precision: "default" keeps the checkpoint's (float16 for large-v3) where the device
+    # supports it and converts where not (float32 on CPU); "int8" is the fast choice on CPU.
+    compute_type: str = "default"
     batch_size: int = 16
 
 

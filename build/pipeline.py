@@ -279,7 +279,8 @@ def run_qa(result: BuildResult, config: Config, work_dir: str | Path, base_url: 
 
 
 def _generic(error: str) -> str:
-    return "unparseable reply" if error == "unparseable reply" else "LLM request failed"
+    """Funnel reason for a QA error: the parse and transcript ones as they are, transport errors as one."""
+    return error if error in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else "LLM request failed"
 
 
 # ---------------------------------------------------------------- ledger
