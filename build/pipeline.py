@@ -20,9 +20,8 @@ from pathlib import Path
 
 from datasets import Dataset, Features
 
-from . import align, condense, dimension, emotion, export, gender, ingest, postfilter, qa, segment, windows, words
+from . import align, condense, dimension, emotion, export, gender, ingest, postfilter, qa, schema, segment, windows, words
 from .config import Config
-from .schema import ASR_OUTPUT, CONDENSED_SEGMENT, QA_OUTPUT, WORDS_OUTPUT
 
 log = logging.getLogger("cpqa")
 
@@ -87,22 +86,31 @@ def _drop_rows(data: Dataset, reasons: list[str | None], stage: str, funnel: Fun
 
 
 # ---------------------------------------------------------------- labelling half (stages 0-7)
+def _map(data: Dataset, fn, columns: Features, *, replace: bool = False, **kwargs) -> Dataset:
+    """``Dataset.map`` with its output typed by ``columns`` (new columns, or all of them if ``replace``).
+
+    Typing every stage's output keeps a batch of failures (all nulls) from fixing a column's type,
+    and an empty input still gets the stage's columns: datasets never calls the function then.
+    """
+    features = columns if replace else Features({**data.features, **columns})
+    if len(data) == 0:
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    if replace:
+        kwargs["remove_columns"] = data.column_names
+    return data.map(fn, batched=True, features=features, **kwargs)
+
+
 def run_labelling(source: str | Path, config: Config, work_dir: str | Path) -> BuildResult:
     """Ingest → condensation on ``source``."""
     work_dir = Path(work_dir)
     funnel = Funnel()
 
     recordings = ingest.list_recordings(source, cache_dir=work_dir / "cache")
-    recordings = recordings.map(ingest.probe_recordings, batched=True, batch_size=32, desc="probe")
+    recordings = _map(recordings, ingest.probe_recordings, schema.PROBE_OUTPUT, batch_size=32, desc="probe")
     funnel.counts["recordings"] = len(recordings)
     vad = config.vad
-    recordings = recordings.map(
-        segment.detect_speech,
-        batched=True,
-        batch_size=8,
-        fn_kwargs=dict(threshold=vad.threshold, min_speech_ms=vad.min_speech_ms, min_silence_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms),
-        desc="vad",
-    )
+    vad_kwargs = dict(threshold=vad.threshold, min_speech_ms=vad.min_speech_ms, min_silence_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms)
+    recordings = _map(recordings, segment.detect_speech, schema.VAD_OUTPUT, batch_size=8, fn_kwargs=vad_kwargs, desc="vad")
     failures = {}
     for rid, error, vad_error, speech in zip(recordings["recording_id"], recordings["error"], recordings["vad_error"], recordings["speech"]):
         if error is not None:
@@ -113,59 +121,55 @@ def run_labelling(source: str | Path, config: Config, work_dir: str | Path) -> B
             funnel.drops.append(Drop(rid, "vad", "no speech detected"))
     funnel.counts["recordings with speech"] = sum(1 for s in recordings["speech"] if s)
 
-    segments = recordings.map(
-        segment.explode_segments,
-        batched=True,
-        remove_columns=recordings.column_names,
-        fn_kwargs=dict(merge_gap_s=vad.merge_gap_s, max_segment_s=config.max_segment_s),
-        desc="segments",
-    )
+    segments = _map(
+        recordings, segment.explode_segments, schema.SEGMENT, replace=True,
+        fn_kwargs=dict(merge_gap_s=vad.merge_gap_s, max_segment_s=config.max_segment_s), desc="segments",
+    )  # fmt: skip
     funnel.counts["segments"] = len(segments)
     reasons = [segment.length_drop_reason(s, e, config.min_segment_s, config.max_segment_s) for s, e in zip(segments["start"], segments["end"])]
     segments = _drop_rows(segments, reasons, "length", funnel)
     funnel.counts["segments within length"] = len(segments)
 
     emotion_windows, gender_windows = _label_windows(segments, config)
-    emotion_windows = emotion_windows.map(
-        condense.mark_consistency, batched=True, fn_kwargs=dict(x=config.condense.x, y=config.condense.y), desc="consistency"
-    )
+    emotion_windows = _map(
+        emotion_windows, condense.mark_consistency, schema.CONSISTENCY_OUTPUT,
+        fn_kwargs=dict(x=config.condense.x, y=config.condense.y), desc="consistency",
+    )  # fmt: skip
     segments, label_errors = _attach_windows(segments, emotion_windows, gender_windows)
     segments = _drop_rows(segments, [("labelling failed" if e else None) for e in label_errors], "label", funnel, label_errors)
     funnel.counts["segments labelled"] = len(segments)
 
-    segments = segments.map(condense.count_occurrences, batched=True, fn_kwargs=dict(alpha=config.condense.alpha), desc="occurrence")
+    segments = _map(segments, condense.count_occurrences, schema.OCCURRENCE_OUTPUT, fn_kwargs=dict(alpha=config.condense.alpha), desc="occurrence")
     segments = _drop_rows(segments, segments["drop_reason"], "occurrence", funnel).remove_columns("drop_reason")
     funnel.counts["segments passing occurrence"] = len(segments)
     kept = condense.balanced_sample(segments["segment_id"], segments["primary_emotion"], config.condense.samples_per_category, config.condense.seed)
     segments = _drop_rows(segments, [None if sid in kept else "over the per-category quota" for sid in segments["segment_id"]], "sampling", funnel)
     funnel.counts["condensed segments"] = len(segments)
-    return BuildResult(recordings["recording_id"], failures, funnel, segments.cast(CONDENSED_SEGMENT))
+    return BuildResult(recordings["recording_id"], failures, funnel, segments.cast(schema.CONDENSED_SEGMENT))
 
 
 def _label_windows(segments: Dataset, config: Config) -> tuple[Dataset, Dataset]:
     runtime = config.runtime
-    on_device = dict(batched=True, batch_size=runtime.batch_size, with_rank=True, num_proc=runtime.num_proc)
+    on_device = dict(batch_size=runtime.batch_size, with_rank=True, num_proc=runtime.num_proc)
 
     def explode(spec, name):
-        return segments.map(
-            windows.explode_windows,
-            batched=True,
-            remove_columns=segments.column_names,
-            fn_kwargs=dict(label_s=spec.label_s, context_s=spec.context_s, min_last_fraction=spec.min_last_fraction),
-            desc=f"{name} windows",
-        )
+        kwargs = dict(label_s=spec.label_s, context_s=spec.context_s, min_last_fraction=spec.min_last_fraction)
+        return _map(segments, windows.explode_windows, schema.WINDOW, replace=True, fn_kwargs=kwargs, desc=f"{name} windows")
 
     emotion_windows = explode(config.emotion_window, "emotion")
     gender_windows = explode(config.gender_window, "gender")
-    emotion_windows = emotion_windows.map(
-        emotion.label_categorical_emotion, fn_kwargs=dict(model_ids=list(config.models.emotion), device=runtime.device), desc="emotion2vec", **on_device
-    )
-    emotion_windows = emotion_windows.map(
-        dimension.label_dimensions, fn_kwargs=dict(model_id=config.models.dimension, device=runtime.device), desc="dimensions", **on_device
-    )
-    gender_windows = gender_windows.map(
-        gender.label_gender, fn_kwargs=dict(model_id=config.models.gender, device=runtime.device), desc="gender", **on_device
-    )
+    emotion_windows = _map(
+        emotion_windows, emotion.label_categorical_emotion, schema.CATEGORICAL_OUTPUT,
+        fn_kwargs=dict(model_ids=list(config.models.emotion), device=runtime.device), desc="emotion2vec", **on_device,
+    )  # fmt: skip
+    emotion_windows = _map(
+        emotion_windows, dimension.label_dimensions, schema.DIMENSIONAL_OUTPUT,
+        fn_kwargs=dict(model_id=config.models.dimension, device=runtime.device), desc="dimensions", **on_device,
+    )  # fmt: skip
+    gender_windows = _map(
+        gender_windows, gender.label_gender, schema.GENDER_OUTPUT,
+        fn_kwargs=dict(model_id=config.models.gender, device=runtime.device), desc="gender", **on_device,
+    )  # fmt: skip
     return emotion_windows, gender_windows
 
 
@@ -202,7 +206,7 @@ def _attach_windows(segments: Dataset, emotion_windows: Dataset, gender_windows:
     columns["emotion_windows"] = [grouped_emotion.get(sid, []) for sid in ids]
     columns["gender_windows"] = [grouped_gender.get(sid, []) for sid in ids]
     columns["gender"] = [condense.majority_gender(w) for w in columns["gender_windows"]]
-    features = Features({k: CONDENSED_SEGMENT[k] for k in columns})
+    features = Features({k: schema.CONDENSED_SEGMENT[k] for k in columns})
     return Dataset.from_dict(columns, features=features), [errors.get(sid) for sid in ids]
 
 
@@ -213,26 +217,23 @@ def run_qa(result: BuildResult, config: Config, work_dir: str | Path, base_url: 
     ``base_url`` is the OpenAI-compatible endpoint (the caller starts the embedded one if needed).
     """
     funnel, runtime, asr = result.funnel, config.runtime, config.asr
-    segments = result.segments.map(
-        align.transcribe_and_align,
-        batched=True,
-        batch_size=asr.batch_size,
-        with_rank=True,
-        num_proc=runtime.num_proc,
+    segments = _map(
+        result.segments, align.transcribe_and_align, schema.ASR_OUTPUT,
+        batch_size=asr.batch_size, with_rank=True, num_proc=runtime.num_proc,
         fn_kwargs=dict(model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=runtime.device),
-        features=Features({**result.segments.features, **ASR_OUTPUT}),  # a batch of failures has no types to infer
         desc="asr",
-    )
+    )  # fmt: skip
     errors = segments["asr_error"]
     reasons = ["transcription failed" if e else (None if t and t.strip() else "no words recognised") for e, t in zip(errors, segments["transcript"])]
     segments = _drop_rows(segments, reasons, "asr", funnel, [e or None for e in errors])
     funnel.counts["segments transcribed"] = len(segments)
-    segments = segments.map(words.tag_words, batched=True, features=Features({**segments.features, **WORDS_OUTPUT}), desc="word labels")
+    segments = _map(segments, words.tag_words, schema.WORDS_OUTPUT, desc="word labels")
 
     q = config.qa
-    segments = segments.map(
+    segments = _map(
+        segments,
         qa.generate_qa,
-        batched=True,
+        schema.QA_OUTPUT,
         batch_size=max(q.concurrency * 4, 16),
         fn_kwargs=dict(
             base_url=base_url,
@@ -247,7 +248,6 @@ def run_qa(result: BuildResult, config: Config, work_dir: str | Path, base_url: 
             max_retries=q.max_retries,
             timeout_s=q.timeout_s,
         ),
-        features=Features({**segments.features, **QA_OUTPUT}),
         desc="qa",
     )
     qa_errors = segments["qa_error"]
@@ -255,27 +255,36 @@ def run_qa(result: BuildResult, config: Config, work_dir: str | Path, base_url: 
     segments = _drop_rows(segments, reasons, "qa", funnel, qa_errors)
     funnel.counts["segments with QA pairs"] = len(segments)
 
-    pairs = segments.map(postfilter.explode_pairs, batched=True, remove_columns=segments.column_names, desc="pairs")
+    pairs = _map(segments, postfilter.explode_pairs, schema.PAIR, replace=True, desc="pairs")
     funnel.counts["QA pairs generated"] = len(pairs)
-    pf = config.postfilter
-    pairs = pairs.map(postfilter.filter_reasons, batched=True, fn_kwargs=dict(transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars), desc="post-filter")
-    pairs = pairs.map(
-        postfilter.mark_duplicates,
-        batched=True,
-        batch_size=None,  # whole table in one batch: duplicates are looked for within each segment
-        with_rank=True,
-        fn_kwargs=dict(model=pf.embedding_model, threshold=pf.duplicate_threshold, device=runtime.device),
-        desc="duplicates",
-    )
-    funnel.pair_drops.update(r for r in pairs["drop_reason"] if r is not None)
-    pairs = pairs.filter(lambda r: r is None, input_columns="drop_reason").remove_columns("drop_reason")
-    pairs = pairs.map(postfilter.categorise, batched=True, desc="categories")
+    pairs = _post_filter(pairs, config, funnel)
     funnel.counts["QA pairs kept"] = len(pairs)
     with_pairs = set(pairs["segment_id"])
     segments = _drop_rows(segments, [None if sid in with_pairs else "no pair survived the post-filter" for sid in segments["segment_id"]], "postfilter", funnel)
     funnel.counts["segments in the benchmark"] = len(segments)
     result.segments, result.pairs = segments, pairs
     return result
+
+
+def _post_filter(pairs: Dataset, config: Config, funnel: Funnel) -> Dataset:
+    """Drop pairs by reason (counted), then tag the categories of those kept."""
+    pf = config.postfilter
+    filter_kwargs = dict(transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
+    pairs = _map(pairs, postfilter.filter_reasons, schema.DROP_REASON, fn_kwargs=filter_kwargs, desc="post-filter")
+    pairs = _map(
+        pairs, postfilter.mark_duplicates, schema.DROP_REASON,
+        batch_size=None,  # whole table in one batch: duplicates are looked for within each segment
+        with_rank=True,
+        fn_kwargs=dict(model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device),
+        desc="duplicates",
+    )  # fmt: skip
+    funnel.pair_drops.update(r for r in pairs["drop_reason"] if r is not None)
+    pairs = _drop_pairs(pairs)
+    return _map(pairs, postfilter.categorise, schema.CATEGORY, desc="categories")
+
+
+def _drop_pairs(pairs: Dataset) -> Dataset:
+    return pairs.select([i for i, reason in enumerate(pairs["drop_reason"]) if reason is None]).remove_columns("drop_reason")
 
 
 def _generic(error: str) -> str:

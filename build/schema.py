@@ -39,6 +39,8 @@ RECORDING = Features(
     }
 )
 
+PROBE_OUTPUT = Features({"duration": RECORDING["duration"], "error": RECORDING["error"]})
+
 # stage 1: VAD -> new columns on the recording rows
 VAD_OUTPUT = Features({"speech": List({"start": Value("float64"), "end": Value("float64")}), "vad_error": Value("string")})
 
@@ -80,6 +82,17 @@ DIMENSIONAL_OUTPUT = Features(
 )
 GENDER_OUTPUT = Features(
     {"gender": Value("string"), "gender_score": Value("float32"), "gender_error": Value("string")}
+)
+
+# stage 7: X_E on emotion windows, X_O on segments
+CONSISTENCY_OUTPUT = Features({"consistent": Value("bool"), "condensed_emotion": Value("string")})
+OCCURRENCE_OUTPUT = Features(
+    {
+        "emotion_counts": {label: Value("int32") for label in EMOTION_LABELS},
+        "emotions": List(Value("string")),
+        "primary_emotion": Value("string"),
+        "drop_reason": Value("string"),
+    }
 )
 
 EMOTION_WINDOW = {
@@ -132,3 +145,17 @@ QA_OUTPUT = Features(
         "llm_model": Value("string"),
     }
 )
+
+# stage 11: one row per generated pair, the post-filter's reasons, and the kept pairs with categories
+PAIR = Features(
+    {
+        "segment_id": Value("string"),
+        "recording_id": Value("string"),
+        "pair_index": Value("int64"),  # position in the LLM's reply
+        "question": Value("string"),
+        "answer": Value("string"),
+    }
+)
+DROP_REASON = Features({"drop_reason": Value("string")})
+CATEGORY = Features({"category": Value("string")})
+QA_PAIR = Features({**PAIR, **CATEGORY})

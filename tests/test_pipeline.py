@@ -82,3 +82,35 @@ def test_paper_alpha_and_quota_drops_are_counted(source, tiny_config, tmp_path):
     quota = pipeline.run_labelling(source, _config(tiny_config, samples_per_category=0), tmp_path)
     assert quota.funnel.drop_counts()["sampling"] == {"over the per-category quota": 2}
     assert len(quota.segments) == 0
+
+
+def test_qa_failures_are_counted_and_recorded_per_recording(labelled, tiny_config, tmp_path):
+    import dataclasses
+
+    from openai_stub import OpenAIStub, Reply
+
+    def reply(request):
+        prompt = request["messages"][-1]["content"]
+        return Reply(500, "model overloaded") if "by the door" in prompt else "I am not sure what you want me to write here."
+
+    config = tiny_config.with_overrides(["qa.max_retries=0", "qa.structured_output=text"])
+    result = dataclasses.replace(labelled, funnel=dataclasses.replace(labelled.funnel, drops=list(labelled.funnel.drops), counts=dict(labelled.funnel.counts)))
+    with OpenAIStub(reply) as stub:
+        result = pipeline.run_qa(result, config, tmp_path, stub.base_url)
+    assert result.funnel.drop_counts()["qa"] == {"LLM request failed": 1, "unparseable reply": 1}
+    assert result.funnel.counts["segments with QA pairs"] == 0 and len(result.pairs) == 0
+    ledger = {entry["recording_id"]: entry for entry in result.ledger}
+    assert ledger["actor01"]["status"] == "failed" and ledger["actor01"]["stage"] == "qa"
+    assert "500" in ledger["actor01"]["reason"] and "model overloaded" in ledger["actor01"]["reason"]
+    assert ledger["meeting"] == {"recording_id": "meeting", "status": "failed", "stage": "qa", "reason": "unparseable reply"}
+    assert ledger["silence"]["stage"] == "vad"  # earlier outcomes are unchanged
+
+
+def test_a_build_where_nothing_survives_still_accounts_for_everything(tmp_path, tiny_config):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    sf.write(folder / "silence.wav", np.zeros(16_000 * 40, dtype=np.float32), 16_000)
+    (folder / "empty.flac").write_bytes(b"")
+    result = pipeline.run_labelling(folder, tiny_config, tmp_path / "work")
+    assert len(result.segments) == 0 and result.segments.features == pipeline.schema.CONDENSED_SEGMENT
+    assert [(e["recording_id"], e["status"], e["stage"]) for e in result.ledger] == [("empty", "failed", "ingest"), ("silence", "dropped", "vad")]
