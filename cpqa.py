@@ -34,7 +34,7 @@ TINY_MODELS = REPO / ".cpqa" / "tiny-models"
 
 
 def load_config(args: argparse.Namespace):
-    from build.config import Config, paper_config, tiny_config
+    from build.config import paper_config, tiny_config
 
     if args.profile == "tiny":
         from build.tiny import build_tiny_models
@@ -43,25 +43,8 @@ def load_config(args: argparse.Namespace):
     else:
         config = paper_config()
     if args.config:
-        text = Path(args.config).read_text()
-        if args.config.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        merged = config.to_dict()
-        _deep_update(merged, data)
-        config = Config.from_dict(merged)
+        config = config.with_file(args.config)
     return config.with_overrides(args.set or [])
-
-
-def _deep_update(base: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "alpha":
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
 
 
 DEMO_SOURCES = (

@@ -160,6 +160,26 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         return _from_dict(cls, data, path="")
 
+    def with_file(self, path: str) -> Config:
+        """Values from a YAML or JSON file (any subset of the tree) on top of this config.
+
+        Sections merge key by key, except ``condense.alpha``, which a file replaces whole (so that a
+        file can also remove a target emotion)."""
+        from pathlib import Path
+
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file holds a mapping of sections, not {type(data).__name__}")
+        merged = self.to_dict()
+        _merge(merged, data)
+        return Config.from_dict(merged)
+
     def with_overrides(self, overrides: list[str]) -> Config:
         """Apply ``section.key=value`` strings; values are parsed as JSON when they can be."""
         data = self.to_dict()
@@ -181,6 +201,14 @@ class Config:
                 raise ValueError(f"override {item!r}: unknown config key {key!r}")
             node[leaf] = value
         return Config.from_dict(data)
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "alpha":
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _from_dict(cls, data: dict[str, Any], path: str):

@@ -40,3 +40,14 @@ def test_tiny_profile_only_swaps_models(tmp_path):
     c = tiny_config(str(tmp_path))
     assert c.profile == "tiny" and c.models.dimension == str(tmp_path / "msp_dim_tiny")
     assert c.condense == paper_config().condense and c.emotion_window == paper_config().emotion_window
+
+
+def test_config_file_merges_sections_and_replaces_alpha(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("condense:\n  x: 0.55\n  alpha: {sad: 3}\nvad:\n  merge_gap_s: 1.5\n")
+    c = paper_config().with_file(str(path))
+    assert (c.condense.x, c.condense.y, c.condense.alpha) == (0.55, 0.4, {"sad": 3})
+    assert c.vad.merge_gap_s == 1.5 and c.vad.threshold == 0.5
+    path.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="a config file holds a mapping of sections, not list"):
+        paper_config().with_file(str(path))
