@@ -77,6 +77,11 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, license:
             print("starting the embedded LLM server (llama.cpp, SmolLM2-135M-Instruct) ...", flush=True)
             base_url = stack.enter_context(embedded_server(model))
         result = pipeline.run_qa(result, config, work_dir, base_url)
+    if len(result.pairs) == 0:
+        pipeline.write_report(result, out_dir)
+        print(format_report(result))
+        print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
+        return 1
     card = (REPO / "dataset_card.md").read_text()
     pipeline.export_dataset(
         result, config, out_dir, license=license, sources=sources or USER_SOURCES.format(n=len(result.recording_ids)), card_template=card
