@@ -12,12 +12,32 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .audio import AudioError, decode_spans
+from .audio import SAMPLE_RATE, AudioError, decode_spans
 
 
 def pads_with_attention_mask(config) -> bool:
     """wav2vec2-family models with a layer-norm feature encoder take padded, masked batches."""
     return getattr(config, "feat_extract_norm", None) == "layer"
+
+
+def predict_logits(model, extractor, clips: list[np.ndarray]) -> np.ndarray:
+    """Outputs of a transformers audio model for one batch of 16 kHz clips, shape (len(clips), labels).
+
+    Clips of unequal length are padded, with an attention mask, only for models that take one
+    (``pads_with_attention_mask``); ``run_in_groups`` sends the other models equal lengths only."""
+    import torch
+
+    with_mask = pads_with_attention_mask(model.config)
+    if with_mask:
+        inputs = extractor(clips, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True, return_tensors="pt")
+    else:
+        inputs = extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    device = next(model.parameters()).device
+    # Float inputs follow the model's dtype (a half-precision model on GPU); masks stay integers.
+    inputs = {k: v.to(device, model.dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+    with torch.inference_mode():
+        logits = model(**inputs).logits
+    return logits.float().cpu().numpy()
 
 
 def batch_plan(lengths: Sequence[int], pad_with_mask: bool) -> list[list[int]]:

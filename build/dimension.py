@@ -22,15 +22,13 @@ see padding at all, so their windows run in groups of equal length.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model, Wav2Vec2PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import devices
-from .audio import SAMPLE_RATE
-from .batching import classify_windows, pads_with_attention_mask
+from .batching import classify_windows, predict_logits
 from .schema import DIMENSIONS
 
 
@@ -100,25 +98,6 @@ def _model(model_id: str, device: str):
     return devices.cached(("dimension", model_id, device), lambda: load_dimension_model(model_id, device))
 
 
-def predict_dimensions(model, extractor, clips: list[np.ndarray]) -> np.ndarray:
-    """Raw model outputs for one batch of 16 kHz clips, shape (len(clips), num_labels)."""
-    with_mask = pads_with_attention_mask(model.config)
-    inputs = extractor(
-        clips,
-        sampling_rate=SAMPLE_RATE,
-        padding=with_mask,
-        return_attention_mask=with_mask,
-        return_tensors="pt",
-    )
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(
-            inputs["input_values"].to(device, model.dtype),
-            attention_mask=inputs["attention_mask"].to(device) if with_mask else None,
-        ).logits
-    return logits.float().cpu().numpy()
-
-
 def label_dimensions(
     batch: dict[str, list],
     rank: int | None = None,
@@ -128,7 +107,7 @@ def label_dimensions(
 ) -> dict[str, list]:
     """Batched map function: arousal, dominance, valence, dimension_error for each window."""
     load = lambda: _model(model_id, devices.device_for(rank, device))
-    rows, errors = classify_windows(batch, model_id, load, lambda loaded, clips: predict_dimensions(loaded[0], loaded[1], clips))
+    rows, errors = classify_windows(batch, model_id, load, lambda loaded, clips: predict_logits(loaded[0], loaded[1], clips))
     out: dict[str, list] = {name: [None] * len(rows) for name in DIMENSIONS}
     for i, row in enumerate(rows):
         if row is not None:

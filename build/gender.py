@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import devices
-from .audio import SAMPLE_RATE
-from .batching import classify_windows, pads_with_attention_mask
+from .batching import classify_windows, predict_logits
 from .schema import GENDER_LABELS
 
 _GENDER_WORDS = {
@@ -80,23 +79,6 @@ def load_gender_model(model_id: str, device: str):
 
 def _model(model_id: str, device: str):
     return devices.cached(("gender", model_id, device), lambda: load_gender_model(model_id, device))
-
-
-def predict_logits(model, extractor, clips: list[np.ndarray]) -> np.ndarray:
-    """Logits for one batch of 16 kHz clips, shape (len(clips), num_labels)."""
-    import torch
-
-    if pads_with_attention_mask(model.config):
-        inputs = extractor(
-            clips, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
-        )
-    else:
-        inputs = extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-    device = next(model.parameters()).device
-    inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-    with torch.inference_mode():
-        logits = model(**inputs).logits
-    return logits.float().cpu().numpy()
 
 
 def label_gender(
