@@ -13,7 +13,6 @@ Every drop is counted by stage and reason (``Funnel``), and every input recordin
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,6 @@ from datasets import Dataset, Features
 
 from . import align, condense, dimension, emotion, export, gender, ingest, postfilter, qa, schema, segment, windows, words
 from .config import Config
-
-log = logging.getLogger("cpqa")
 
 STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "qa", "postfilter")
 
