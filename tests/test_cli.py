@@ -135,3 +135,25 @@ def test_evaluate_two_qa_sets_reports_their_per_clip_correlation(demo, tmp_path)
     table = (results_dir / "results.md").read_text()
     assert "## Per-clip correlation, llm vs human" in table
     assert f"| stub | audiobench | {len(clips)} | 1.000 | 1.000 |" in table
+
+
+@pytest.mark.embedded_llm
+def test_the_readme_demo_runs_offline_with_the_embedded_llm(tmp_path, monkeypatch):
+    """The README's first command as it is: no endpoint configured, so the SmolLM2 server is started."""
+    import io
+    from contextlib import redirect_stdout
+
+    from datasets import load_dataset
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    out = tmp_path / "demo"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert cpqa.main(["demo", "--out", str(out)]) == 0
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == "starting the embedded LLM server (llama.cpp, SmolLM2-135M-Instruct) ..."
+    assert "cpqa build: 8 recordings in" in lines
+    qa = load_dataset(str(out), split="test")
+    assert len(qa) >= 1 and qa.column_names[:4] == ["context", "instruction", "answer", "category"]
+    assert set(qa["llm_model"]) == {"bundled:smollm2-135m-instruct"} and set(qa["prompt_version"]) == {"qa_v1"}
+    assert all(q.strip() and a.strip() for q, a in zip(qa["instruction"], qa["answer"]))
