@@ -92,12 +92,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def classify_windows(
-    batch: dict[str, list], model_id: str, load: Callable[[], tuple], predict: Callable[[tuple, list[np.ndarray]], np.ndarray]
-) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Decode ``audio_path``/``ctx_start``/``ctx_end`` and run ``predict(loaded, clips)``.
+    batch: dict[str, list], model_id: str, load: Callable[[], tuple]
+) -> tuple[list[np.ndarray | None], list[str | None], tuple | None]:
+    """Decode ``audio_path``/``ctx_start``/``ctx_end`` and run the model on them (``predict_logits``).
 
-    Returns one output row (or None) and one error (or None) per window. ``load`` is only called
-    when at least one window decoded, and must return a tuple whose first item is the model.
+    ``load`` returns ``(model, feature extractor, ...)`` and is only called when at least one window
+    decoded. Returns one output row (or None) and one error (or None) per window, and what ``load``
+    returned (None when nothing decoded).
     """
     paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
     rows: list[np.ndarray | None] = [None] * len(paths)
@@ -107,9 +108,9 @@ def classify_windows(
         if isinstance(clip, AudioError):
             errors[i] = str(clip)  # already names the file
     if all(error is not None for error in errors):
-        return rows, errors  # nothing to run: don't even load the model
+        return rows, errors, None  # nothing to run: don't even load the model
     loaded = load()
-    model = loaded[0]
+    model, extractor = loaded[0], loaded[1]
     usable: list[int] = []
     for i, clip in enumerate(clips):
         if errors[i] is None:
@@ -118,10 +119,10 @@ def classify_windows(
                 errors[i] = f"{span_label(paths[i], starts[i], ends[i])}: {problem}"
             else:
                 usable.append(i)
-    results = run_in_groups([clips[i] for i in usable], lambda group: predict(loaded, group), pads_with_attention_mask(model.config))
+    results = run_in_groups([clips[i] for i in usable], lambda group: predict_logits(model, extractor, group), pads_with_attention_mask(model.config))
     for i, row in zip(usable, results):
         if isinstance(row, Exception):
             errors[i] = f"{span_label(paths[i], starts[i], ends[i])}: {model_id} failed ({first_line(row)})"
         else:
             rows[i] = row
-    return rows, errors
+    return rows, errors, loaded

@@ -28,7 +28,7 @@ from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model, Wav2Vec2PreTra
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import devices
-from .batching import classify_windows, predict_logits
+from .batching import classify_windows
 from .schema import DIMENSIONS
 
 
@@ -106,11 +106,10 @@ def label_dimensions(
     device: str = "auto",
 ) -> dict[str, list]:
     """Batched map function: arousal, dominance, valence, dimension_error for each window."""
-    load = lambda: _model(model_id, devices.device_for(rank, device))
-    rows, errors = classify_windows(batch, model_id, load, lambda loaded, clips: predict_logits(loaded[0], loaded[1], clips))
+    rows, errors, loaded = classify_windows(batch, model_id, lambda: _model(model_id, devices.device_for(rank, device)))
     out: dict[str, list] = {name: [None] * len(rows) for name in DIMENSIONS}
     for i, row in enumerate(rows):
         if row is not None:
-            for name, column in zip(DIMENSIONS, load()[2]):
+            for name, column in zip(DIMENSIONS, loaded[2]):
                 out[name][i] = float(row[column])
     return {**out, "dimension_error": errors}

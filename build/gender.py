@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import devices
-from .batching import classify_windows, predict_logits
+from .batching import classify_windows
 from .schema import GENDER_LABELS
 
 _GENDER_WORDS = {
@@ -89,11 +89,10 @@ def label_gender(
     device: str = "auto",
 ) -> dict[str, list]:
     """Batched map function: gender, gender_score, gender_error for each window."""
-    load = lambda: _model(model_id, devices.device_for(rank, device))
-    rows, errors = classify_windows(batch, model_id, load, lambda loaded, clips: predict_logits(loaded[0], loaded[1], clips))
+    rows, errors, loaded = classify_windows(batch, model_id, lambda: _model(model_id, devices.device_for(rank, device)))
     genders: list[str | None] = [None] * len(rows)
     scores: list[float | None] = [None] * len(rows)
     for i, row in enumerate(rows):
         if row is not None:
-            genders[i], scores[i] = gender_from_logits(row, load()[2])
+            genders[i], scores[i] = gender_from_logits(row, loaded[2])
     return {"gender": genders, "gender_score": scores, "gender_error": errors}

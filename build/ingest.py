@@ -54,16 +54,14 @@ def probe_recordings(batch: dict[str, list]) -> dict[str, list]:
     durations, errors = [], []
     for path in batch["audio_path"]:
         try:
-            durations.append(probe_duration(path) if Path(path).exists() else _missing(path))
+            if not Path(path).exists():
+                raise AudioError(f"{path}: file not found")
+            durations.append(probe_duration(path))
             errors.append(None)
         except AudioError as exc:
             durations.append(None)
             errors.append(str(exc))
     return {"duration": durations, "error": errors}
-
-
-def _missing(path: str) -> float:
-    raise AudioError(f"{path}: file not found")
 
 
 def _table(rows: list[tuple[str, str]]) -> Dataset:

@@ -7,7 +7,7 @@ from datasets import Dataset
 from build import export, pipeline
 from build.audio import decode_span
 from build.config import paper_config
-from build.schema import CONDENSED_SEGMENT, EMOTION_LABELS
+from build.schema import EMOTION_LABELS
 from conftest import AMI, REPO
 
 SPANS = [(2.0, 34.0), (20.5, 55.0)]

@@ -5,7 +5,6 @@ import doctest
 import importlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -1,5 +1,3 @@
-import pytest
-from datasets import Dataset
 
 from build.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
 from conftest import AMI, ravdess_recording
