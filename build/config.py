@@ -43,6 +43,9 @@ class VadConfig:
     # Consecutive speech regions closer than this are joined into one segment, as long as the
     # joined segment stays within max_segment_s (a longer pause always starts a new segment).
     merge_gap_s: float = 3.0
+    # Recordings are read in blocks of this many seconds (bounded memory on long files); a speech
+    # region cut by a block edge is joined again by the merge above.
+    block_s: float = 600.0
 
 
 @dataclass
@@ -122,9 +125,21 @@ class PostFilterConfig:
 
 @dataclass
 class RuntimeConfig:
-    device: str = "auto"  # "auto" (cuda by rank when available, else cpu), "cpu", "cuda", "cuda:1"
+    """How a build runs: devices, batches, and the work units (shards) that make it resumable.
+
+    Processes come from ``accelerate launch`` (``build.ranks``): rank r takes shards r, r + world, ...
+    and uses ``cuda:<local rank>``. Shard membership depends on the inputs and these numbers only,
+    never on the number of processes, so any number of processes builds the same rows.
+    """
+
+    device: str = "auto"  # "auto" (cuda:<local rank> when available, else cpu), "cpu", "cuda", "cuda:1"
     batch_size: int = 16  # windows per labelling batch
-    num_proc: int | None = None  # datasets.map processes for the labellers (one per GPU)
+    # "auto": float16 on CUDA, float32 on CPU; or "float32", "float16", "bfloat16" (labelling models)
+    precision: str = "auto"
+    loader_workers: int = 2  # processes decoding segments ahead of the labelling models (0: in the main process)
+    recordings_per_shard: int = 64  # recordings per labelling shard (sorted by id)
+    hours_per_shard: float | None = None  # instead: close a shard once it holds this many audio hours
+    segments_per_shard: int = 32  # condensed segments per ASR / QA / post-filter shard
 
 
 @dataclass
@@ -197,6 +212,8 @@ class Config:
                 if not isinstance(node.get(part), dict):
                     raise ValueError(f"override {item!r}: no config section {part!r}")
                 node = node[part]
+            if key in REMOVED_KEYS:
+                raise ValueError(REMOVED_KEYS[key])
             if leaf not in node:
                 raise ValueError(f"override {item!r}: unknown config key {key!r}")
             node[leaf] = value
@@ -211,8 +228,17 @@ def _merge(base: dict, extra: dict) -> None:
             base[key] = value
 
 
+REMOVED_KEYS = {
+    "runtime.num_proc": "runtime.num_proc was removed: run N processes with "
+    "`accelerate launch --num_processes N cpqa.py build ...` (each takes every N-th shard)",
+}
+
+
 def _from_dict(cls, data: dict[str, Any], path: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if path + key in REMOVED_KEYS:
+            raise ValueError(REMOVED_KEYS[path + key])
     unknown = set(data) - set(known)
     if unknown:
         raise ValueError(f"unknown config key(s) {sorted(path + k for k in unknown)}")

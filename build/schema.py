@@ -108,6 +108,25 @@ EMOTION_WINDOW = {
 }
 GENDER_WINDOW = {"start": Value("float64"), "end": Value("float64"), "gender": Value("string"), "gender_score": Value("float32")}
 
+# stages 3-6 as one per-shard task (build.label): a segment with its raw window labels
+RAW_EMOTION_WINDOW = {
+    "start": Value("float64"),
+    "end": Value("float64"),
+    "emotion": Value("string"),  # the classifier's own label (before X_E)
+    "emotion_scores": List(Value("float32")),  # 9 scores in EMOTION_LABELS order
+    "arousal": Value("float32"),
+    "dominance": Value("float32"),
+    "valence": Value("float32"),
+}
+LABEL_OUTPUT = Features(
+    {
+        "emotion_windows": List(RAW_EMOTION_WINDOW),
+        "gender_windows": List(GENDER_WINDOW),
+        "label_error": Value("string"),  # null, or the first window error of the segment (file and span named)
+    }
+)
+LABELLED_SEGMENT = Features({**SEGMENT, **LABEL_OUTPUT})
+
 # stage 7: a condensed, labelled segment
 CONDENSED_SEGMENT = Features(
     {
