@@ -11,6 +11,10 @@ llama_cpp.server's), with one change: llama.cpp's extra CPU buffer types (weight
 AMX/AVX-512 kernels) are switched off. With them, llama-cpp-python 0.3.36 segfaults on the first
 prompt longer than one token on AMX-capable Xeons; for a 135M model they buy nothing that matters.
 
+The server never outlives the process that started it, however that process ends (``kill -9``
+included): on Linux the kernel sends it SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), and
+on every platform a watchdog thread in the server exits once its parent is gone.
+
 llama-cpp-python's server accepts ``response_format={"type": "json_object", "schema": {...}}`` (the
 schema becomes a grammar) and rejects ``{"type": "json_schema", ...}`` with HTTP 500 ("Input should
 be 'text' or 'json_object'"); ``build.llm.LlmClient`` switches dialect when it sees that.
@@ -18,8 +22,11 @@ be 'text' or 'json_object'"); ``build.llm.LlmClient`` switches dialect when it s
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import threading
 import subprocess
 import sys
 import tempfile
@@ -102,12 +109,48 @@ def embedded_server(
     base_url = f"http://127.0.0.1:{port}/v1"
     # stderr goes to a file, not a pipe: a chatty server must never block on a full pipe buffer.
     with tempfile.TemporaryFile(mode="w+b") as stderr:
-        process = subprocess.Popen(command, cwd=PACKAGE_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        env = {**os.environ, _PARENT_VARIABLE: str(os.getpid())}
+        process = subprocess.Popen(
+            command, cwd=PACKAGE_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent(os.getpid())
+        )
         try:
             _wait_until_ready(process, base_url, startup_timeout_s, stderr)
             yield base_url
         finally:
             _stop(process)
+
+
+_PARENT_VARIABLE = "CPQA_EMBEDDED_SERVER_PARENT"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when its parent dies (None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arm
+
+
+def _watch_parent(interval_s: float = 1.0) -> None:
+    """In the server: exit as soon as the process that started it is gone (re-parented)."""
+    parent = int(os.environ.get(_PARENT_VARIABLE, "0"))
+    if not parent:
+        return
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _wait_until_ready(process: subprocess.Popen, base_url: str, timeout_s: float, stderr) -> None:
@@ -145,6 +188,7 @@ def _tail(stderr, lines: int = 20) -> str:
 
 def _serve() -> None:
     """llama_cpp.server's command line, with extra CPU buffer types off (see the module docstring)."""
+    _watch_parent()
     import llama_cpp.llama_cpp as bindings
 
     default_model_params = bindings.llama_model_default_params

@@ -178,3 +178,19 @@ PAIR = Features(
 DROP_REASON = Features({"drop_reason": Value("string")})
 CATEGORY = Features({"category": Value("string")})
 QA_PAIR = Features({**PAIR, **CATEGORY})
+
+# every dropped recording, segment or QA pair, with why (OUT/work/<stage>/<shard>.dropped.parquet,
+# merged into OUT/work/dropped/<stage>.parquet at the end of a build)
+DROPPED = Features(
+    {
+        "stage": Value("string"),  # the funnel step that dropped it (build.pipeline.FUNNEL)
+        "recording_id": Value("string"),
+        "segment_id": Value("string"),  # null for a whole recording
+        "pair_index": Value("int64"),  # null unless a QA pair was dropped
+        "reason": Value("string"),  # counted in the funnel: the same words for every row dropped for it
+        "detail": Value("string"),  # the error or the dropped text; null when the reason says it all
+    }
+)
+
+# the global ingest step: every recording with its shard (OUT/work/ingest/recordings.parquet)
+PLANNED_RECORDING = Features({**RECORDING, "shard": Value("string")})
