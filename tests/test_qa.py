@@ -408,3 +408,41 @@ def test_embedded_smollm2_writes_pairs_in_json_schema_mode(tmp_path):
     # the reply itself is JSON, as the grammar demands (its strings may hold raw newlines: strict=False)
     assert json.loads(out["qa_raw"][0], strict=False)["pairs"]
     assert out["llm_model"] == [EMBEDDED_MODEL] and out["prompt_version"] == ["qa_v1"]
+
+
+@pytest.mark.embedded_llm
+def test_embedded_server_dies_with_its_parent_even_on_sigkill(tmp_path):
+    """A parent killed with SIGKILL cannot stop its server: the server must go by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    script = (
+        "import os, sys, time\n"
+        "from build.llm_server import embedded_server\n"
+        "with embedded_server() as url:\n"
+        "    import psutil\n"
+        "    print(psutil.Process().children()[0].pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    server_pid = int(parent.stdout.readline())
+    os.kill(server_pid, 0)  # running
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE:  # dead, waiting to be reaped
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)
+    os.kill(server_pid, signal.SIGKILL)
+    pytest.fail(f"the embedded server {server_pid} outlived its killed parent")
