@@ -1,18 +1,30 @@
-"""Running a waveform classifier over a batch of windows, one failed window costing only its row.
+"""Running a waveform classifier over decoded clips, one failed clip costing only its own row.
 
-Shared by the dimensional and gender stages (any wav2vec2-family ``transformers`` model).
-wav2vec2-family models with a layer-norm feature encoder take padded batches with an attention mask;
-every other model runs in groups of equal length, so no model sees padding it was not trained with.
+Shared by the dimensional and gender stages (any wav2vec2-family ``transformers`` model) and by the
+window map functions of all three labellers.
+
+- ``classify_clips`` runs a loaded model over clips that are already decoded (16 kHz float32 arrays)
+  and returns one output row or one error per clip. Errors name the clip's file and span
+  (``errors.span_label``), then the problem.
+- wav2vec2-family models with a layer-norm feature encoder take padded batches with an attention
+  mask; every other model runs in groups of equal length, so no model sees padding it was not
+  trained with. A group that fails is retried clip by clip.
+- ``over_windows`` adapts a clip function to window rows (``audio_path``, ``ctx_start``, ``ctx_end``):
+  it decodes the spans, gives undecodable windows their decoder error, and calls the clip function
+  only when at least one window decoded (so a batch of missing files never loads a model).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, decode_spans
+from .errors import first_line, span_label
+
+Span = tuple[str, float, float]  # (audio_path, start, end): where a clip comes from, for messages
 
 
 def pads_with_attention_mask(config) -> bool:
@@ -21,7 +33,8 @@ def pads_with_attention_mask(config) -> bool:
 
 
 def predict_logits(model, extractor, clips: list[np.ndarray]) -> np.ndarray:
-    """Outputs of a transformers audio model for one batch of 16 kHz clips, shape (len(clips), labels).
+    """Outputs of a transformers audio model for one batch of 16 kHz clips, shape (len(clips), labels),
+    as float32 whatever the model's dtype.
 
     Clips of unequal length are padded, with an attention mask, only for models that take one
     (``pads_with_attention_mask``); ``run_in_groups`` sends the other models equal lengths only."""
@@ -74,6 +87,7 @@ def run_in_groups(
 
 
 def clip_problem(clip: np.ndarray, model) -> str | None:
+    """Why a clip cannot go through a wav2vec2-family model, or None."""
     if clip.size == 0:
         return "empty span"
     output_lengths = getattr(model, "_get_feat_extract_output_lengths", None)  # wav2vec2 family
@@ -82,47 +96,60 @@ def clip_problem(clip: np.ndarray, model) -> str | None:
     return None
 
 
-def span_label(path: str, start: float, end: float) -> str:
-    return f"{path} [{start:.3f}-{end:.3f} s]"
+def classify_clips(
+    clips: Sequence[np.ndarray], spans: Sequence[Span], model_id: str, model, extractor
+) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """One output row (or None) and one error (or None) per clip, in input order.
 
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def classify_windows(
-    batch: dict[str, list], model_id: str, load: Callable[[], tuple]
-) -> tuple[list[np.ndarray | None], list[str | None], tuple | None]:
-    """Decode ``audio_path``/``ctx_start``/``ctx_end`` and run the model on them (``predict_logits``).
-
-    ``load`` returns ``(model, feature extractor, ...)`` and is only called when at least one window
-    decoded. Returns one output row (or None) and one error (or None) per window, and what ``load``
-    returned (None when nothing decoded).
-    """
-    paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
-    rows: list[np.ndarray | None] = [None] * len(paths)
-    errors: list[str | None] = [None] * len(paths)
-    clips = decode_spans(paths, starts, ends)
-    for i, clip in enumerate(clips):
-        if isinstance(clip, AudioError):
-            errors[i] = str(clip)  # already names the file
-    if all(error is not None for error in errors):
-        return rows, errors, None  # nothing to run: don't even load the model
-    loaded = load()
-    model, extractor = loaded[0], loaded[1]
+    ``model`` and ``extractor`` are a loaded transformers audio model and its feature extractor;
+    ``spans`` say where each clip comes from, for the error messages."""
+    if len(clips) != len(spans):
+        raise ValueError(f"{len(clips)} clips but {len(spans)} spans")
+    rows: list[np.ndarray | None] = [None] * len(clips)
+    errors: list[str | None] = [None] * len(clips)
     usable: list[int] = []
     for i, clip in enumerate(clips):
-        if errors[i] is None:
-            problem = clip_problem(clip, model)
-            if problem:
-                errors[i] = f"{span_label(paths[i], starts[i], ends[i])}: {problem}"
-            else:
-                usable.append(i)
-    results = run_in_groups([clips[i] for i in usable], lambda group: predict_logits(model, extractor, group), pads_with_attention_mask(model.config))
+        problem = clip_problem(clip, model)
+        if problem:
+            errors[i] = f"{span_label(*spans[i])}: {problem}"
+        else:
+            usable.append(i)
+    results = run_in_groups(
+        [clips[i] for i in usable],
+        lambda group: predict_logits(model, extractor, group),
+        pads_with_attention_mask(model.config),
+    )
     for i, row in zip(usable, results):
         if isinstance(row, Exception):
-            errors[i] = f"{span_label(paths[i], starts[i], ends[i])}: {model_id} failed ({first_line(row)})"
+            errors[i] = f"{span_label(*spans[i])}: {model_id} failed ({first_line(row)})"
         else:
             rows[i] = row
-    return rows, errors, loaded
+    return rows, errors
+
+
+def over_windows(
+    batch: dict[str, list],
+    classify: Callable[[list[np.ndarray], list[Span]], dict[str, list]],
+    columns: Iterable[str],
+    error_column: str,
+) -> dict[str, list]:
+    """Decode the windows of ``batch`` and label the ones that decoded with ``classify(clips, spans)``.
+
+    Returns ``columns`` (the labeller's output columns, ``error_column`` among them) for every row:
+    a window that did not decode gets its decoder error (which names the file) and nulls."""
+    paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
+    decoded = decode_spans(paths, starts, ends)
+    out: dict[str, list] = {name: [None] * len(paths) for name in columns}
+    usable = []
+    for i, clip in enumerate(decoded):
+        if isinstance(clip, AudioError):
+            out[error_column][i] = str(clip)  # already names the file
+        else:
+            usable.append(i)
+    if not usable:
+        return out  # nothing decoded: the model is not even loaded
+    labelled = classify([decoded[i] for i in usable], [(paths[i], starts[i], ends[i]) for i in usable])
+    for name in out:
+        for i, value in zip(usable, labelled[name]):
+            out[name][i] = value
+    return out

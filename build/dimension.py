@@ -4,72 +4,30 @@ Input columns (one row per labelling window): ``audio_path``, ``ctx_start``, ``c
 the span the model hears). Output columns, and only these (``schema.DIMENSIONAL_OUTPUT``):
 
 - ``arousal``, ``dominance``, ``valence``: the model's regression outputs, roughly in [0, 1]
-  (the condensation filter reads valence);
+  (the condensation filter reads valence), as float32 values whatever the model's precision;
 - ``dimension_error``: null, or a message naming the file and the problem (then the three values
   are null). A window that fails never fails its batch.
 
-The hub checkpoint ``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim`` has no transformers
-class of its own: its model card defines the head in Python. ``MspDimensionModel`` rebuilds that
-layout (``wav2vec2.*`` backbone, ``classifier.dense`` / ``classifier.out_proj`` head, mean pooling
-over time) so the checkpoint loads with every key matched. Its ``pos_conv_embed`` weights are stored
-as ``weight_g`` / ``weight_v``; transformers renames them to the parametrised weight norm on load.
+Two entry points: ``classify_clips`` labels clips that are already decoded (``build.label`` slices
+them out of one decode per segment), and ``label_dimensions`` is the batched map function over
+window rows, which decodes its spans and calls ``classify_clips``.
 
-Batching: wav2vec2 models whose feature encoder uses layer norm (``feat_extract_norm == "layer"``:
-large-robust, lv60, XLS-R) were trained with attention masks, so windows of different lengths are
-padded and masked, and pooling only covers valid frames. Group-norm models (wav2vec2-base) must not
-see padding at all, so their windows run in groups of equal length.
+The checkpoint has no transformers class of its own; ``build.models.MspDimensionModel`` rebuilds
+its layout. Batching follows ``build.batching``: layer-norm wav2vec2 models (large-robust) take
+padded, masked batches and pool over valid frames only; group-norm ones (wav2vec2-base) run in
+groups of equal length.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model, Wav2Vec2PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from collections.abc import Sequence
 
-from . import devices
-from .batching import classify_windows
-from .schema import DIMENSIONS
+import numpy as np
+from transformers import Wav2Vec2FeatureExtractor
 
-
-class MspRegressionHead(nn.Module):
-    """The model card's head: dropout, dense, tanh, dropout, projection to the three dimensions."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.final_dropout)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(self.dense(self.dropout(pooled)))
-        return self.out_proj(self.dropout(hidden))
-
-
-class MspDimensionModel(Wav2Vec2PreTrainedModel):
-    """wav2vec2 backbone, hidden states mean-pooled over valid frames, regression head.
-
-    ``logits`` holds one row per input in the order of ``config.id2label``
-    (arousal, dominance, valence for the audeering checkpoint).
-    """
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.wav2vec2 = Wav2Vec2Model(config)
-        self.classifier = MspRegressionHead(config)
-        self.post_init()
-
-    def forward(
-        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> SequenceClassifierOutput:
-        hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
-        if attention_mask is None:
-            pooled = hidden.mean(dim=1)
-        else:
-            frames = self._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
-            frames = frames.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * frames).sum(dim=1) / frames.sum(dim=1)
-        return SequenceClassifierOutput(logits=self.classifier(pooled))
+from . import batching, devices
+from .models import MspDimensionModel, MspRegressionHead, model_dtype  # noqa: F401  (re-exported)
+from .schema import DIMENSIONAL_OUTPUT, DIMENSIONS
 
 
 def dimension_columns(id2label: dict, model_id: str) -> list[int]:
@@ -86,16 +44,43 @@ def dimension_columns(id2label: dict, model_id: str) -> list[int]:
     raise ValueError(f"{model_id}: labels {labels} are not the three dimensions {list(DIMENSIONS)}")
 
 
-def load_dimension_model(model_id: str, device: str):
+def load_dimension_model(model_id: str, device: str, precision: str = "float32"):
     """(model, feature extractor, output columns) for a hub id or a local folder."""
-    model = MspDimensionModel.from_pretrained(model_id)
+    model = MspDimensionModel.from_pretrained(model_id, dtype=model_dtype(precision, device))
     model.to(device).eval()
     extractor = Wav2Vec2FeatureExtractor.from_pretrained(model_id)
     return model, extractor, dimension_columns(model.config.id2label, model_id)
 
 
-def _model(model_id: str, device: str):
-    return devices.cached(("dimension", model_id, device), lambda: load_dimension_model(model_id, device))
+def _model(model_id: str, device: str, precision: str):
+    dtype = model_dtype(precision, device)
+    return devices.cached(
+        ("dimension", model_id, device, str(dtype)), lambda: load_dimension_model(model_id, device, precision)
+    )
+
+
+def classify_clips(
+    clips: Sequence[np.ndarray],
+    spans: Sequence[batching.Span],
+    *,
+    model_id: str,
+    device: str,
+    precision: str = "float32",
+) -> dict[str, list]:
+    """arousal, dominance, valence, dimension_error for decoded 16 kHz clips, in input order.
+
+    ``spans`` (path, start, end) say where each clip comes from, for the error messages; ``device``
+    is a torch device ("cpu", "cuda:0")."""
+    out: dict[str, list] = {name: [None] * len(clips) for name in DIMENSIONS}
+    if not clips:
+        return {**out, "dimension_error": []}
+    model, extractor, columns = _model(model_id, device, precision)
+    rows, errors = batching.classify_clips(clips, spans, model_id, model, extractor)
+    for i, row in enumerate(rows):
+        if row is not None:
+            for name, column in zip(DIMENSIONS, columns):
+                out[name][i] = float(row[column])
+    return {**out, "dimension_error": errors}
 
 
 def label_dimensions(
@@ -104,12 +89,13 @@ def label_dimensions(
     *,
     model_id: str,
     device: str = "auto",
+    precision: str = "float32",
 ) -> dict[str, list]:
     """Batched map function: arousal, dominance, valence, dimension_error for each window."""
-    rows, errors, loaded = classify_windows(batch, model_id, lambda: _model(model_id, devices.device_for(rank, device)))
-    out: dict[str, list] = {name: [None] * len(rows) for name in DIMENSIONS}
-    for i, row in enumerate(rows):
-        if row is not None:
-            for name, column in zip(DIMENSIONS, loaded[2]):
-                out[name][i] = float(row[column])
-    return {**out, "dimension_error": errors}
+    run_device = devices.device_for(rank, device)
+    return batching.over_windows(
+        batch,
+        lambda clips, spans: classify_clips(clips, spans, model_id=model_id, device=run_device, precision=precision),
+        DIMENSIONAL_OUTPUT,
+        "dimension_error",
+    )

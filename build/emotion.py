@@ -6,26 +6,41 @@ the span the model hears). Output columns, and only these (``schema.CATEGORICAL_
 - ``emotion``: the label with the highest averaged posterior, one of ``schema.EMOTION_LABELS``;
 - ``emotion_scores``: nine floats, the ensemble's mean posterior in ``EMOTION_LABELS`` order;
 - ``emotion_error``: null, or a message naming the file and the problem (then the other two are
-  null). A window that fails never fails its batch.
+  null). A window that fails never fails its batch; a member that fails on a window fails that
+  window only (the batch is retried clip by clip to find it).
 
-Each member is a FunASR ``AutoModel`` (hub id or local folder), loaded once per process and device.
-Its labels are bilingual tokens (``生气/angry``, ``<unk>``); they are parsed and each member's scores
-are put into ``EMOTION_LABELS`` order by label, never by position, because checkpoints differ
-(the 5-class releases of emotion2vec+ hide four labels, which then get probability 0).
+Two entry points: ``classify_clips`` labels clips that are already decoded (``build.label`` slices
+them out of one decode per segment), and ``label_categorical_emotion`` is the batched map function
+over window rows, which decodes its spans and calls ``classify_clips``.
+
+Each member is a FunASR ``AutoModel`` (hub id or local folder), loaded once per process, device and
+precision. Its labels are bilingual tokens (``生气/angry``, ``<unk>``); they are parsed and each
+member's scores are put into ``EMOTION_LABELS`` order by label, never by position, because
+checkpoints differ (the 5-class releases of emotion2vec+ hide four labels, which then get
+probability 0).
+
+Precision: FunASR's ``Emotion2vec.inference`` runs each clip alone (no padding, so a window's
+posterior does not depend on its batch) and feeds it to the model in the dtype it was given.
+``float16`` builds the member with FunASR's own ``fp16`` switch and hands it float16 clips.
+``bfloat16`` is not possible there (the inference converts features to numpy, which has no
+bfloat16): those members run in float32. Scores come back as Python floats either way.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 
 from . import devices
-from .audio import SAMPLE_RATE, AudioError, decode_spans
-from .schema import EMOTION_LABELS
+from .audio import SAMPLE_RATE
+from .batching import Span, over_windows
+from .errors import first_line, span_label
+from .models import funasr_side_effects_contained, model_dtype
+from .schema import CATEGORICAL_OUTPUT, EMOTION_LABELS
+
+_log = logging.getLogger(__name__)
 
 # FunASR maps the ModelScope ids (iic/emotion2vec_plus_*) to their Hugging Face mirrors
 # (emotion2vec/emotion2vec_plus_*), so "hf" serves the paper's ids through the HF cache and
@@ -77,31 +92,15 @@ def average_posteriors(posteriors: Sequence[Sequence[float]]) -> list[float]:
     return (matrix / totals).mean(axis=0).tolist()
 
 
-@contextmanager
-def funasr_side_effects_contained() -> Iterator[None]:
-    """Keep FunASR's process-wide side effects out: ``import funasr`` imports every submodule, one of
-    which calls ``logging.basicConfig(level=INFO)``; building a model calls ``basicConfig`` again and
-    reseeds ``random``, ``numpy`` and ``torch`` (CPU state restored here); ``generate`` draws from
-    ``random``. Its prints ("funasr version: ...") go to stderr, leaving stdout to the caller."""
-    import contextlib
-    import sys
-
+def member_dtype(precision: str, device: str):
+    """The dtype an emotion2vec member runs in: ``model_dtype``, except bfloat16 -> float32 (see above)."""
     import torch
 
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    python_rng, numpy_rng = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        random.setstate(python_rng)
-        np.random.set_state(numpy_rng)
+    dtype = model_dtype(precision, device)
+    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
-def _load_member(model_id: str, device: str, hub: str):
+def _load_member(model_id: str, device: str, hub: str, dtype):
     import torch
 
     with funasr_side_effects_contained():
@@ -117,30 +116,38 @@ def _load_member(model_id: str, device: str, hub: str):
             log_level="WARNING",
             # FunASR sets torch's thread count to ncpu (default 4) on load and on every generate call.
             ncpu=torch.get_num_threads(),
+            fp16=dtype == torch.float16,
         )
 
 
-def _load_member_or_explain(model_id: str, device: str, hub: str):
+def _load_member_or_explain(model_id: str, device: str, hub: str, dtype):
     try:
-        return _load_member(model_id, device, hub)
+        return _load_member(model_id, device, hub, dtype)
     except Exception as exc:
         # FunASR prints a failed download and then fails with "model '<id>' is not registered".
         raise RuntimeError(
-            f"cannot load emotion2vec model {model_id!r} (hub={hub!r}, device={device!r}): {_first_line(exc)}. "
+            f"cannot load emotion2vec model {model_id!r} (hub={hub!r}, device={device!r}): {first_line(exc)}. "
             "A hub id needs network access or a warm cache; a local folder needs config.yaml, model.pt "
             "and tokens.txt."
         ) from exc
 
 
-def _member(model_id: str, device: str, hub: str):
-    key = ("emotion2vec", model_id, device, hub)
-    return devices.cached(key, lambda: _load_member_or_explain(model_id, device, hub))
+def _member(model_id: str, device: str, hub: str, precision: str):
+    """(FunASR AutoModel, the dtype it runs in), loaded once per process."""
+    dtype = member_dtype(precision, device)
+
+    def load():
+        if dtype != model_dtype(precision, device):
+            _log.warning("emotion2vec %s runs in %s: FunASR's emotion2vec cannot run in %s", model_id, dtype, precision)
+        return _load_member_or_explain(model_id, device, hub, dtype), dtype
+
+    return devices.cached(("emotion2vec", model_id, device, hub, str(dtype)), load)
 
 
-def _generate(model, clips: list[np.ndarray]) -> list[dict]:
+def _generate(model, clips: Sequence[np.ndarray]) -> list[dict]:
     with funasr_side_effects_contained():  # generate draws its random item keys from `random`
         results = model.generate(
-            clips,
+            list(clips),
             batch_size=len(clips),
             fs=SAMPLE_RATE,
             granularity="utterance",
@@ -151,7 +158,7 @@ def _generate(model, clips: list[np.ndarray]) -> list[dict]:
     return results
 
 
-def _member_posteriors(model_id: str, model, clips: list[np.ndarray]) -> list[list[float] | Exception]:
+def _member_posteriors(model_id: str, model, clips: Sequence[np.ndarray]) -> list[list[float] | Exception]:
     """Posteriors of one member, in input order. FunASR gives every array in a list the same key,
     so results are matched to clips by position. If the batch fails, each clip is retried alone
     to find the ones at fault."""
@@ -169,22 +176,53 @@ def _member_posteriors(model_id: str, model, clips: list[np.ndarray]) -> list[li
     ]
 
 
-def _span(path: str, start: float, end: float) -> str:
-    return f"{path} [{start:.3f}-{end:.3f} s]"
 
 
-def _decode_windows(paths: list[str], starts: list[float], ends: list[float]) -> tuple[list, list[str | None]]:
-    """The windows' samples, and per window None or why it cannot be labelled."""
-    clips = decode_spans(paths, starts, ends)
-    errors: list[str | None] = []
-    for path, start, end, clip in zip(paths, starts, ends, clips):
-        if isinstance(clip, AudioError):
-            errors.append(str(clip))  # names the file already
-        elif clip.size == 0:
-            errors.append(f"{_span(path, start, end)}: empty span")
-        else:
-            errors.append(None)
-    return clips, errors
+def classify_clips(
+    clips: Sequence[np.ndarray],
+    spans: Sequence[Span],
+    *,
+    model_ids: Sequence[str],
+    device: str,
+    hub: str = DEFAULT_HUB,
+    precision: str = "float32",
+) -> dict[str, list]:
+    """emotion, emotion_scores, emotion_error for decoded 16 kHz clips, in input order.
+
+    ``spans`` (path, start, end) say where each clip comes from, for the error messages; ``device``
+    is a torch device ("cpu", "cuda:0"). Members are loaded only when some clip is usable."""
+    if not model_ids:
+        raise ValueError("model_ids is empty: the emotion stage needs at least one emotion2vec model")
+    if len(clips) != len(spans):
+        raise ValueError(f"{len(clips)} clips but {len(spans)} spans")
+    errors: list[str | None] = [None if clip.size else f"{span_label(*span)}: empty span" for clip, span in zip(clips, spans)]
+    usable = [i for i, error in enumerate(errors) if error is None]
+
+    posteriors: dict[int, list[list[float]]] = {i: [] for i in usable}
+    if usable:
+        for model_id in model_ids:
+            member, dtype = _member(model_id, device, hub, precision)
+            np_dtype = np.float16 if str(dtype) == "torch.float16" else np.float32
+            inputs = [np.asarray(clips[i], dtype=np_dtype) for i in usable]  # FunASR keeps the array's dtype
+            for i, posterior in zip(usable, _member_posteriors(model_id, member, inputs)):
+                if isinstance(posterior, Exception):
+                    if errors[i] is None:
+                        errors[i] = f"{span_label(*spans[i])}: {model_id} failed ({first_line(posterior)})"
+                else:
+                    posteriors[i].append(posterior)
+
+    emotions: list[str | None] = [None] * len(clips)
+    scores: list[list[float] | None] = [None] * len(clips)
+    for i in usable:
+        if errors[i] is not None:
+            continue
+        try:  # a member can emit NaN (e.g. in half precision); that fails this window only
+            scores[i] = average_posteriors(posteriors[i])
+        except ValueError as exc:
+            errors[i] = f"{span_label(*spans[i])}: {exc}"
+            continue
+        emotions[i] = EMOTION_LABELS[int(np.argmax(scores[i]))]
+    return {"emotion": emotions, "emotion_scores": scores, "emotion_error": errors}
 
 
 def label_categorical_emotion(
@@ -194,39 +232,17 @@ def label_categorical_emotion(
     model_ids: list[str],
     device: str = "auto",
     hub: str = DEFAULT_HUB,
+    precision: str = "float32",
 ) -> dict[str, list]:
     """Batched map function: emotion, emotion_scores, emotion_error for each window."""
     if not model_ids:
         raise ValueError("model_ids is empty: the emotion stage needs at least one emotion2vec model")
-    paths, starts, ends = batch["audio_path"], batch["ctx_start"], batch["ctx_end"]
-    clips, errors = _decode_windows(paths, starts, ends)
-    usable = [i for i, error in enumerate(errors) if error is None]
-
-    posteriors: dict[int, list[list[float]]] = {i: [] for i in usable}
-    if usable:
-        run_device = devices.device_for(rank, device)
-        for model_id in model_ids:
-            member = _member(model_id, run_device, hub)
-            for i, posterior in zip(usable, _member_posteriors(model_id, member, [clips[i] for i in usable])):
-                if isinstance(posterior, Exception) and errors[i] is None:
-                    errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {model_id} failed ({_first_line(posterior)})"
-                elif not isinstance(posterior, Exception):
-                    posteriors[i].append(posterior)
-
-    emotions: list[str | None] = [None] * len(paths)
-    scores: list[list[float] | None] = [None] * len(paths)
-    for i in usable:
-        if errors[i] is not None:
-            continue
-        try:  # a member can emit NaN (e.g. in half precision); that fails this window only
-            scores[i] = average_posteriors(posteriors[i])
-        except ValueError as exc:
-            errors[i] = f"{_span(paths[i], starts[i], ends[i])}: {exc}"
-            continue
-        emotions[i] = EMOTION_LABELS[int(np.argmax(scores[i]))]
-    return {"emotion": emotions, "emotion_scores": scores, "emotion_error": errors}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    run_device = devices.device_for(rank, device)
+    return over_windows(
+        batch,
+        lambda clips, spans: classify_clips(
+            clips, spans, model_ids=model_ids, device=run_device, hub=hub, precision=precision
+        ),
+        CATEGORICAL_OUTPUT,
+        "emotion_error",
+    )

@@ -4,15 +4,21 @@ Input columns (one row per labelling window): ``audio_path``, ``ctx_start``, ``c
 the span the model hears). Output columns, and only these (``schema.GENDER_OUTPUT``):
 
 - ``gender``: ``"female"`` or ``"male"``;
-- ``gender_score``: the probability of that label, from a softmax over the female and male logits
-  (a model with more labels, e.g. ``child``, is renormalised over these two);
+- ``gender_score``: the probability of that label, from a softmax (in float64, over float32 logits
+  whatever the model's precision) over the female and male logits (a model with more labels,
+  e.g. ``child``, is renormalised over these two);
 - ``gender_error``: null, or a message naming the file and the problem (then the other two are
   null). A window that fails never fails its batch.
 
+Two entry points: ``classify_clips`` labels clips that are already decoded (``build.label`` slices
+them out of one decode per segment), and ``label_gender`` is the batched map function over window
+rows, which decodes its spans and calls ``classify_clips``.
+
 The model is loaded with ``AutoModelForAudioClassification`` and ``AutoFeatureExtractor`` (hub id
-or local folder), once per process and device. Checkpoints spell their labels differently
-(``female``/``male``, ``F``/``M``, ``woman``/``man``): they are read from ``config.id2label`` and
-mapped by name, never by position; a model whose labels do not map is refused with a ValueError.
+or local folder), once per process, device and precision. Checkpoints spell their labels
+differently (``female``/``male``, ``F``/``M``, ``woman``/``man``): they are read from
+``config.id2label`` and mapped by name, never by position; a model whose labels do not map is
+refused with a ValueError.
 
 Batching and per-window failures follow ``build.batching``.
 """
@@ -23,9 +29,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import devices
-from .batching import classify_windows
-from .schema import GENDER_LABELS
+from . import batching, devices
+from .models import model_dtype
+from .schema import GENDER_LABELS, GENDER_OUTPUT
 
 _GENDER_WORDS = {
     "female": "female",
@@ -66,19 +72,44 @@ def gender_from_logits(logits: Sequence[float], indices: dict[str, int]) -> tupl
     return GENDER_LABELS[best], float(probabilities[best])
 
 
-def load_gender_model(model_id: str, device: str):
+def load_gender_model(model_id: str, device: str, precision: str = "float32"):
     """(model, feature extractor, label indices) for a hub id or a local folder."""
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-    model = AutoModelForAudioClassification.from_pretrained(model_id)
+    model = AutoModelForAudioClassification.from_pretrained(model_id, dtype=model_dtype(precision, device))
     indices = gender_label_indices(model.config.id2label, model_id)
     model.to(device).eval()
     extractor = AutoFeatureExtractor.from_pretrained(model_id)
     return model, extractor, indices
 
 
-def _model(model_id: str, device: str):
-    return devices.cached(("gender", model_id, device), lambda: load_gender_model(model_id, device))
+def _model(model_id: str, device: str, precision: str):
+    dtype = model_dtype(precision, device)
+    return devices.cached(("gender", model_id, device, str(dtype)), lambda: load_gender_model(model_id, device, precision))
+
+
+def classify_clips(
+    clips: Sequence[np.ndarray],
+    spans: Sequence[batching.Span],
+    *,
+    model_id: str,
+    device: str,
+    precision: str = "float32",
+) -> dict[str, list]:
+    """gender, gender_score, gender_error for decoded 16 kHz clips, in input order.
+
+    ``spans`` (path, start, end) say where each clip comes from, for the error messages; ``device``
+    is a torch device ("cpu", "cuda:0")."""
+    genders: list[str | None] = [None] * len(clips)
+    scores: list[float | None] = [None] * len(clips)
+    if not clips:
+        return {"gender": [], "gender_score": [], "gender_error": []}
+    model, extractor, indices = _model(model_id, device, precision)
+    rows, errors = batching.classify_clips(clips, spans, model_id, model, extractor)
+    for i, row in enumerate(rows):
+        if row is not None:
+            genders[i], scores[i] = gender_from_logits(row, indices)
+    return {"gender": genders, "gender_score": scores, "gender_error": errors}
 
 
 def label_gender(
@@ -87,12 +118,13 @@ def label_gender(
     *,
     model_id: str,
     device: str = "auto",
+    precision: str = "float32",
 ) -> dict[str, list]:
     """Batched map function: gender, gender_score, gender_error for each window."""
-    rows, errors, loaded = classify_windows(batch, model_id, lambda: _model(model_id, devices.device_for(rank, device)))
-    genders: list[str | None] = [None] * len(rows)
-    scores: list[float | None] = [None] * len(rows)
-    for i, row in enumerate(rows):
-        if row is not None:
-            genders[i], scores[i] = gender_from_logits(row, loaded[2])
-    return {"gender": genders, "gender_score": scores, "gender_error": errors}
+    run_device = devices.device_for(rank, device)
+    return batching.over_windows(
+        batch,
+        lambda clips, spans: classify_clips(clips, spans, model_id=model_id, device=run_device, precision=precision),
+        GENDER_OUTPUT,
+        "gender_error",
+    )

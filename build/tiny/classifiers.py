@@ -78,7 +78,7 @@ def _build_and_save(model_class, config: Wav2Vec2Config, dest: str | Path, seed:
 
 def build_tiny_dimension_model(dest: str | Path, seed: int = 0) -> Path:
     """A random ``MspDimensionModel`` saved in ``dest`` with its feature extractor."""
-    from ..dimension import MspDimensionModel
+    from ..models import MspDimensionModel
 
     return _build_and_save(MspDimensionModel, tiny_dimension_config(), dest, seed)
 

@@ -167,7 +167,7 @@ _CONFIGURATION = {
 
 
 def _random_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    from ..emotion import funasr_side_effects_contained
+    from ..models import funasr_side_effects_contained
 
     with funasr_side_effects_contained():  # importing funasr switches the root logger to INFO
         from funasr.models.emotion2vec.model import Emotion2vec
