@@ -1,35 +1,238 @@
-"""Decode audio spans on demand, 16 kHz mono, through torchcodec (the decoder datasets uses).
+"""Decode audio on demand, 16 kHz mono, through torchcodec (the decoder datasets uses).
 
-Stages carry ``(audio_path, start, end)`` and call ``decode_spans`` for a batch: spans of one file are
-decoded in a single pass over their covering range and sliced, and a file that fails to decode gives
-an exception for its items instead of stopping the batch.
+Stages carry ``(audio_path, start, end)`` and call ``decode_span`` / ``decode_spans``; VAD reads a
+whole recording with ``iter_blocks``. Nothing is ever copied to disk.
+
+Where the audio lives (the value of ``audio_path``)
+- A plain file path: decoded from the file, as is.
+- A reference to one row of a table written by ``datasets`` whose Audio column embeds the bytes::
+
+      parquet:<Parquet file or hf:// URL>#<column>[<row>]
+      arrow:<Arrow file of a save_to_disk folder>#<column>[<row>]
+
+  e.g. ``parquet:hf://datasets/owner/name/data/train-00000-of-00004.parquet#audio[17]``.
+  ``<row>`` counts from 0 within that one file; the location is everything before the last ``#``.
+  ``make_reference`` / ``parse_reference`` write and read this form.
+
+How a reference is read
+- Parquet: the footer, then only ``<column>`` of the row group that holds the row (datasets caps a
+  row group at 100 MB). ``hf://`` locations go through ``huggingface_hub.HfFileSystem``
+  (``hub_filesystem``), which fetches byte ranges: the rest of the file is never downloaded.
+- Arrow: the file is memory-mapped, so only the pages of that one cell are read.
+- The cell's ``bytes`` are decoded by torchcodec from memory. A cell without bytes whose ``path``
+  is an existing local file is decoded from that file; otherwise the reference fails.
+- Per process, the last few row groups read (at most 4 and 256 MB, the newest always kept) stay in
+  memory, so the many segments of a recording, and neighbouring rows, are fetched once.
+
+Blocks (``iter_blocks``): one decoder reads the recording forward in blocks of exactly
+``round(block_s * 16000)`` samples (the last block holds the rest), so memory is bounded by the
+block, not the recording. For a source stored at 16 kHz the blocks put end to end equal
+``decode_span`` of the whole recording sample for sample. When FFmpeg has to resample (an MP3 at
+44.1 kHz), torchcodec 0.7 flushes its resampler at the end of every range it returns, and every
+block after the first starts a few samples (32 for 8 kHz -> 16 kHz: 2 ms) early compared with a
+whole-file decode, with as many samples missing at the block's end.
+
+Errors: ``AudioError``, one line: the file or reference, then the problem.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import os
+import re
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .errors import first_line
+
 SAMPLE_RATE = 16_000
+REFERENCE_KINDS = ("parquet", "arrow")
+_REFERENCE = re.compile(r"^(parquet|arrow):(.+)#([^#]+)\[(\d+)\]$", re.DOTALL)
+_CACHE_ENTRIES = 4
+_CACHE_BYTES = 256 * 2**20
 
 
 class AudioError(RuntimeError):
-    """A file that cannot be decoded; the message names the file and the cause."""
+    """Audio that cannot be read or decoded; the message names the file (or reference) and the cause."""
+
+
+# ---------------------------------------------------------------- references to rows of a table
+
+
+@dataclass(frozen=True)
+class Reference:
+    kind: str  # "parquet" or "arrow"
+    location: str  # a local file, or an hf:// URL (parquet only)
+    column: str
+    row: int
+
+
+def make_reference(kind: str, location: str, column: str, row: int) -> str:
+    """``<kind>:<location>#<column>[<row>]`` (see the module docstring)."""
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"{kind}: not a reference kind ({', '.join(REFERENCE_KINDS)})")
+    return f"{kind}:{location}#{column}[{int(row)}]"
+
+
+def is_reference(path: str) -> bool:
+    return str(path).startswith(tuple(f"{k}:" for k in REFERENCE_KINDS))
+
+
+def parse_reference(path: str) -> Reference:
+    match = _REFERENCE.match(str(path))
+    if match is None:
+        raise AudioError(f"{path}: not a table reference (expected <parquet|arrow>:<file>#<column>[<row>])")
+    kind, location, column, row = match.groups()
+    return Reference(kind, location, column, int(row))
+
+
+def hub_filesystem():
+    """The fsspec filesystem behind ``hf://`` locations: ``HfFileSystem`` (ranged reads). Tests swap it."""
+    from huggingface_hub import HfFileSystem
+
+    return HfFileSystem()
+
+
+def hub_path(location: str) -> str:
+    """``hf://datasets/o/n/f.parquet`` -> ``datasets/o/n/f.parquet`` (the path ``hub_filesystem`` takes)."""
+    return location[len("hf://") :]
+
+
+class _Cache:
+    """A small LRU, emptied in a forked child (file handles and sessions are not shared across processes)."""
+
+    def __init__(self, entries: int, max_bytes: int | None = None):
+        self.entries, self.max_bytes = entries, max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._pid = os.getpid()
+
+    def get(self, key):
+        if self._pid != os.getpid():
+            self._items, self._pid = OrderedDict(), os.getpid()
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        return None
+
+    def put(self, key, value, size: int = 0):
+        self._items[key] = (value, size)
+        self._items.move_to_end(key)
+        while len(self._items) > self.entries or (
+            self.max_bytes is not None and len(self._items) > 1 and sum(s for _, s in self._items.values()) > self.max_bytes
+        ):
+            self._items.popitem(last=False)  # the newest entry always stays
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+_PARQUET_FILES = _Cache(8)  # location -> (ParquetFile, first row of each row group)
+_ARROW_TABLES = _Cache(8)  # location -> memory-mapped table
+_ROW_GROUPS = _Cache(_CACHE_ENTRIES, _CACHE_BYTES)  # (location, column, row group) -> column chunk
+
+
+def clear_caches() -> None:
+    """Forget open files and cached row groups (tests; a long-lived process switching datasets)."""
+    for cache in (_PARQUET_FILES, _ARROW_TABLES, _ROW_GROUPS):
+        cache.clear()
+
+
+def parquet_file(location: str):
+    """``(pyarrow.parquet.ParquetFile, starts)``: the open file and the first row of each row group."""
+    import pyarrow.parquet as pq
+
+    cached = _PARQUET_FILES.get(location)
+    if cached is not None:
+        return cached
+    if location.startswith("hf://"):
+        handle = hub_filesystem().open(hub_path(location), "rb")
+        parquet = pq.ParquetFile(handle)
+    else:
+        parquet = pq.ParquetFile(location)
+    starts = [0]
+    for g in range(parquet.metadata.num_row_groups):
+        starts.append(starts[-1] + parquet.metadata.row_group(g).num_rows)
+    return _PARQUET_FILES.put(location, (parquet, starts))
+
+
+def arrow_table(location: str):
+    """The table of one Arrow file written by ``save_to_disk``, memory-mapped (no copy)."""
+    import pyarrow as pa
+
+    cached = _ARROW_TABLES.get(location)
+    if cached is not None:
+        return cached
+    source = pa.memory_map(location)
+    try:
+        table = pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:  # written as an IPC file rather than a stream
+        table = pa.ipc.open_file(source).read_all()
+    return _ARROW_TABLES.put(location, table)
+
+
+def _cell(ref: Reference) -> dict:
+    """``{"bytes", "path"}`` of the referenced Audio cell."""
+    if ref.kind == "arrow":
+        table = arrow_table(ref.location)
+        if ref.column not in table.column_names:
+            raise KeyError(f"no column {ref.column!r} (columns: {', '.join(table.column_names)})")
+        if ref.row >= table.num_rows:
+            raise IndexError(f"row {ref.row} is past the end ({table.num_rows} rows)")
+        return table.column(ref.column)[ref.row].as_py()
+    parquet, starts = parquet_file(ref.location)
+    if ref.column not in parquet.schema_arrow.names:
+        raise KeyError(f"no column {ref.column!r} (columns: {', '.join(parquet.schema_arrow.names)})")
+    if ref.row >= starts[-1]:
+        raise IndexError(f"row {ref.row} is past the end ({starts[-1]} rows)")
+    group = next(g for g in range(len(starts) - 1) if starts[g] <= ref.row < starts[g + 1])
+    key = (ref.location, ref.column, group)
+    chunk = _ROW_GROUPS.get(key)
+    if chunk is None:
+        chunk = parquet.read_row_group(group, columns=[ref.column]).column(ref.column)
+        _ROW_GROUPS.put(key, chunk, chunk.nbytes)
+    return chunk[ref.row - starts[group]].as_py()
+
+
+def _source(path: str):
+    """What torchcodec opens: the path of a plain file, or the bytes a reference points to."""
+    if not is_reference(path):
+        return str(path)
+    ref = parse_reference(path)
+    try:
+        cell = _cell(ref)
+    except FileNotFoundError as exc:
+        raise AudioError(f"{path}: file not found ({first_line(exc)})") from exc
+    except Exception as exc:  # pyarrow / fsspec / the Hub: one line with the cause
+        raise AudioError(f"{path}: cannot read the row ({first_line(exc)})") from exc
+    if not isinstance(cell, dict):
+        raise AudioError(f"{path}: column {ref.column!r} is not an Audio column (a cell holds {type(cell).__name__})")
+    if cell.get("bytes"):
+        return cell["bytes"]
+    if cell.get("path") and Path(cell["path"]).is_file():
+        return cell["path"]
+    raise AudioError(f"{path}: the row holds no audio bytes (path: {cell.get('path')!r})")
+
+
+# ---------------------------------------------------------------- decoding
 
 
 def _decoder(path: str, sample_rate: int):
     from torchcodec.decoders import AudioDecoder
 
+    source = _source(path)
     try:
-        return AudioDecoder(path, sample_rate=sample_rate, num_channels=1)
+        return AudioDecoder(source, sample_rate=sample_rate, num_channels=1)
     except Exception as exc:  # torchcodec raises ValueError/RuntimeError with FFmpeg's words
-        raise AudioError(f"{path}: cannot open as audio ({_first_line(exc)})") from exc
+        raise AudioError(f"{path}: cannot open as audio ({first_line(exc)})") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _mono(samples) -> np.ndarray:
+    # num_channels=1 makes FFmpeg downmix; copy so the decoder's frame buffer can be freed.
+    return np.array(samples.data[0].numpy(), dtype=np.float32)
 
 
 def probe_duration(path: str) -> float:
@@ -37,7 +240,7 @@ def probe_duration(path: str) -> float:
     decoder = _decoder(path, SAMPLE_RATE)
     duration = decoder.metadata.duration_seconds_from_header
     if duration is None:
-        duration = len(decode_span(path)) / SAMPLE_RATE
+        duration = sum(len(block) for _, block in iter_blocks(path)) / SAMPLE_RATE
     if not duration or duration <= 0:
         raise AudioError(f"{path}: holds no audio samples")
     return float(duration)
@@ -49,13 +252,42 @@ def decode_span(path: str, start: float | None = None, end: float | None = None,
     try:
         samples = decoder.get_samples_played_in_range(start_seconds=start or 0.0, stop_seconds=end)
     except Exception as exc:
-        raise AudioError(f"{path}: cannot decode {start}-{end} s ({_first_line(exc)})") from exc
-    audio = samples.data.mean(dim=0).numpy().astype(np.float32, copy=False)
+        raise AudioError(f"{path}: cannot decode {start}-{end} s ({first_line(exc)})") from exc
+    audio = _mono(samples)
     if start is not None and end is not None:
         # Frame boundaries can add or drop a few samples: make the length exact.
         expected = int(round((end - start) * sample_rate))
         audio = audio[:expected] if len(audio) >= expected else np.pad(audio, (0, expected - len(audio)))
     return audio
+
+
+def iter_blocks(path: str, block_s: float = 600.0, sample_rate: int = SAMPLE_RATE) -> Iterator[tuple[float, np.ndarray]]:
+    """``(offset_s, samples)`` for consecutive blocks of ``round(block_s * sample_rate)`` samples.
+
+    One decoder reads forward through the recording; only the last block is shorter. See the module
+    docstring for when the blocks equal a whole-file decode sample for sample.
+    """
+    size = int(round(block_s * sample_rate))
+    if size <= 0:
+        raise ValueError(f"{path}: block_s must be positive (got {block_s})")
+    decoder = _decoder(path, sample_rate)
+    index = 0
+    while True:
+        start, stop = index * size / sample_rate, (index + 1) * size / sample_rate
+        try:
+            samples = decoder.get_samples_played_in_range(start_seconds=start, stop_seconds=stop)
+        except RuntimeError as exc:
+            if index > 0 and "No audio frames were decoded" in str(exc):
+                return  # the previous block ended exactly at the end of the stream
+            raise AudioError(f"{path}: cannot decode {start:g}-{stop:g} s ({first_line(exc)})") from exc
+        except Exception as exc:
+            raise AudioError(f"{path}: cannot decode {start:g}-{stop:g} s ({first_line(exc)})") from exc
+        block = _mono(samples)[:size]
+        if len(block):
+            yield index * size / sample_rate, block
+        if len(block) < size:
+            return
+        index += 1
 
 
 def decode_spans(paths: list[str], starts: list[float], ends: list[float], sample_rate: int = SAMPLE_RATE) -> list[np.ndarray | AudioError]:

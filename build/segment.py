@@ -1,7 +1,18 @@
 """Stages 1-2: voice activity detection, speech segments, and the length filter.
 
 ``detect_speech`` (batched map over recordings): ``audio_path``, ``error`` -> ``speech`` (silero-vad
-regions ``{start, end}`` in seconds) and ``vad_error``.
+regions ``{start, end}`` in seconds) and ``vad_error`` (null, or one line naming the file and the
+problem). A row whose ``error`` is set (ingest failed it) gets no regions and no VAD error.
+
+Bounded memory: a recording is read in blocks of ``block_s`` seconds (``audio.iter_blocks``), never
+whole. Silero scores the audio in windows of 512 samples (32 ms) with a recurrent state; the
+windows are cut from the stream of blocks (samples left over at a block's end start the next
+window), the model's state runs on from one block to the next, and the regions are derived once
+from the probabilities of the whole recording (``get_speech_timestamps_from_probs``, the second
+half of silero's ``get_speech_timestamps``). So no region is ever cut at a block edge, and the
+regions equal those of silero on the whole recording decoded at once, for any ``block_s``, as long
+as the blocks equal that decode sample for sample (true for sources stored at 16 kHz; see
+``build.audio`` for resampled ones, where each block after the first starts ~2 ms early).
 
 ``explode_segments`` (batched map, one row per segment; ``schema.SEGMENT``): joins consecutive speech
 regions whose pause is at most ``merge_gap_s`` while the joined segment stays within
@@ -13,8 +24,12 @@ A single region longer than the maximum stays as it is, and the length filter dr
 
 from __future__ import annotations
 
-from .audio import SAMPLE_RATE, decode_span
+from .audio import SAMPLE_RATE, AudioError, iter_blocks
+from .config import VadConfig
 from .devices import cached
+from .errors import first_line
+
+_WINDOW = 512  # silero's window at 16 kHz
 
 
 def _silero():
@@ -30,8 +45,9 @@ def detect_speech(
     min_speech_ms: int = 250,
     min_silence_ms: int = 100,
     speech_pad_ms: int = 30,
+    block_s: float = VadConfig.block_s,
 ) -> dict[str, list]:
-    from silero_vad import get_speech_timestamps
+    from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
     # The silero model is a small CPU model with internal state: one copy per process.
     model = cached(("silero-vad",), _silero)
@@ -42,24 +58,50 @@ def detect_speech(
             errors.append(None)
             continue
         try:
-            import torch
-
-            audio = torch.from_numpy(decode_span(path))
-            stamps = get_speech_timestamps(
-                audio,
-                model,
-                threshold=threshold,
+            probs, n_samples = speech_probabilities(path, model, block_s)
+            stamps = get_speech_timestamps_from_probs(
+                probs,
                 sampling_rate=SAMPLE_RATE,
+                threshold=threshold,
                 min_speech_duration_ms=min_speech_ms,
                 min_silence_duration_ms=min_silence_ms,
                 speech_pad_ms=speech_pad_ms,
+                audio_length_samples=n_samples,
             )
             speech.append([{"start": s["start"] / SAMPLE_RATE, "end": s["end"] / SAMPLE_RATE} for s in stamps])
             errors.append(None)
         except Exception as exc:  # one broken file never stops the build
             speech.append([])
-            errors.append(f"{path}: voice activity detection failed ({exc})")
+            reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, AudioError) else first_line(exc)
+            errors.append(f"{path}: voice activity detection failed ({reason})")
     return {"speech": speech, "vad_error": errors}
+
+
+def speech_probabilities(path: str, model, block_s: float = VadConfig.block_s) -> tuple[list[float], int]:
+    """Silero's speech probability per 512-sample window of the recording, and its length in samples.
+
+    Reads ``block_s`` seconds at a time; the same windows and model state as one pass over the whole
+    recording (the last window is zero-padded, as silero does).
+    """
+    import torch
+
+    probs: list[float] = []
+    carry = torch.zeros(0)
+    n_samples = 0
+    model.reset_states()
+    with torch.no_grad():
+        for _, block in iter_blocks(path, block_s):
+            n_samples += len(block)
+            stream = torch.cat([carry, torch.from_numpy(block)])
+            whole = len(stream) - len(stream) % _WINDOW
+            for i in range(0, whole, _WINDOW):
+                probs.append(model(stream[i : i + _WINDOW], SAMPLE_RATE).item())
+            carry = stream[whole:]
+        if len(carry):
+            probs.append(model(torch.nn.functional.pad(carry, (0, _WINDOW - len(carry))), SAMPLE_RATE).item())
+    if n_samples == 0:
+        raise AudioError(f"{path}: holds no audio samples")
+    return probs, n_samples
 
 
 def merge_speech(regions: list[dict], merge_gap_s: float, max_segment_s: float) -> list[tuple[float, float]]:

@@ -1,10 +1,35 @@
+import pytest
 
 from build.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
 from conftest import AMI, ravdess_recording
 
 
-def _vad(paths):
-    return detect_speech({"audio_path": [str(p) for p in paths], "error": [None] * len(paths)})
+def _vad(paths, **kwargs):
+    return detect_speech({"audio_path": [str(p) for p in paths], "error": [None] * len(paths)}, **kwargs)
+
+
+def _silero_whole_file(path):
+    """Silero's own get_speech_timestamps on the recording decoded at once (the reference)."""
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    from build.audio import decode_span
+
+    stamps = get_speech_timestamps(torch.from_numpy(decode_span(str(path))), load_silero_vad(), sampling_rate=16_000)
+    return [{"start": s["start"] / 16_000, "end": s["end"] / 16_000} for s in stamps]
+
+
+@pytest.mark.parametrize("path", [AMI, ravdess_recording(1)], ids=["ami", "ravdess"])
+def test_vad_in_blocks_equals_silero_on_the_whole_recording(path):
+    # 7 s blocks cut speech regions and are not a whole number of 512-sample windows (7 s = 218.75
+    # windows), 0.5 s blocks cut nearly every region: the regions must still be exactly silero's.
+    expected = _silero_whole_file(path)
+    assert len(expected) >= 10
+    for block_s in (7.0, 0.5, 600.0):
+        out = _vad([path], block_s=block_s)
+        assert out["vad_error"] == [None]
+        assert out["speech"][0] == expected, block_s
+    assert merge_speech(_vad([path], block_s=7.0)["speech"][0], 3.0, 60.0) == merge_speech(expected, 3.0, 60.0)
 
 
 def test_vad_finds_speech_in_the_meeting_and_none_in_silence(silence_wav):
@@ -29,7 +54,8 @@ def test_joined_ravdess_recording_becomes_one_segment_within_length():
 def test_vad_error_names_the_file(tmp_path):
     out = _vad([tmp_path / "gone.wav"])
     assert out["speech"] == [[]]
-    assert out["vad_error"][0].startswith(f"{tmp_path / 'gone.wav'}: voice activity detection failed")
+    assert out["vad_error"][0].startswith(f"{tmp_path / 'gone.wav'}: voice activity detection failed (cannot open as audio (")
+    assert "\n" not in out["vad_error"][0]
 
 
 def test_merge_rule_gap_and_maximum():
