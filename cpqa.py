@@ -6,18 +6,20 @@
                                               #   save_to_disk folder, or hf://owner/name[:split]
     python cpqa.py build SOURCE --out DIR --profile tiny --set condense.x=0.6 --set runtime.device=cuda
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
+    accelerate launch --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 processes (GPUs), same output
+                                              # rerun the same command after a crash: it resumes
     python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
     python cpqa.py evaluate DATASET --judge model=gpt-4o [--judge model=...,base_url=...] --out results/
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
 
 Options shared by the build commands: ``--config FILE`` (YAML or JSON, any subset of the config tree),
-``--set key=value`` (repeatable, dotted keys, JSON values), ``--profile paper|tiny``.
+``--set key=value`` (repeatable, dotted keys, JSON values), ``--profile paper|tiny``, ``--quiet`` (no
+progress lines), ``--debug`` (tracebacks instead of one-line errors).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -53,75 +55,23 @@ DEMO_SOURCES = (
     "a one-minute AMI Meeting Corpus excerpt (Carletta et al. 2005; CC BY 4.0) and 89 s of Apollo 11 "
     "air-to-ground radio (NASA, presumed public domain). Because of RAVDESS, this build is CC BY-NC-SA 4.0."
 )
-USER_SOURCES = "Recordings supplied by whoever built this dataset ({n} files); their licences apply."
-
-
-def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None) -> int:
+def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool) -> int:
     from build import pipeline
 
+    card = (REPO / "dataset_card.md").read_text()
+    result = pipeline.build(source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet)
+    if result is None:  # not rank 0: the main process prints the report
+        return 0
+    print(pipeline.format_report(result))
     out_dir = Path(out)
-    work_dir = out_dir / "work"
-    result = pipeline.run_labelling(source, config, work_dir=work_dir)
-    if stop_after == "condense" or len(result.segments) == 0:
-        result.segments.save_to_disk(str(out_dir / "condensed"))
-        pipeline.write_report(result, out_dir)
-        print(format_report(result))
+    if result.status in ("condensed", "nothing condensed"):
         print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}")')
         return 0
-    from build.llm_server import embedded_server, resolve_endpoint
-
-    base_url, model = resolve_endpoint(config.qa)
-    config.qa.model = model
-    with contextlib.ExitStack() as stack:
-        if base_url is None:
-            print("starting the embedded LLM server (llama.cpp, SmolLM2-135M-Instruct) ...", flush=True)
-            base_url = stack.enter_context(embedded_server(model))
-        result = pipeline.run_qa(result, config, work_dir, base_url)
-    if len(result.pairs) == 0:
-        pipeline.write_report(result, out_dir)
-        print(format_report(result))
+    if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    card = (REPO / "dataset_card.md").read_text()
-    pipeline.export_dataset(
-        result, config, out_dir, license=license, sources=sources or USER_SOURCES.format(n=len(result.recording_ids)), card_template=card
-    )
-    print(format_report(result))
     print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or load_dataset("{out_dir}", "segments")')
     return 0
-
-
-STAGE_OF_COUNT = {
-    "recordings with speech": "vad",
-    "segments within length": "length",
-    "segments labelled": "label",
-    "segments passing occurrence": "occurrence",
-    "condensed segments": "sampling",
-    "segments transcribed": "asr",
-    "segments with QA pairs": "qa",
-    "QA pairs kept": "pairs",
-    "segments in the benchmark": "postfilter",
-}
-
-
-def format_report(result) -> str:
-    report = result.report()
-    lines = [f"cpqa build: {len(result.recording_ids)} recordings in"]
-    drops = report["drops"]
-    for name, count in report["counts"].items():
-        lines.append(f"  {name:<30} {count:>6}")
-        for reason, n in sorted(drops.get(STAGE_OF_COUNT.get(name, ""), {}).items()):
-            lines.append(f"      dropped: {n} {reason}")
-    statuses = report["recordings"]
-    lines.append("recordings: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("kept", "dropped", "failed")))
-    for entry in result.ledger:
-        if entry["status"] != "kept":
-            lines.append(f"  {entry['recording_id']}: {entry['status']} at {entry['stage']}: {entry['reason']}")
-    if report["primary_emotions"]:
-        lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
-    if report.get("categories"):
-        lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
-    return "\n".join(lines)
 
 
 def parse_judge(spec: str) -> dict:
@@ -226,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
+        p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
@@ -244,10 +195,27 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
     eval_cmd.add_argument("--out", default="results")
 
+    for p in (demo, build_cmd, push_cmd, eval_cmd):
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # one line for anything a user can cause; the traceback with --debug
+        if args.debug:
+            raise
+        from build.errors import first_line
+
+        print(f"cpqa {args.command}: {first_line(error, with_type=False)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("CPQA_LOG", "WARNING"))
     if not os.environ.get("CPQA_PROGRESS"):  # keep the printed funnel readable
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
     if args.command == "evaluate":
         return run_evaluate(args)
     if args.command == "push":
@@ -260,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)
     if args.command == "demo":
-        return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES)
-    return run_build(args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources)
+        return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
+    return run_build(args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -1,69 +1,126 @@
-"""The only module that knows the stage order; it also keeps the funnel and the per-recording ledger.
+"""The one orchestrator: the only module that knows the stage order. The CLI and the benchmarks call it.
 
-    recordings --probe--> --VAD--> segments --length filter--> windows (emotion, gender)
-      --emotion2vec+ ensemble, MSP-Podcast dimensions, gender--> --X_E--> segments with windows
-      --X_O--> --balanced sampling--> condensed segments                       (run_labelling)
-      --ASR + alignment--> --word join--> --LLM QA--> pairs --post-filter--> (run_qa)
-      --> Parquet + dataset card                                               (export_dataset)
+    ingest (global)  recordings sorted by id, probed, split into shards r00000, r00001, ...
+    vad              per recording shard: silero-vad speech regions
+    label            per recording shard: segments, length filter, windows, emotion2vec+ ensemble,
+                     MSP-Podcast dimensions, gender (build.label: each segment decoded once)
+    condense         per recording shard: X_E per window, X_O per segment (Algorithm 1)
+    sample (global)  balanced sampling over every shard's candidates; the sample is cut again into
+                     shards s00000, s00001, ... of ``runtime.segments_per_shard`` segments
+    asr              per sample shard: WhisperX transcript and word times
+    qa               per sample shard: word labels, LLM-written pairs (replies cached by request hash)
+    postfilter       per sample shard: drops and categories of the pairs
+    export (global)  Parquet + dataset card, report.json, recordings.jsonl, work/dropped/<stage>.parquet
 
-Every drop is counted by stage and reason (``Funnel``), and every input recording ends as
-``kept``, ``dropped`` (stage and reason) or ``failed`` (stage and error) in the ledger.
+Every task is a file under ``OUT/work`` (``build.work``): rerunning the same command after a crash
+skips every task whose output carries the same fingerprint, and the LLM cache answers every request
+that had completed, so nothing is recomputed or sent twice. ``accelerate launch`` runs the same
+``build`` on N processes (``build.ranks``): rank r takes every N-th task of each per-shard stage, and
+rank 0 runs the global steps after a barrier.
+
+The funnel counts what is left after each step (``FUNNEL``, keyed by stage id) and every drop by
+stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason) or ``failed``
+(stage and error) in the ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import Dataset, Features
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetInfo, Features
+from tqdm.auto import tqdm
 
-from . import align, condense, dimension, emotion, export, gender, ingest, postfilter, qa, schema, segment, windows, words
+from . import align, condense, export, ingest, label, postfilter, qa, schema, segment, words
 from .config import Config
+from .progress import StageProgress
+from .ranks import Ranks, current
+from .work import Timer, WorkDir, fingerprint, plan_shards, shard_name
 
+# stage id -> the funnel line that counts what is left after it, in pipeline order
+FUNNEL = {
+    "ingest": "recordings",
+    "vad": "recordings with speech",
+    "segments": "segments",
+    "length": "segments within length",
+    "label": "segments labelled",
+    "occurrence": "segments passing occurrence",
+    "sampling": "condensed segments",
+    "asr": "segments transcribed",
+    "qa": "segments with QA pairs",
+    "generated": "QA pairs generated",
+    "pairs": "QA pairs kept",
+    "postfilter": "segments in the benchmark",
+}
+# Stages at which a recording can end (QA pair drops never end a recording), in order.
 STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "qa", "postfilter")
+STOP_AFTER = ("condense",)
+
+# drop reasons decided here (the stage modules' own reasons travel through their columns)
+UNREADABLE = "unreadable audio"
+VAD_FAILED = "voice activity detection failed"
+NO_SPEECH = "no speech detected"
+LABELLING_FAILED = "labelling failed"
+OVER_QUOTA = "over the per-category quota"
+ASR_FAILED = "transcription failed"
+NO_WORDS = "no words recognised"
+LLM_FAILED = "LLM request failed"
+NO_PAIRS = "no pairs in the reply"
+NO_PAIR_SURVIVED = "no pair survived the post-filter"
 
 
-@dataclass
+# ---------------------------------------------------------------- funnel, ledger, result
+@dataclass(frozen=True)
 class Drop:
-    recording_id: str
     stage: str
+    recording_id: str
     reason: str  # counted in the funnel: no file names, nothing that varies per row
-    detail: str | None = None  # the full error message, kept in the ledger
+    detail: str | None = None  # the full error message or the dropped text, kept in the ledger
+    segment_id: str | None = None
+    pair_index: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Funnel:
-    counts: dict[str, int] = field(default_factory=dict)  # rows after each step, in order
-    drops: list[Drop] = field(default_factory=list)  # recordings and segments
-    pair_drops: Counter = field(default_factory=Counter)  # QA pairs, by reason
+    counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
+    drops: tuple[Drop, ...] = ()
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
         for d in self.drops:
             table.setdefault(d.stage, Counter())[d.reason] += 1
-        if self.pair_drops:
-            table["pairs"] = Counter(self.pair_drops)
-        return {stage: dict(counter) for stage, counter in table.items()}
+        return {stage: dict(table[stage]) for stage in FUNNEL if stage in table}
+
+    def named_counts(self) -> dict[str, int]:
+        return {FUNNEL[stage]: n for stage, n in self.counts.items()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildResult:
     recording_ids: list[str]
-    failures: dict[str, tuple[str, str]]
     funnel: Funnel
-    segments: Dataset  # condensed segments (with transcripts and pairs once run_qa ran)
-    pairs: Dataset | None = None  # kept QA pairs, once run_qa ran
+    segments: Dataset  # condensed segments; after QA, the segments in the benchmark
+    pairs: Dataset | None = None  # kept QA pairs, once the QA stages ran
+    status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs"
+    out_dir: Path | None = None
 
     @property
     def ledger(self) -> list[dict]:
         final = self.pairs if self.pairs is not None else self.segments
-        return _ledger(self.recording_ids, self.failures, self.funnel, set(final["recording_id"]))
+        return _ledger(self.recording_ids, self.funnel, set(final["recording_id"]))
 
     def report(self) -> dict:
         report = {
-            "counts": self.funnel.counts,
+            "counts": self.funnel.named_counts(),
             "drops": self.funnel.drop_counts(),
             "recordings": dict(Counter(entry["status"] for entry in self.ledger)),
             "primary_emotions": dict(Counter(self.segments["primary_emotion"])),
@@ -73,235 +130,17 @@ class BuildResult:
         return report
 
 
-def _drop_rows(data: Dataset, reasons: list[str | None], stage: str, funnel: Funnel, details: list | None = None) -> Dataset:
-    """Drop the rows that have a reason, recording each drop against its recording."""
-    rids = data["recording_id"]
-    for i, reason in enumerate(reasons):
-        if reason is not None:
-            funnel.drops.append(Drop(rids[i], stage, reason, details[i] if details else None))
-    return data.select([i for i, reason in enumerate(reasons) if reason is None])
-
-
-# ---------------------------------------------------------------- labelling half (stages 0-7)
-def _map(data: Dataset, fn, columns: Features, *, replace: bool = False, **kwargs) -> Dataset:
-    """``Dataset.map`` with its output typed by ``columns`` (new columns, or all of them if ``replace``).
-
-    Typing every stage's output keeps a batch of failures (all nulls) from fixing a column's type,
-    and an empty input still gets the stage's columns: datasets never calls the function then.
-    """
-    features = columns if replace else Features({**data.features, **columns})
-    if len(data) == 0:
-        return Dataset.from_dict({name: [] for name in features}, features=features)
-    if replace:
-        kwargs["remove_columns"] = data.column_names
-    return data.map(fn, batched=True, features=features, **kwargs)
-
-
-def run_labelling(source: str | Path, config: Config, work_dir: str | Path) -> BuildResult:
-    """Ingest → condensation on ``source``."""
-    work_dir = Path(work_dir)
-    funnel = Funnel()
-
-    recordings = ingest.list_recordings(source, cache_dir=work_dir / "cache")
-    recordings = _map(recordings, ingest.probe_recordings, schema.PROBE_OUTPUT, batch_size=32, desc="probe")
-    funnel.counts["recordings"] = len(recordings)
-    vad = config.vad
-    vad_kwargs = dict(threshold=vad.threshold, min_speech_ms=vad.min_speech_ms, min_silence_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms)
-    recordings = _map(recordings, segment.detect_speech, schema.VAD_OUTPUT, batch_size=8, fn_kwargs=vad_kwargs, desc="vad")
-    failures = {}
-    for rid, error, vad_error, speech in zip(recordings["recording_id"], recordings["error"], recordings["vad_error"], recordings["speech"]):
-        if error is not None:
-            failures[rid] = ("ingest", error)
-        elif vad_error is not None:
-            failures[rid] = ("vad", vad_error)
-        elif not speech:
-            funnel.drops.append(Drop(rid, "vad", "no speech detected"))
-    funnel.counts["recordings with speech"] = sum(1 for s in recordings["speech"] if s)
-
-    segments = _map(
-        recordings, segment.explode_segments, schema.SEGMENT, replace=True,
-        fn_kwargs=dict(merge_gap_s=vad.merge_gap_s, max_segment_s=config.max_segment_s), desc="segments",
-    )  # fmt: skip
-    funnel.counts["segments"] = len(segments)
-    reasons = [segment.length_drop_reason(s, e, config.min_segment_s, config.max_segment_s) for s, e in zip(segments["start"], segments["end"])]
-    segments = _drop_rows(segments, reasons, "length", funnel)
-    funnel.counts["segments within length"] = len(segments)
-
-    emotion_windows, gender_windows = _label_windows(segments, config)
-    emotion_windows = _map(
-        emotion_windows, condense.mark_consistency, schema.CONSISTENCY_OUTPUT,
-        fn_kwargs=dict(x=config.condense.x, y=config.condense.y), desc="consistency",
-    )  # fmt: skip
-    segments, label_errors = _attach_windows(segments, emotion_windows, gender_windows)
-    segments = _drop_rows(segments, [("labelling failed" if e else None) for e in label_errors], "label", funnel, label_errors)
-    funnel.counts["segments labelled"] = len(segments)
-
-    segments = _map(segments, condense.count_occurrences, schema.OCCURRENCE_OUTPUT, fn_kwargs=dict(alpha=config.condense.alpha), desc="occurrence")
-    segments = _drop_rows(segments, segments["drop_reason"], "occurrence", funnel).remove_columns("drop_reason")
-    funnel.counts["segments passing occurrence"] = len(segments)
-    kept = condense.balanced_sample(segments["segment_id"], segments["primary_emotion"], config.condense.samples_per_category, config.condense.seed)
-    segments = _drop_rows(segments, [None if sid in kept else "over the per-category quota" for sid in segments["segment_id"]], "sampling", funnel)
-    funnel.counts["condensed segments"] = len(segments)
-    return BuildResult(recordings["recording_id"], failures, funnel, segments.cast(schema.CONDENSED_SEGMENT))
-
-
-def _label_windows(segments: Dataset, config: Config) -> tuple[Dataset, Dataset]:
-    runtime = config.runtime
-    on_device = dict(batch_size=runtime.batch_size, with_rank=True, num_proc=runtime.num_proc)
-
-    def explode(spec, name):
-        kwargs = dict(label_s=spec.label_s, context_s=spec.context_s, min_last_fraction=spec.min_last_fraction)
-        return _map(segments, windows.explode_windows, schema.WINDOW, replace=True, fn_kwargs=kwargs, desc=f"{name} windows")
-
-    emotion_windows = explode(config.emotion_window, "emotion")
-    gender_windows = explode(config.gender_window, "gender")
-    emotion_windows = _map(
-        emotion_windows, emotion.label_categorical_emotion, schema.CATEGORICAL_OUTPUT,
-        fn_kwargs=dict(model_ids=list(config.models.emotion), device=runtime.device), desc="emotion2vec", **on_device,
-    )  # fmt: skip
-    emotion_windows = _map(
-        emotion_windows, dimension.label_dimensions, schema.DIMENSIONAL_OUTPUT,
-        fn_kwargs=dict(model_id=config.models.dimension, device=runtime.device), desc="dimensions", **on_device,
-    )  # fmt: skip
-    gender_windows = _map(
-        gender_windows, gender.label_gender, schema.GENDER_OUTPUT,
-        fn_kwargs=dict(model_id=config.models.gender, device=runtime.device), desc="gender", **on_device,
-    )  # fmt: skip
-    return emotion_windows, gender_windows
-
-
-def _attach_windows(segments: Dataset, emotion_windows: Dataset, gender_windows: Dataset) -> tuple[Dataset, list[str | None]]:
-    """Group window rows under their segment; a segment with any failed window gets that error."""
-    grouped_emotion: dict[str, list] = {}
-    grouped_gender: dict[str, list] = {}
-    errors: dict[str, str] = {}
-    for row in emotion_windows:
-        error = row["emotion_error"] or row["dimension_error"]
-        if error:
-            errors.setdefault(row["segment_id"], error)
-        grouped_emotion.setdefault(row["segment_id"], []).append(
-            {
-                "start": row["start"],
-                "end": row["end"],
-                "emotion": row["condensed_emotion"],
-                "raw_emotion": row["emotion"],
-                "emotion_scores": row["emotion_scores"],
-                "arousal": row["arousal"],
-                "dominance": row["dominance"],
-                "valence": row["valence"],
-                "consistent": row["consistent"],
-            }
-        )
-    for row in gender_windows:
-        if row["gender_error"]:
-            errors.setdefault(row["segment_id"], row["gender_error"])
-        grouped_gender.setdefault(row["segment_id"], []).append(
-            {"start": row["start"], "end": row["end"], "gender": row["gender"], "gender_score": row["gender_score"]}
-        )
-    ids = segments["segment_id"]
-    columns = segments.to_dict()
-    columns["emotion_windows"] = [grouped_emotion.get(sid, []) for sid in ids]
-    columns["gender_windows"] = [grouped_gender.get(sid, []) for sid in ids]
-    columns["gender"] = [condense.majority_gender(w) for w in columns["gender_windows"]]
-    features = Features({k: schema.CONDENSED_SEGMENT[k] for k in columns})
-    return Dataset.from_dict(columns, features=features), [errors.get(sid) for sid in ids]
-
-
-# ---------------------------------------------------------------- QA half (stages 8-11)
-def run_qa(result: BuildResult, config: Config, work_dir: str | Path, base_url: str | None) -> BuildResult:
-    """ASR → word join → QA generation → post-filter on the condensed segments of ``result``.
-
-    ``base_url`` is the OpenAI-compatible endpoint (the caller starts the embedded one if needed).
-    """
-    funnel, runtime, asr = result.funnel, config.runtime, config.asr
-    segments = _map(
-        result.segments, align.transcribe_and_align, schema.ASR_OUTPUT,
-        batch_size=asr.batch_size, with_rank=True, num_proc=runtime.num_proc,
-        fn_kwargs=dict(model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=runtime.device),
-        desc="asr",
-    )  # fmt: skip
-    errors = segments["asr_error"]
-    reasons = ["transcription failed" if e else (None if t and t.strip() else "no words recognised") for e, t in zip(errors, segments["transcript"])]
-    segments = _drop_rows(segments, reasons, "asr", funnel, [e or None for e in errors])
-    funnel.counts["segments transcribed"] = len(segments)
-    segments = _map(segments, words.tag_words, schema.WORDS_OUTPUT, desc="word labels")
-
-    q = config.qa
-    segments = _map(
-        segments,
-        qa.generate_qa,
-        schema.QA_OUTPUT,
-        batch_size=max(q.concurrency * 4, 16),
-        fn_kwargs=dict(
-            base_url=base_url,
-            model=q.model,
-            api_key_env=q.api_key_env,
-            cache_dir=str(Path(work_dir) / "llm-cache"),
-            pairs_per_segment=q.pairs_per_segment,
-            temperature=q.temperature,
-            max_tokens=q.max_tokens,
-            structured_output=q.structured_output,
-            concurrency=q.concurrency,
-            max_retries=q.max_retries,
-            timeout_s=q.timeout_s,
-        ),
-        desc="qa",
-    )
-    qa_errors = segments["qa_error"]
-    reasons = [(_generic(e) if e else (None if pairs else "no pairs in the reply")) for e, pairs in zip(qa_errors, segments["qa_pairs"])]
-    segments = _drop_rows(segments, reasons, "qa", funnel, qa_errors)
-    funnel.counts["segments with QA pairs"] = len(segments)
-
-    pairs = _map(segments, postfilter.explode_pairs, schema.PAIR, replace=True, desc="pairs")
-    funnel.counts["QA pairs generated"] = len(pairs)
-    pairs = _post_filter(pairs, config, funnel)
-    funnel.counts["QA pairs kept"] = len(pairs)
-    with_pairs = set(pairs["segment_id"])
-    segments = _drop_rows(segments, [None if sid in with_pairs else "no pair survived the post-filter" for sid in segments["segment_id"]], "postfilter", funnel)
-    funnel.counts["segments in the benchmark"] = len(segments)
-    result.segments, result.pairs = segments, pairs
-    return result
-
-
-def _post_filter(pairs: Dataset, config: Config, funnel: Funnel) -> Dataset:
-    """Drop pairs by reason (counted), then tag the categories of those kept."""
-    pf = config.postfilter
-    filter_kwargs = dict(transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
-    pairs = _map(pairs, postfilter.filter_reasons, schema.DROP_REASON, fn_kwargs=filter_kwargs, desc="post-filter")
-    pairs = _map(
-        pairs, postfilter.mark_duplicates, schema.DROP_REASON,
-        batch_size=None,  # whole table in one batch: duplicates are looked for within each segment
-        with_rank=True,
-        fn_kwargs=dict(model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device),
-        desc="duplicates",
-    )  # fmt: skip
-    funnel.pair_drops.update(r for r in pairs["drop_reason"] if r is not None)
-    pairs = _drop_pairs(pairs)
-    return _map(pairs, postfilter.categorise, schema.CATEGORY, desc="categories")
-
-
-def _drop_pairs(pairs: Dataset) -> Dataset:
-    return pairs.select([i for i, reason in enumerate(pairs["drop_reason"]) if reason is None]).remove_columns("drop_reason")
-
-
-def _generic(error: str) -> str:
-    """Funnel reason for a QA error: the parse and transcript ones as they are, transport errors as one."""
-    return error if error in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else "LLM request failed"
-
-
-# ---------------------------------------------------------------- ledger
-def _ledger(recording_ids: list[str], failures: dict[str, tuple[str, str]], funnel: Funnel, kept: set[str]) -> list[dict]:
+def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str]) -> list[dict]:
     """One entry per input recording: kept, failed (stage, error) or dropped (stage, reasons)."""
     by_recording: dict[str, list[Drop]] = {}
     for d in funnel.drops:
-        by_recording.setdefault(d.recording_id, []).append(d)
+        if d.stage in STAGES:
+            by_recording.setdefault(d.recording_id, []).append(d)
     ledger = []
     for rid in recording_ids:
         entry = {"recording_id": rid, "status": "kept", "stage": None, "reason": None}
         drops = by_recording.get(rid, [])
-        if rid in failures:
-            entry.update(status="failed", stage=failures[rid][0], reason=failures[rid][1])
-        elif rid not in kept and drops:
+        if rid not in kept and drops:
             # The recording got as far as its furthest segment: report the drops at that stage.
             last = max(STAGES.index(d.stage) for d in drops)
             at_last = [d for d in drops if STAGES.index(d.stage) == last]
@@ -316,6 +155,507 @@ def _ledger(recording_ids: list[str], failures: dict[str, tuple[str, str]], funn
     return ledger
 
 
+def format_report(result: BuildResult) -> str:
+    """The funnel as printed at the end of a build: counts, the drops under the step that made them, the ledger's exceptions."""
+    report = result.report()
+    lines = [f"cpqa build: {len(result.recording_ids)} recordings in"]
+    drops = report["drops"]
+    for stage, count in result.funnel.counts.items():
+        lines.append(f"  {FUNNEL[stage]:<30} {count:>6}")
+        for reason, n in sorted(drops.get(stage, {}).items()):
+            lines.append(f"      dropped: {n} {reason}")
+    statuses = report["recordings"]
+    lines.append("recordings: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("kept", "dropped", "failed")))
+    for entry in result.ledger:
+        if entry["status"] != "kept":
+            lines.append(f"  {entry['recording_id']}: {entry['status']} at {entry['stage']}: {entry['reason']}")
+    if report["primary_emotions"]:
+        lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
+    if report.get("categories"):
+        lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- helpers over column dicts
+def _rows(columns: dict[str, list]) -> list[dict]:
+    return [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []
+
+
+def _columns(rows: list[dict], features: Features) -> dict[str, list]:
+    return {name: [row.get(name) for row in rows] for name in features}
+
+
+def _batches(columns: dict[str, list], size: int) -> Iterator[dict[str, list]]:
+    n = len(next(iter(columns.values()))) if columns else 0
+    for lo in range(0, n, max(1, size)):
+        yield {name: values[lo : lo + size] for name, values in columns.items()}
+
+
+def _dataset(table: pa.Table, features: Features) -> Dataset:
+    return Dataset(table.cast(features.arrow_schema), info=DatasetInfo(features=features))
+
+
+def _features(*parts: Features, without: tuple[str, ...] = ()) -> Features:
+    merged: dict = {}
+    for part in parts:
+        merged.update(part)
+    return Features({k: v for k, v in merged.items() if k not in without})
+
+
+ASR_SEGMENT = _features(schema.CONDENSED_SEGMENT, schema.ASR_OUTPUT, without=("asr_error",))
+QA_SEGMENT = _features(ASR_SEGMENT, schema.WORDS_OUTPUT, schema.QA_OUTPUT, without=("qa_error",))
+VAD_RECORDING = _features(schema.PLANNED_RECORDING, schema.VAD_OUTPUT)
+
+
+# ---------------------------------------------------------------- fingerprints
+def stage_params(config: Config) -> dict[str, dict]:
+    """The config values each stage reads (what its fingerprint hashes; devices and batch sizes are not results)."""
+    c = config
+    return {
+        "vad": {"vad": dataclasses.asdict(c.vad), "sample_rate": c.sample_rate},
+        "label": {
+            "merge_gap_s": c.vad.merge_gap_s,
+            "min_segment_s": c.min_segment_s,
+            "max_segment_s": c.max_segment_s,
+            "emotion_window": dataclasses.asdict(c.emotion_window),
+            "gender_window": dataclasses.asdict(c.gender_window),
+            "models": dataclasses.asdict(c.models),
+            "precision": c.runtime.precision,
+        },
+        "condense": {"x": c.condense.x, "y": c.condense.y, "alpha": c.condense.alpha},
+        "sample": {"n": c.condense.samples_per_category, "seed": c.condense.seed, "segments_per_shard": c.runtime.segments_per_shard},
+        "asr": {k: v for k, v in dataclasses.asdict(c.asr).items() if k != "batch_size"},
+        "qa": {
+            "model": c.qa.model,
+            "prompt_version": qa.PROMPT_VERSION,
+            "pairs_per_segment": c.qa.pairs_per_segment,
+            "temperature": c.qa.temperature,
+            "max_tokens": c.qa.max_tokens,
+            "structured_output": c.qa.structured_output,
+        },
+        "postfilter": dataclasses.asdict(c.postfilter),
+    }
+
+
+# ---------------------------------------------------------------- the build
+@dataclass
+class _Run:
+    config: Config
+    work: WorkDir
+    ranks: Ranks
+    progress: bool
+    say: Callable[[str], None]
+
+    def stage(self, stage: str, tasks: list[tuple[str, str, float]], compute: Callable[[str, StageProgress], tuple]) -> None:
+        """Run this rank's share of ``tasks`` (shard, fingerprint, audio seconds); finished ones are skipped.
+
+        ``compute(shard, progress)`` returns ``(columns, features, counts, dropped)``."""
+        mine = self.ranks.mine(tasks)
+        with StageProgress(stage, len(mine), sum(t[2] for t in mine), rank=self.ranks.index, world=self.ranks.world, enabled=self.progress) as bar:
+            for shard, fp, audio_s in mine:
+                if self.work.is_done(stage, shard, fp):
+                    bar.shard_done(audio_s)
+                    continue
+                before = bar.bar.n
+                timer = Timer()
+                columns, features, counts, dropped = compute(shard, bar)
+                stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
+                self.work.write(stage, shard, fp, columns, features, stats=stats, dropped=dropped)
+                bar.shard_done(audio_s - (bar.bar.n - before))
+
+    def table(self, stage: str, shards: list[str], features: Features) -> pa.Table:
+        tables = [self.work.read_table(stage, s).cast(features.arrow_schema) for s in shards]
+        return pa.concat_tables(tables) if tables else features.arrow_schema.empty_table()
+
+
+def build(
+    source: str | Path,
+    config: Config,
+    out_dir: str | Path,
+    *,
+    stop_after: str | None = None,
+    license: str = "other",
+    sources: str | None = None,
+    card_template: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    ranks: Ranks | None = None,
+) -> BuildResult | None:
+    """Build (or resume) the dataset of ``source`` into ``out_dir``.
+
+    Returns the result on rank 0 (None on the others): ``status`` says how far it got. ``say`` receives
+    the lines meant for the user (the embedded server starting); progress bars go to stderr."""
+    if stop_after not in (None, *STOP_AFTER):
+        raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
+    out_dir = Path(out_dir)
+    ranks = ranks or current()
+    run = _Run(config, WorkDir(out_dir / "work"), ranks, progress, say)
+    params = stage_params(config)
+
+    # ---- ingest: one plan for every process
+    if ranks.is_main:
+        _plan(run, source)
+    ranks.barrier()
+    plan = run.work.read("ingest", "recordings")
+    recording_ids = plan["recording_id"]
+    shards = sorted(set(plan["shard"]))
+    members = {s: [i for i, shard in enumerate(plan["shard"]) if shard == s] for s in shards}
+    plan_rows = _rows(plan)
+    audio = {s: sum(plan_rows[i]["duration"] or 0.0 for i in members[s]) for s in shards}
+    fps = {"ingest": run.work.fingerprint_of("ingest", "recordings")}
+    for stage, upstream in (("vad", "ingest"), ("label", "vad"), ("condense", "label")):
+        fps[stage] = {
+            s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "ingest" else fps[upstream][s], s, [recording_ids[i] for i in members[s]]])
+            for s in shards
+        }
+
+    # ---- per recording shard: vad, label, condense
+    run.stage("vad", [(s, fps["vad"][s], audio[s]) for s in shards], lambda s, bar: _vad(_pick(plan, members[s]), config, bar))
+    run.stage("label", [(s, fps["label"][s], audio[s]) for s in shards], lambda s, bar: _label(run.work.read("vad", s), config, ranks, bar))
+    run.stage("condense", [(s, fps["condense"][s], audio[s]) for s in shards], lambda s, bar: _condense(run.work.read("label", s), config))
+    ranks.barrier()
+
+    # ---- balanced sampling over every shard
+    fps["sample"] = fingerprint("sample", params["sample"], [fps["condense"][s] for s in shards])
+    if ranks.is_main and not run.work.is_done("sample", "manifest", fps["sample"]):
+        _sample(run, shards, fps["sample"])
+    ranks.barrier()
+    manifest = run.work.read("sample", "manifest")
+    sample_shards = sorted(set(manifest["shard"]))
+    seg_audio = Counter()
+    for shard, start, end in zip(manifest["shard"], manifest["start"], manifest["end"]):
+        seg_audio[shard] += end - start
+
+    def finish(segments: Dataset, pairs: Dataset | None, status: str, extra_stages: tuple[str, ...]) -> BuildResult | None:
+        if not ranks.is_main:
+            return None
+        funnel = _funnel(run, shards, sample_shards, extra_stages)
+        result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir)
+        _merge_dropped(run, shards, sample_shards, extra_stages)
+        return result
+
+    if stop_after == "condense" or not sample_shards:
+        if not ranks.is_main:
+            return None
+        segments = _dataset(run.table("sample", sample_shards, schema.CONDENSED_SEGMENT), schema.CONDENSED_SEGMENT)
+        segments.save_to_disk(str(out_dir / "condensed"))
+        result = finish(segments, None, "condensed" if sample_shards else "nothing condensed", ())
+        write_report(result, out_dir)
+        return result
+
+    # ---- per sample shard: asr, qa, postfilter
+    for stage, upstream in (("asr", "sample"), ("qa", "asr"), ("postfilter", "qa")):
+        fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
+    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa", "postfilter")}
+    run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
+    pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
+    with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
+        cache_dir = str(run.work.root / "llm-cache")
+        run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
+    run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
+    ranks.barrier()
+    if not ranks.is_main:
+        return None
+
+    pairs = _dataset(run.table("postfilter", sample_shards, schema.QA_PAIR), schema.QA_PAIR)
+    segments = _dataset(run.table("qa", sample_shards, QA_SEGMENT), QA_SEGMENT)
+    with_pairs = set(pairs["segment_id"])
+    segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in with_pairs])
+    stages = ("asr", "qa", "postfilter")
+    if len(pairs) == 0:
+        result = finish(segments, pairs, "no pairs", stages)
+        write_report(result, out_dir)
+        return result
+    result = finish(segments, pairs, "built", stages)
+    export_dataset(result, config, out_dir, license=license, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
+    return result
+
+
+def _pick(columns: dict[str, list], indices: list[int]) -> dict[str, list]:
+    return {name: [values[i] for i in indices] for name, values in columns.items()}
+
+
+# ---------------------------------------------------------------- ingest (global)
+def _plan(run: _Run, source: str | Path) -> None:
+    """List and probe every recording, sort by id, cut into shards (``OUT/work/ingest/recordings.parquet``)."""
+    rt = run.config.runtime
+    listed = ingest.list_recordings(source, cache_dir=run.work.root / "cache")
+    order = sorted(range(len(listed)), key=lambda i: listed["recording_id"][i])
+    ids = [listed["recording_id"][i] for i in order]
+    paths = [listed["audio_path"][i] for i in order]
+    listing = [(rid, path, *_file_stamp(path)) for rid, path in zip(ids, paths)]
+    fp = fingerprint("ingest", {"source": str(source), "recordings_per_shard": rt.recordings_per_shard, "hours_per_shard": rt.hours_per_shard}, listing)
+    if run.work.is_done("ingest", "recordings", fp):
+        return
+    timer = Timer()
+    with tqdm(total=len(paths), desc="ingest     probing", unit=" files", disable=not run.progress, file=sys.stderr) as bar:
+
+        def probe(path):
+            result = ingest.probe_recordings({"audio_path": [path]})
+            bar.update()
+            return result["duration"][0], result["error"][0]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            probed = list(pool.map(probe, paths))
+    durations = [d for d, _ in probed]
+    errors = [e for _, e in probed]
+    shard_of = [""] * len(ids)
+    for index, members in enumerate(plan_shards(durations, rt.recordings_per_shard, rt.hours_per_shard)):
+        for i in members:
+            shard_of[i] = shard_name("r", index)
+    columns = {"recording_id": ids, "audio_path": paths, "duration": durations, "error": errors, "shard": shard_of}
+    dropped = [{"stage": "ingest", "recording_id": rid, "reason": UNREADABLE, "detail": e} for rid, e in zip(ids, errors) if e is not None]
+    stats = {"counts": {"ingest": len(ids)}, "audio_s": round(sum(d or 0.0 for d in durations), 3), "wall_s": timer.seconds, "rank": run.ranks.index}
+    run.work.write("ingest", "recordings", fp, columns, schema.PLANNED_RECORDING, stats=stats, dropped=dropped)
+
+
+def _file_stamp(path: str) -> tuple:
+    """Size and modification time of a local file (a changed file is a new input); () for references."""
+    try:
+        stat = Path(path).stat()
+        return (stat.st_size, stat.st_mtime_ns)
+    except (OSError, ValueError):
+        return ()
+
+
+# ---------------------------------------------------------------- per recording shard
+def _vad(rows: dict[str, list], config: Config, bar: StageProgress):
+    vad = config.vad
+    kwargs = dict(threshold=vad.threshold, min_speech_ms=vad.min_speech_ms, min_silence_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms)
+    out: dict[str, list] = {"speech": [], "vad_error": []}
+    dropped = []
+    for row in _rows(rows):
+        result = segment.detect_speech({"audio_path": [row["audio_path"]], "error": [row["error"]]}, **kwargs)
+        out["speech"] += result["speech"]
+        out["vad_error"] += result["vad_error"]
+        bar.advance(row["duration"] or 0.0)
+        if row["error"] is not None:
+            continue  # the ingest step recorded it
+        if result["vad_error"][0] is not None:
+            dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": VAD_FAILED, "detail": result["vad_error"][0]})
+        elif not result["speech"][0]:
+            dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": NO_SPEECH})
+    columns = {**rows, **out}
+    counts = {"vad": sum(1 for s in out["speech"] if s)}
+    return columns, VAD_RECORDING, counts, dropped
+
+
+def _label(recordings: dict[str, list], config: Config, ranks: Ranks, bar: StageProgress):
+    vad = config.vad
+    segments = segment.explode_segments(recordings, merge_gap_s=vad.merge_gap_s, max_segment_s=config.max_segment_s)
+    n_segments = len(segments["segment_id"])
+    dropped, keep = [], []
+    for i, (sid, rid, start, end) in enumerate(zip(segments["segment_id"], segments["recording_id"], segments["start"], segments["end"])):
+        reason = segment.length_drop_reason(start, end, config.min_segment_s, config.max_segment_s)
+        if reason is None:
+            keep.append(i)
+        else:
+            dropped.append({"stage": "length", "recording_id": rid, "segment_id": sid, "reason": reason})
+    segments = _pick(segments, keep)
+    rt = config.runtime
+    labels = label.label_segments(
+        segments,
+        emotion_window=dataclasses.asdict(config.emotion_window),
+        gender_window=dataclasses.asdict(config.gender_window),
+        emotion_models=list(config.models.emotion),
+        dimension_model=config.models.dimension,
+        gender_model=config.models.gender,
+        device=rt.device,
+        rank=ranks.local,
+        batch_size=rt.batch_size,
+        loader_workers=rt.loader_workers,
+        precision=rt.precision,
+        on_segment_done=bar.advance,
+    ) if keep else {name: [] for name in schema.LABEL_OUTPUT}
+    labelled = []
+    for i, error in enumerate(labels["label_error"]):
+        if error is None:
+            labelled.append(i)
+        else:
+            dropped.append({"stage": "label", "recording_id": segments["recording_id"][i], "segment_id": segments["segment_id"][i], "reason": LABELLING_FAILED, "detail": error})
+    columns = _pick({**segments, **labels}, labelled)
+    counts = {"segments": n_segments, "length": len(keep), "label": len(labelled)}
+    return columns, schema.LABELLED_SEGMENT, counts, dropped
+
+
+def _condense(segments: dict[str, list], config: Config):
+    """X_E on every window, X_O on every segment; the gender majority."""
+    c = config.condense
+    rows = _rows(segments)
+    windows = [w for row in rows for w in row["emotion_windows"]]
+    marks = condense.mark_consistency({"emotion": [w["emotion"] for w in windows], "valence": [w["valence"] for w in windows]}, x=c.x, y=c.y)
+    marked = iter(zip(marks["consistent"], marks["condensed_emotion"]))
+    out, dropped = [], []
+    for row in rows:
+        emotion_windows = []
+        for w in row["emotion_windows"]:
+            consistent, condensed = next(marked)
+            emotion_windows.append({**w, "emotion": condensed, "raw_emotion": w["emotion"], "consistent": consistent})
+        occurrence = condense.count_occurrences({"emotion_windows": [emotion_windows]}, alpha=c.alpha)
+        if occurrence["drop_reason"][0] is not None:
+            dropped.append({"stage": "occurrence", "recording_id": row["recording_id"], "segment_id": row["segment_id"], "reason": occurrence["drop_reason"][0]})
+            continue
+        out.append(
+            {
+                **{k: row[k] for k in schema.SEGMENT},
+                "emotion_windows": emotion_windows,
+                "gender_windows": row["gender_windows"],
+                "emotion_counts": occurrence["emotion_counts"][0],
+                "emotions": occurrence["emotions"][0],
+                "primary_emotion": occurrence["primary_emotion"][0],
+                "gender": condense.majority_gender(row["gender_windows"]),
+            }
+        )
+    return _columns(out, schema.CONDENSED_SEGMENT), schema.CONDENSED_SEGMENT, {"occurrence": len(out)}, dropped
+
+
+# ---------------------------------------------------------------- sampling (global)
+def _sample(run: _Run, shards: list[str], fp: str) -> None:
+    """Balanced sampling over every shard's candidates; the sample cut into shards sorted by segment id."""
+    timer = Timer()
+    candidates = run.table("condense", shards, schema.CONDENSED_SEGMENT)
+    ids = candidates.column("segment_id").to_pylist()
+    kept = condense.balanced_sample(ids, candidates.column("primary_emotion").to_pylist(), run.config.condense.samples_per_category, run.config.condense.seed)
+    rids = candidates.column("recording_id").to_pylist()
+    dropped = [{"stage": "sampling", "recording_id": rid, "segment_id": sid, "reason": OVER_QUOTA} for sid, rid in zip(ids, rids) if sid not in kept]
+    order = sorted((sid, i) for i, sid in enumerate(ids) if sid in kept)
+    size = run.config.runtime.segments_per_shard
+    manifest: dict[str, list] = {"segment_id": [], "shard": [], "start": [], "end": []}
+    for n, lo in enumerate(range(0, len(order), size)):
+        shard = shard_name("s", n)
+        indices = [i for _, i in order[lo : lo + size]]
+        part = candidates.take(indices)
+        run.work.write("sample", shard, fp, part.to_pydict(), schema.CONDENSED_SEGMENT, stats={"counts": {}, "rank": run.ranks.index})
+        manifest["segment_id"] += part.column("segment_id").to_pylist()
+        manifest["shard"] += [shard] * len(indices)
+        manifest["start"] += part.column("start").to_pylist()
+        manifest["end"] += part.column("end").to_pylist()
+    stats = {"counts": {"sampling": len(order)}, "wall_s": timer.seconds, "rank": run.ranks.index}
+    run.work.write("sample", "manifest", fp, manifest, SAMPLE_MANIFEST, stats=stats, dropped=dropped)
+
+
+SAMPLE_MANIFEST = Features({"segment_id": schema.SEGMENT["segment_id"], "shard": schema.PLANNED_RECORDING["shard"], "start": schema.SEGMENT["start"], "end": schema.SEGMENT["end"]})
+
+
+# ---------------------------------------------------------------- per sample shard
+def _asr(segments: dict[str, list], config: Config, ranks: Ranks, bar: StageProgress):
+    asr = config.asr
+    out: dict[str, list] = {}
+    for batch in _batches(segments, asr.batch_size):
+        result = align.transcribe_and_align(
+            batch, ranks.local, model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=config.runtime.device
+        )
+        for name, values in result.items():
+            out.setdefault(name, []).extend(values)
+        bar.advance(sum(e - s for s, e in zip(batch["start"], batch["end"])))
+    keep, dropped = [], []
+    for i, (error, transcript) in enumerate(zip(out.get("asr_error", []), out.get("transcript", []))):
+        reason = ASR_FAILED if error else (None if transcript and transcript.strip() else NO_WORDS)
+        if reason is None:
+            keep.append(i)
+        else:
+            dropped.append({"stage": "asr", "recording_id": segments["recording_id"][i], "segment_id": segments["segment_id"][i], "reason": reason, "detail": error or None})
+    columns = _pick({**segments, **out}, keep)
+    return columns, ASR_SEGMENT, {"asr": len(keep)}, dropped
+
+
+def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar: StageProgress):
+    segments = {**segments, **words.tag_words(segments)}
+    q = qa_config
+    kwargs = dict(
+        base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, pairs_per_segment=q.pairs_per_segment,
+        temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
+        max_retries=q.max_retries, timeout_s=q.timeout_s,
+    )  # fmt: skip
+    out: dict[str, list] = {}
+    for batch in _batches(segments, max(q.concurrency * 4, 16)):
+        for name, values in qa.generate_qa(batch, **kwargs).items():
+            out.setdefault(name, []).extend(values)
+        bar.advance(sum(e - s for s, e in zip(batch["start"], batch["end"])))
+    keep, dropped = [], []
+    for i, (error, pairs) in enumerate(zip(out.get("qa_error", []), out.get("qa_pairs", []))):
+        reason = (error if error in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if error else (None if pairs else NO_PAIRS)
+        if reason is None:
+            keep.append(i)
+        else:
+            dropped.append({"stage": "qa", "recording_id": segments["recording_id"][i], "segment_id": segments["segment_id"][i], "reason": reason, "detail": error})
+    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
+
+
+def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
+    pf = config.postfilter
+    pairs = postfilter.explode_pairs(segments)
+    reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
+    reasons = postfilter.mark_duplicates({**pairs, **reasons}, ranks.local, model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device)
+    dropped, keep = [], []
+    for i, reason in enumerate(reasons["drop_reason"]):
+        if reason is None:
+            keep.append(i)
+        else:
+            detail = f"Q: {pairs['question'][i]} | A: {pairs['answer'][i]}"
+            dropped.append({"stage": "pairs", "recording_id": pairs["recording_id"][i], "segment_id": pairs["segment_id"][i], "pair_index": pairs["pair_index"][i], "reason": reason, "detail": detail})
+    kept = _pick(pairs, keep)
+    kept = {**kept, **postfilter.categorise(kept)}
+    with_pairs = set(kept["segment_id"])
+    for sid, rid in zip(segments["segment_id"], segments["recording_id"]):
+        if sid not in with_pairs:
+            dropped.append({"stage": "postfilter", "recording_id": rid, "segment_id": sid, "reason": NO_PAIR_SURVIVED})
+    counts = {"generated": len(pairs["segment_id"]), "pairs": len(keep), "postfilter": len(with_pairs)}
+    return kept, schema.QA_PAIR, counts, dropped
+
+
+# ---------------------------------------------------------------- the LLM endpoint
+@contextlib.contextmanager
+def _llm_endpoint(config: Config, *, needed: bool, say: Callable[[str], None]):
+    """(base URL, QA config with the model the endpoint serves); the embedded server runs only while
+    this process has QA tasks left and no endpoint is configured."""
+    from .llm_server import embedded_server, resolve_endpoint
+
+    base_url, model = resolve_endpoint(config.qa)
+    qa_config = dataclasses.replace(config.qa, model=model)
+    if base_url is not None or not needed:
+        yield base_url, qa_config
+        return
+    say("starting the embedded LLM server (llama.cpp, SmolLM2-135M-Instruct) ...")
+    with embedded_server(model) as url:
+        yield url, qa_config
+
+
+# ---------------------------------------------------------------- funnel and audit files
+def _tasks(shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> list[tuple[str, str]]:
+    tasks = [("ingest", "recordings")]
+    tasks += [(stage, s) for stage in ("vad", "label", "condense") for s in shards]
+    tasks += [("sample", "manifest")]
+    tasks += [(stage, s) for stage in extra_stages for s in sample_shards]
+    return tasks
+
+
+def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> Funnel:
+    counts: Counter = Counter()
+    drops: list[Drop] = []
+    for stage, shard in _tasks(shards, sample_shards, extra_stages):
+        counts.update(run.work.read_stats(stage, shard)["counts"])
+        for row in run.work.read_dropped(stage, shard).to_pylist():
+            drops.append(Drop(**row))
+    ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
+    return Funnel(ordered, tuple(drops))
+
+
+def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> None:
+    """Every dropped row of the build in ``OUT/work/dropped/<stage>.parquet``, one file per funnel stage."""
+    tables = [run.work.read_dropped(stage, shard) for stage, shard in _tasks(shards, sample_shards, extra_stages)]
+    table = pa.concat_tables(tables) if tables else schema.DROPPED.arrow_schema.empty_table()
+    folder = run.work.root / "dropped"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+    stages = table.column("stage").to_pylist()
+    for stage in FUNNEL:
+        indices = [i for i, s in enumerate(stages) if s == stage]
+        if indices:
+            pq.write_table(table.take(indices), folder / f"{stage}.parquet")
+
+
 def write_report(result: BuildResult, out_dir: str | Path) -> None:
     """``report.json`` (funnel) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -326,7 +666,7 @@ def write_report(result: BuildResult, out_dir: str | Path) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
-# ---------------------------------------------------------------- export (stage 12)
+# ---------------------------------------------------------------- export
 def model_ids(config: Config) -> dict[str, object]:
     """The models behind the labels, as published (local folders by name only)."""
     return {
@@ -337,9 +677,11 @@ def model_ids(config: Config) -> dict[str, object]:
     }
 
 
-def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str) -> Path:
+def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None) -> Path:
     """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports."""
     out_dir = Path(out_dir)
+    if card_template is None:
+        card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
     models = model_ids(config)
     segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"]))
     qa_rows = export.qa_table(result.pairs, segment_rows)

@@ -1,6 +1,6 @@
 """Progress a person can watch: one line per stage and process, on stderr (stdout keeps the report).
 
-    label    [rank 0/2]  3/10 shards | 1.23/4.00 audio-h | 850 audio-h/h | 00:31<01:10
+    label     [rank 0/2] 3/10 shards | 1.23/4.00 audio-h | 850 audio-h/h | ETA 01:10 (elapsed 00:31)
 
 Audio hours count the stage's input: recordings for the labelling stages, condensed segments after
 sampling. Audio-hours per hour is the same ratio as audio seconds per second (the real-time factor).
@@ -21,27 +21,24 @@ class StageProgress:
         self.n_shards = n_shards
         self.shards_done = 0
         self.total_s = max(audio_s, 1e-9)
-        where = f"[rank {rank}/{world}]" if world > 1 else ""
+        self.name = f"{stage:<10}" + (f"[rank {rank}/{world}] " if world > 1 else "")
         interactive = sys.stderr.isatty()
         self.bar = tqdm(
             total=self.total_s,
-            desc=f"{stage:<10}{where}",
-            bar_format="{desc} {postfix} | {elapsed}<{remaining}",
+            desc=self._text(0.0),
+            bar_format="{desc} | ETA {remaining} (elapsed {elapsed})",
             disable=not enabled or n_shards == 0,
             mininterval=0.5 if interactive else 30.0,
             file=sys.stderr,
             leave=True,
-            dynamic_ncols=True,
         )
-        self._refresh()
+
+    def _text(self, done_s: float, elapsed_s: float = 0.0) -> str:
+        rate = f"{done_s / elapsed_s:,.0f}" if elapsed_s > 0 else "-"
+        return f"{self.name}{self.shards_done}/{self.n_shards} shards | {done_s / 3600:.2f}/{self.total_s / 3600:.2f} audio-h | {rate} audio-h/h"
 
     def _refresh(self) -> None:
-        elapsed = self.bar.format_dict.get("elapsed") or 0.0
-        rate = self.bar.n / elapsed if elapsed > 0 else 0.0
-        self.bar.set_postfix_str(
-            f"{self.shards_done}/{self.n_shards} shards | {self.bar.n / 3600:.2f}/{self.total_s / 3600:.2f} audio-h | {rate:,.0f} audio-h/h",
-            refresh=False,
-        )
+        self.bar.set_description_str(self._text(self.bar.n, self.bar.format_dict.get("elapsed") or 0.0), refresh=False)
 
     def advance(self, audio_s: float) -> None:
         audio_s = min(audio_s, self.total_s - self.bar.n)

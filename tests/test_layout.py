@@ -20,11 +20,28 @@ def test_gitignore_does_not_ignore_the_build_package():
     assert result.returncode == 1  # 1: not ignored
 
 
+SHARED = {"config", "schema", "devices", "audio", "batching", "errors", "models", "llm", "llm_server", "work", "ranks", "progress"}
+# pipeline sequences every stage; label runs the three labellers over one decoded segment
+COMPOSERS = {"pipeline", "label"}
+
+
 def test_stages_never_import_each_other():
-    shared = {"config", "schema", "devices", "audio", "batching", "llm", "llm_server"}
-    stages = [p for p in (REPO / "build").glob("*.py") if p.stem not in shared | {"__init__", "pipeline"}]
+    stages = [p for p in (REPO / "build").glob("*.py") if p.stem not in SHARED | COMPOSERS | {"__init__"}]
     stage_names = {p.stem for p in stages}
     for path in stages:
         text = path.read_text()
         for other in stage_names - {path.stem}:
             assert f"from .{other} import" not in text and f"from . import {other}" not in text, f"{path.name} imports {other}"
+
+
+def test_tiny_model_builders_import_model_classes_not_stages():
+    stage_names = {p.stem for p in (REPO / "build").glob("*.py")} - SHARED - {"__init__"}
+    for path in (REPO / "build" / "tiny").glob("*.py"):
+        text = path.read_text()
+        for stage in stage_names:
+            assert f"from ..{stage} import" not in text and f"from build.{stage} import" not in text, f"{path.name} imports {stage}"
+
+
+def test_no_wheel_or_build_output_is_committed():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert [f for f in tracked if f.endswith((".whl", ".parquet", ".arrow")) or f.startswith(("runs/", ".cpqa/"))] == []

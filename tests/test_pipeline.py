@@ -1,8 +1,10 @@
 """The pipeline end to end on real audio with the tiny models: funnel, ledger, condensed rows."""
 
+import json
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -34,8 +36,14 @@ def _config(tiny_config, **condense):
 
 
 @pytest.fixture(scope="module")
-def labelled(source, tiny_config, tmp_path_factory):
-    return pipeline.run_labelling(source, _config(tiny_config), tmp_path_factory.mktemp("work"))
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("out")
+
+
+@pytest.fixture(scope="module")
+def labelled(source, tiny_config, out):
+    config = _config(tiny_config).with_overrides(["runtime.recordings_per_shard=2"])
+    return pipeline.build(source, config, out, stop_after="condense", progress=False)
 
 
 def test_every_recording_is_accounted_for(labelled, source):
@@ -46,14 +54,41 @@ def test_every_recording_is_accounted_for(labelled, source):
     assert ledger["silence"] == {"recording_id": "silence", "status": "dropped", "stage": "vad", "reason": "no speech detected"}
     assert ledger["short"] == {"recording_id": "short", "status": "dropped", "stage": "length", "reason": "shorter than 30 s"}
     assert ledger["actor01"]["status"] == ledger["meeting"]["status"] == "kept"
+    assert labelled.status == "condensed"
 
 
 def test_funnel_counts(labelled):
     counts = labelled.funnel.counts
-    assert counts["recordings"] == 5
-    assert counts["recordings with speech"] == 3  # actor01, meeting, short
-    assert counts["segments within length"] == counts["condensed segments"] == 2
+    assert list(counts) == ["ingest", "vad", "segments", "length", "label", "occurrence", "sampling"]
+    assert counts["ingest"] == 5
+    assert counts["vad"] == 3  # actor01, meeting, short
+    assert counts["length"] == counts["sampling"] == 2
     assert labelled.funnel.drop_counts()["length"] == {"shorter than 30 s": counts["segments"] - 2}
+    assert labelled.funnel.drop_counts()["ingest"] == {"unreadable audio": 1}
+    assert labelled.report()["counts"]["recordings with speech"] == 3
+
+
+def test_shards_and_task_files(labelled, out):
+    plan = pq.read_table(out / "work" / "ingest" / "recordings.parquet").to_pydict()
+    # sorted by id, two recordings a shard
+    assert plan["recording_id"] == ["actor01", "corrupt", "meeting", "short", "silence"]
+    assert plan["shard"] == ["r00000", "r00000", "r00001", "r00001", "r00002"]
+    for stage in ("vad", "label", "condense"):
+        names = sorted(p.name for p in (out / "work" / stage).glob("r*.parquet") if "dropped" not in p.name)
+        assert names == ["r00000.parquet", "r00001.parquet", "r00002.parquet"], stage
+        stats = json.loads((out / "work" / stage / "r00001.stats.json").read_text())
+        assert stats["stage"] == stage and stats["audio_s"] > 60  # meeting (60 s) + short (12 s)
+    assert pq.read_table(out / "work" / "sample" / "manifest.parquet").column("shard").to_pylist() == ["s00000", "s00000"]
+
+
+def test_every_drop_is_kept_for_audit(labelled, out):
+    dropped = out / "work" / "dropped"
+    assert sorted(p.stem for p in dropped.glob("*.parquet")) == ["ingest", "length", "vad"]
+    length = pq.read_table(dropped / "length.parquet").to_pylist()
+    assert len(length) == labelled.funnel.counts["segments"] - 2
+    assert {row["reason"] for row in length} == {"shorter than 30 s"} and all(row["segment_id"] for row in length)
+    vad = pq.read_table(dropped / "vad.parquet").to_pylist()
+    assert [(r["recording_id"], r["reason"], r["segment_id"]) for r in vad] == [("silence", "no speech detected", None)]
 
 
 def test_condensed_rows_carry_windows_counts_and_labels(labelled):
@@ -67,6 +102,7 @@ def test_condensed_rows_carry_windows_counts_and_labels(labelled):
     for row in rows.values():
         windows = row["emotion_windows"]
         assert all(len(w["emotion_scores"]) == 9 and abs(sum(w["emotion_scores"]) - 1) < 1e-4 for w in windows)
+        assert all(w["emotion"] == (w["raw_emotion"] if w["consistent"] else "unknown") for w in windows)
         consistent = [w["emotion"] for w in windows if w["consistent"]]
         assert sum(row["emotion_counts"].values()) == len(consistent)
         assert row["emotions"] == [label for label in PAPER_ALPHA if label in consistent]
@@ -74,36 +110,59 @@ def test_condensed_rows_carry_windows_counts_and_labels(labelled):
         assert row["gender"] in ("female", "male")
 
 
+def _mtimes(out, stage):
+    return {p.name: p.stat().st_mtime_ns for p in sorted((out / "work" / stage).glob("r*.parquet"))}
+
+
+def test_a_rerun_recomputes_nothing_and_a_changed_value_only_what_it_affects(labelled, source, tiny_config, out):
+    config = _config(tiny_config).with_overrides(["runtime.recordings_per_shard=2"])
+    before = {stage: _mtimes(out, stage) for stage in ("vad", "label", "condense")}
+    again = pipeline.build(source, config, out, stop_after="condense", progress=False)
+    assert {stage: _mtimes(out, stage) for stage in before} == before
+    assert again.segments["segment_id"] == labelled.segments["segment_id"]
+    assert again.funnel == labelled.funnel
+
+    stricter = pipeline.build(source, config.with_overrides(["condense.x=0.99"]), out, stop_after="condense", progress=False)
+    assert _mtimes(out, "vad") == before["vad"] and _mtimes(out, "label") == before["label"]
+    assert all(_mtimes(out, "condense")[name] != t for name, t in before["condense"].items())
+    # x = 0.99: a positive window needs valence >= 0.99, a negative one <= 0.01
+    for row in stricter.segments:
+        for w in row["emotion_windows"]:
+            if w["consistent"] and w["raw_emotion"] == "happy":
+                assert w["valence"] >= np.float32(0.99)
+
+
 def test_paper_alpha_and_quota_drops_are_counted(source, tiny_config, tmp_path):
-    strict = pipeline.run_labelling(source, _config(tiny_config, alpha={"angry": 1000}), tmp_path)
+    strict = pipeline.build(source, _config(tiny_config, alpha={"angry": 1000}), tmp_path / "strict", stop_after="condense", progress=False)
     assert strict.funnel.drop_counts()["occurrence"] == {"no emotion reached its occurrence threshold": 2}
+    assert strict.status == "nothing condensed"
     ledger = {e["recording_id"]: e for e in strict.ledger}
     assert ledger["meeting"]["stage"] == "occurrence" and ledger["meeting"]["status"] == "dropped"
-    quota = pipeline.run_labelling(source, _config(tiny_config, samples_per_category=0), tmp_path)
+    quota = pipeline.build(source, _config(tiny_config, samples_per_category=0), tmp_path / "quota", stop_after="condense", progress=False)
     assert quota.funnel.drop_counts()["sampling"] == {"over the per-category quota": 2}
     assert len(quota.segments) == 0
 
 
-def test_qa_failures_are_counted_and_recorded_per_recording(labelled, tiny_config, tmp_path):
-    import dataclasses
-
+def test_qa_failures_are_counted_and_recorded_per_recording(source, tiny_config, tmp_path):
     from openai_stub import OpenAIStub, Reply
 
     def reply(request):
         prompt = request["messages"][-1]["content"]
         return Reply(500, "model overloaded") if "by the door" in prompt else "I am not sure what you want me to write here."
 
-    config = tiny_config.with_overrides(["qa.max_retries=0", "qa.structured_output=text"])
-    result = dataclasses.replace(labelled, funnel=dataclasses.replace(labelled.funnel, drops=list(labelled.funnel.drops), counts=dict(labelled.funnel.counts)))
     with OpenAIStub(reply) as stub:
-        result = pipeline.run_qa(result, config, tmp_path, stub.base_url)
+        config = _config(tiny_config).with_overrides(["qa.max_retries=0", "qa.structured_output=text", f"qa.base_url={stub.base_url}"])
+        result = pipeline.build(source, config, tmp_path, progress=False)
+    assert result.status == "no pairs"
     assert result.funnel.drop_counts()["qa"] == {"LLM request failed": 1, "unparseable reply": 1}
-    assert result.funnel.counts["segments with QA pairs"] == 0 and len(result.pairs) == 0
+    assert result.funnel.counts["qa"] == 0 and len(result.pairs) == 0
     ledger = {entry["recording_id"]: entry for entry in result.ledger}
     assert ledger["actor01"]["status"] == "failed" and ledger["actor01"]["stage"] == "qa"
     assert "500" in ledger["actor01"]["reason"] and "model overloaded" in ledger["actor01"]["reason"]
     assert ledger["meeting"] == {"recording_id": "meeting", "status": "failed", "stage": "qa", "reason": "unparseable reply"}
     assert ledger["silence"]["stage"] == "vad"  # earlier outcomes are unchanged
+    qa_drops = pq.read_table(tmp_path / "work" / "dropped" / "qa.parquet").to_pylist()
+    assert sorted(r["segment_id"] for r in qa_drops) == ["actor01-0000", "meeting-0000"]
 
 
 def test_a_build_where_nothing_survives_still_accounts_for_everything(tmp_path, tiny_config):
@@ -111,6 +170,12 @@ def test_a_build_where_nothing_survives_still_accounts_for_everything(tmp_path, 
     folder.mkdir()
     sf.write(folder / "silence.wav", np.zeros(16_000 * 40, dtype=np.float32), 16_000)
     (folder / "empty.flac").write_bytes(b"")
-    result = pipeline.run_labelling(folder, tiny_config, tmp_path / "work")
+    result = pipeline.build(folder, tiny_config, tmp_path / "out", progress=False)
+    assert result.status == "nothing condensed"
     assert len(result.segments) == 0 and result.segments.features == pipeline.schema.CONDENSED_SEGMENT
     assert [(e["recording_id"], e["status"], e["stage"]) for e in result.ledger] == [("empty", "failed", "ingest"), ("silence", "dropped", "vad")]
+
+
+def test_a_removed_config_key_names_its_replacement(tiny_config):
+    with pytest.raises(ValueError, match="accelerate launch --num_processes N"):
+        tiny_config.with_overrides(["runtime.num_proc=2"])
