@@ -6,7 +6,7 @@
                                               #   save_to_disk folder, or hf://owner/name[:split]
     python cpqa.py build SOURCE --out DIR --profile tiny --set condense.x=0.6 --set runtime.device=cuda
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
-    accelerate launch --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 processes (GPUs), same output
+    accelerate launch --multi_gpu --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 GPUs, same output
                                               # rerun the same command after a crash: it resumes
     python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
     python cpqa.py evaluate DATASET --judge model=gpt-4o [--judge model=...,base_url=...] --out results/

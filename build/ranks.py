@@ -1,9 +1,10 @@
 """Which process this is, through ``accelerate``: the same code for one process and for N on M machines.
 
-``accelerate launch --num_processes N cpqa.py build ...`` (or any launcher that sets the usual
-``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` variables) starts N copies of the build; ``PartialState``
-joins them into one process group (NCCL on GPUs, gloo on CPUs). A plain ``python cpqa.py build`` is
-the one-process case and initialises nothing.
+``accelerate launch --multi_gpu --num_processes N cpqa.py build ...`` (or ``torchrun``, or any launcher
+that sets the usual ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` variables) starts N copies of the build;
+``PartialState`` joins them into one process group (NCCL on GPUs, gloo on a machine without CUDA; on a
+CPU-only machine ``--multi_gpu`` only selects accelerate's torchrun launcher). A plain
+``python cpqa.py build`` is the one-process case and initialises nothing.
 
 - rank r takes tasks r, r + N, r + 2N, ... of every per-shard stage (``Ranks.mine``);
 - its device is ``cuda:<local rank>`` (or the CPU), chosen by ``devices.device_for``;
@@ -55,7 +56,10 @@ def current(timeout_s: float = 7 * 24 * 3600) -> Ranks:
     """This process's ranks; joins the process group on first call when a launcher started us."""
     if not launched():
         return Ranks()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState(timeout=timedelta(seconds=timeout_s))
+    # accelerate only forms a CPU (gloo) group when asked to: on a machine without CUDA, or with --cpu.
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s))
     return Ranks(index=state.process_index, world=state.num_processes, local=max(0, state.local_process_index))
