@@ -1,7 +1,9 @@
 """Decode audio on demand, 16 kHz mono, through torchcodec (the decoder datasets uses).
 
 Stages carry ``(audio_path, start, end)`` and call ``decode_span`` / ``decode_spans``; VAD reads a
-whole recording with ``iter_blocks``. Nothing is ever copied to disk.
+whole recording with ``iter_blocks``. Nothing is ever copied to disk. ``decode_spans`` decodes each
+file once over the range covering its spans and slices it; a file that fails gives an
+``AudioError`` for its items instead of stopping the batch.
 
 Where the audio lives (the value of ``audio_path``)
 - A plain file path: decoded from the file, as is.
@@ -24,13 +26,22 @@ How a reference is read
 - Per process, the last few row groups read (at most 4 and 256 MB, the newest always kept) stay in
   memory, so the many segments of a recording, and neighbouring rows, are fetched once.
 
-Blocks (``iter_blocks``): one decoder reads the recording forward in blocks of exactly
-``round(block_s * 16000)`` samples (the last block holds the rest), so memory is bounded by the
-block, not the recording. For a source stored at 16 kHz the blocks put end to end equal
-``decode_span`` of the whole recording sample for sample. When FFmpeg has to resample (an MP3 at
-44.1 kHz), torchcodec 0.7 flushes its resampler at the end of every range it returns, and every
-block after the first starts a few samples (32 for 8 kHz -> 16 kHz: 2 ms) early compared with a
-whole-file decode, with as many samples missing at the block's end.
+Time and samples
+- Times are seconds of the stream's own clock; anything before its first sample (an MP3 encoder's
+  delay can start the stream at 0.069 s) is silence, so spans and blocks stay on that clock.
+- ``decode_span`` returns the samples torchcodec's ``get_samples_played_in_range`` gives on a fresh
+  decoder (padded to the exact length). torchcodec 0.7 seeks audio only back to the stream's
+  start, so a fresh decoder decodes everything before the span. For a source FFmpeg does not
+  resample, the process keeps a forward reader per file (the last 2 files): a span that starts at
+  or after the previous span's end continues from there, with the same samples, and a recording's
+  segments in order are decoded once in all. A resampled source gets a fresh decoder per span.
+- ``iter_blocks`` reads forward through one decoder in blocks of exactly ``round(block_s * 16000)``
+  samples (the last block holds the rest), so memory is bounded by the block, not the recording.
+  Without resampling the blocks put end to end equal ``decode_span`` of the whole recording sample
+  for sample. When FFmpeg resamples (an 8 kHz or 44.1 kHz MP3), torchcodec 0.7 flushes its
+  resampler at the end of every range it returns, and each block after the first is shifted by
+  the resampler's delay (32 samples, 2 ms, from 8 kHz) against a whole-file decode; the total
+  length is the same.
 
 Errors: ``AudioError``, one line: the file or reference, then the problem.
 """
@@ -126,6 +137,12 @@ class _Cache:
             self._items.popitem(last=False)  # the newest entry always stays
         return value
 
+    def take(self, key):
+        """Remove and return the entry (None when absent): the caller has it to itself until it puts it back."""
+        value = self.get(key)
+        self._items.pop(key, None)
+        return value
+
     def clear(self) -> None:
         self._items.clear()
 
@@ -133,11 +150,12 @@ class _Cache:
 _PARQUET_FILES = _Cache(8)  # location -> (ParquetFile, first row of each row group)
 _ARROW_TABLES = _Cache(8)  # location -> memory-mapped table
 _ROW_GROUPS = _Cache(_CACHE_ENTRIES, _CACHE_BYTES)  # (location, column, row group) -> column chunk
+_READERS = _Cache(2)  # (path, sample rate) -> the _ForwardReader of its last span
 
 
 def clear_caches() -> None:
-    """Forget open files and cached row groups (tests; a long-lived process switching datasets)."""
-    for cache in (_PARQUET_FILES, _ARROW_TABLES, _ROW_GROUPS):
+    """Forget open files, decoders and cached row groups (tests; a long-lived process switching datasets)."""
+    for cache in (_PARQUET_FILES, _ARROW_TABLES, _ROW_GROUPS, _READERS):
         cache.clear()
 
 
@@ -246,14 +264,101 @@ def probe_duration(path: str) -> float:
     return float(duration)
 
 
-def decode_span(path: str, start: float | None = None, end: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Samples of ``[start, end)`` seconds as float32 mono at ``sample_rate``."""
-    decoder = _decoder(path, sample_rate)
+class _ForwardReader:
+    """Spans of one source read in increasing order through one decoder, each sample decoded once.
+
+    torchcodec 0.7 restarts from the beginning of the stream whenever a request starts before the
+    end of the last frame it decoded (``[start, end)`` always decodes the whole frame holding
+    ``end``). This reader keeps the samples decoded past the end of the last span and asks the
+    decoder only for what lies beyond them, so reading forward never restarts. Only for sources
+    that FFmpeg does not resample: with a resampler, each request's output is shifted.
+    """
+
+    def __init__(self, path: str, decoder, sample_rate: int):
+        self.path, self.decoder, self.rate = path, decoder, sample_rate
+        self.buffer = np.zeros(0, dtype=np.float32)
+        self.first = 0  # sample index of buffer[0]
+        self.ended = False
+
+    def can_read(self, start: int) -> bool:
+        return start >= self.first
+
+    def read(self, start: int, stop: int | None) -> np.ndarray:
+        """Samples ``[start, stop)`` (sample indices; ``stop=None``: to the end)."""
+        from torchcodec import _core as core
+
+        if start >= self.first + len(self.buffer):  # nothing buffered is needed
+            self.buffer, self.first = self.buffer[:0], start
+        while not self.ended and (stop is None or self.first + len(self.buffer) < stop):
+            ask = self.first + len(self.buffer)
+            try:
+                frames, pts = core.get_frames_by_pts_in_range_audio(
+                    self.decoder._decoder, start_seconds=ask / self.rate, stop_seconds=None if stop is None else stop / self.rate
+                )
+            except RuntimeError as exc:
+                if "No audio frames were decoded" in str(exc):
+                    self.ended = True
+                    break
+                raise AudioError(f"{self.path}: cannot decode {ask / self.rate:g} s on ({first_line(exc)})") from exc
+            got = frames[0].numpy()
+            begin = int(round(float(pts) * self.rate))
+            if begin == self.first + len(self.buffer):
+                self.buffer = np.concatenate([self.buffer, got])
+            else:  # the first frame of a read: it starts at or before `ask`
+                self.buffer, self.first = np.array(got, dtype=np.float32), begin
+            self.ended = stop is None
+        out = self.buffer[max(start - self.first, 0) : None if stop is None else max(stop - self.first, 0)]
+        lead = self.first - start if stop is None else min(self.first, stop) - start
+        out = np.concatenate([np.zeros(lead, dtype=np.float32), out]) if lead > 0 else out.copy()  # silence before the stream starts
+        if stop is None:
+            self.buffer, self.first = self.buffer[:0], self.first + len(self.buffer)
+        elif stop > self.first:
+            self.buffer, self.first = self.buffer[stop - self.first :].copy(), stop  # a frame's worth at most
+        return out
+
+
+def _forward_reader(path: str, decoder, sample_rate: int) -> _ForwardReader | None:
+    """A reader for ``decoder`` when it can read forward exactly (no resampling), else None."""
+    try:
+        from torchcodec import _core as core
+    except ImportError:
+        return None
+    if decoder.metadata.sample_rate != sample_rate or not hasattr(core, "get_frames_by_pts_in_range_audio"):
+        return None
+    return _ForwardReader(path, decoder, sample_rate)
+
+
+def _read_fresh(path: str, decoder, start: float | None, end: float | None) -> np.ndarray:
     try:
         samples = decoder.get_samples_played_in_range(start_seconds=start or 0.0, stop_seconds=end)
     except Exception as exc:
         raise AudioError(f"{path}: cannot decode {start}-{end} s ({first_line(exc)})") from exc
+    lead = int(round((samples.pts_seconds - (start or 0.0)) * decoder._desired_sample_rate))
     audio = _mono(samples)
+    return np.concatenate([np.zeros(lead, dtype=np.float32), audio]) if lead > 0 else audio  # silence before the stream starts
+
+
+def decode_span(path: str, start: float | None = None, end: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Samples of ``[start, end)`` seconds as float32 mono at ``sample_rate``.
+
+    The same samples as torchcodec's ``get_samples_played_in_range`` on a fresh decoder. torchcodec
+    0.7 can seek audio only back to its beginning, so a fresh decoder decodes everything before
+    ``start``; when the source is not resampled, the last reader of the same file (per process)
+    carries on instead when the span starts at or after the previous one's end (segments in order),
+    and nothing is decoded twice.
+    """
+    first = int(round((start or 0.0) * sample_rate))
+    stop = None if end is None else first + int(round((end - (start or 0.0)) * sample_rate))
+    key = (str(path), sample_rate)
+    reader = _READERS.take(key)
+    if reader is None or not reader.can_read(first):
+        decoder = _decoder(path, sample_rate)
+        reader = _forward_reader(path, decoder, sample_rate)
+        if reader is None:
+            audio = _read_fresh(path, decoder, start, end)
+    if reader is not None:
+        audio = reader.read(first, stop)
+        _READERS.put(key, reader)
     if start is not None and end is not None:
         # Frame boundaries can add or drop a few samples: make the length exact.
         expected = int(round((end - start) * sample_rate))
@@ -271,20 +376,21 @@ def iter_blocks(path: str, block_s: float = 600.0, sample_rate: int = SAMPLE_RAT
     if size <= 0:
         raise ValueError(f"{path}: block_s must be positive (got {block_s})")
     decoder = _decoder(path, sample_rate)
+    reader = _forward_reader(path, decoder, sample_rate)
     index = 0
     while True:
         start, stop = index * size / sample_rate, (index + 1) * size / sample_rate
-        try:
-            samples = decoder.get_samples_played_in_range(start_seconds=start, stop_seconds=stop)
-        except RuntimeError as exc:
-            if index > 0 and "No audio frames were decoded" in str(exc):
-                return  # the previous block ended exactly at the end of the stream
-            raise AudioError(f"{path}: cannot decode {start:g}-{stop:g} s ({first_line(exc)})") from exc
-        except Exception as exc:
-            raise AudioError(f"{path}: cannot decode {start:g}-{stop:g} s ({first_line(exc)})") from exc
-        block = _mono(samples)[:size]
+        if reader is not None:
+            block = reader.read(index * size, (index + 1) * size)
+        else:
+            try:
+                block = _read_fresh(path, decoder, start, stop)[:size]
+            except AudioError as exc:
+                if index > 0 and "No audio frames were decoded" in str(exc):
+                    return  # the previous block ended exactly at the end of the stream
+                raise
         if len(block):
-            yield index * size / sample_rate, block
+            yield start, block
         if len(block) < size:
             return
         index += 1

@@ -38,3 +38,45 @@ def test_block_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="block_s must be positive"):
         list(iter_blocks(str(AMI), block_s=0))
     assert probe_duration(str(AMI)) == pytest.approx(60.0, abs=0.01)
+
+
+def _torchcodec_span(path, start, end):
+    """The reference: a fresh torchcodec decoder, silence before the stream's first sample, exact length."""
+    from torchcodec.decoders import AudioDecoder
+
+    got = AudioDecoder(str(path), sample_rate=16_000, num_channels=1).get_samples_played_in_range(start, end)
+    lead = int(round((got.pts_seconds - start) * 16_000))
+    samples = np.concatenate([np.zeros(max(lead, 0), np.float32), got.data[0].numpy()])
+    n = int(round((end - start) * 16_000))
+    return samples[:n] if len(samples) >= n else np.pad(samples, (0, n - len(samples)))
+
+
+@pytest.fixture(scope="module")
+def late_mp3(tmp_path_factory):
+    """A 16 kHz MP3 whose stream starts at 0.069 s (the encoder's delay), as FFmpeg writes them."""
+    import soundfile as sf
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    path = tmp_path_factory.mktemp("mp3") / "late.mp3"
+    samples, _ = sf.read(AMI, dtype="float32", frames=16_000 * 20)
+    AudioEncoder(torch.from_numpy(samples[None]), sample_rate=16_000).to_file(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["ami", "apollo_8khz", "late_mp3"])
+def test_spans_in_any_order_equal_a_fresh_decode(name, late_mp3):
+    # In order, a span starting where the last ended, overlapping, backwards, past the end: decode_span
+    # carries on with one reader where it can (sources not resampled), and the samples never differ.
+    path = {"ami": AMI, "apollo_8khz": APOLLO, "late_mp3": late_mp3}[name]
+    spans = [(0.0, 2.5), (2.5, 7.0), (7.0313, 9.9), (9.0, 12.0), (3.0, 4.25), (12.0, 19.0), (19.5, 20.5)]
+    for start, end in spans:
+        assert np.array_equal(decode_span(str(path), start, end), _torchcodec_span(path, start, end)), (start, end)
+
+
+def test_time_before_the_first_sample_is_silence_in_spans_and_blocks(late_mp3):
+    lead = decode_span(str(late_mp3), 0.0, 0.1)
+    assert np.all(lead[:1105] == 0) and np.any(lead[1105:] != 0)  # 0.0690625 s = 1105 samples
+    blocks = [b for _, b in iter_blocks(str(late_mp3), block_s=3.3)]
+    assert [len(b) for b in blocks[:-1]] == [52_800] * (len(blocks) - 1)
+    assert np.array_equal(np.concatenate(blocks), decode_span(str(late_mp3)))

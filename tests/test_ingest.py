@@ -1,8 +1,12 @@
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
+from datasets import Dataset
 
+from build.audio import decode_span, iter_blocks, probe_duration
 from build.ingest import list_recordings, probe_recordings
 from conftest import AMI, APOLLO, ravdess_recording
 
@@ -66,15 +70,151 @@ def test_bad_files_are_recorded_with_their_error_and_the_rest_continue(tmp_path)
     assert dict(zip(data["recording_id"], data["duration"]))["good"] == pytest.approx(60.0, abs=0.01)
 
 
-def test_datasets_folder_with_embedded_audio(tmp_path):
+class _CountingFile:
+    """A read-only file that counts the bytes read through it."""
+
+    def __init__(self, inner, fs):
+        self._inner, self._fs = inner, fs
+
+    def read(self, size=-1):
+        data = self._inner.read(size)
+        self._fs.bytes_read += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._inner.close()
+
+
+def _hub(monkeypatch, root):
+    """Stand in for the Hub: a local folder seen through fsspec, counting the bytes read."""
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    from build import audio
+
+    class CountingHub(DirFileSystem):
+        bytes_read = 0
+
+        def open(self, path, *args, **kwargs):
+            return _CountingFile(super().open(path, *args, **kwargs), self)
+
+    fs = CountingHub(path=str(root), fs=LocalFileSystem())
+    monkeypatch.setattr(audio, "hub_filesystem", lambda: fs)
+    audio.clear_caches()
+    return fs
+
+
+def _audio_table(files, ids=None):
     from datasets import Audio, Dataset
 
-    ds = Dataset.from_dict({"audio": [{"bytes": AMI.read_bytes(), "path": "x.flac"}], "recording_id": ["ami"]}).cast_column("audio", Audio(decode=False))
-    ds.save_to_disk(tmp_path / "hfds")
+    columns = {"audio": [{"bytes": Path(f).read_bytes(), "path": Path(f).name} for f in files]}
+    if ids is not None:
+        columns["recording_id"] = ids
+    return Dataset.from_dict(columns).cast_column("audio", Audio())
+
+
+def _assert_decodes_like(ref, original):
+    assert np.array_equal(decode_span(ref), decode_span(str(original)))
+    assert np.array_equal(decode_span(ref, 12.5, 31.0), decode_span(str(original), 12.5, 31.0))
+    assert np.array_equal(np.concatenate([b for _, b in iter_blocks(ref, 7.0)]), decode_span(str(original)))
+
+
+RECORDINGS = [AMI, ravdess_recording(2), ravdess_recording(3)]
+
+
+def test_save_to_disk_folder_gives_arrow_references_and_copies_nothing(tmp_path):
+    _audio_table(RECORDINGS, ids=["ami", "actor02", "actor03"]).save_to_disk(tmp_path / "hfds", num_shards=2)
     data = _probe(list_recordings(tmp_path / "hfds", cache_dir=tmp_path / "cache"))
-    assert data["recording_id"] == ["ami"]
-    assert data["audio_path"][0].startswith(str(tmp_path / "cache" / "ingest"))
-    assert data["duration"][0] == pytest.approx(60.0, abs=0.01)
+    arrow = [str(tmp_path / "hfds" / f"data-0000{i}-of-00002.arrow") for i in (0, 1)]
+    assert data["recording_id"] == ["ami", "actor02", "actor03"]
+    assert data["audio_path"] == [f"arrow:{arrow[0]}#audio[0]", f"arrow:{arrow[0]}#audio[1]", f"arrow:{arrow[1]}#audio[0]"]
+    assert data["error"] == [None, None, None]
+    assert data["duration"] == [probe_duration(str(f)) for f in RECORDINGS]
+    for ref, original in zip(data["audio_path"], RECORDINGS):
+        _assert_decodes_like(ref, original)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_saved_dataset_dict_takes_its_first_split_and_derives_ids(tmp_path):
+    from datasets import DatasetDict
+
+    DatasetDict({"train": _audio_table([AMI, APOLLO]), "test": _audio_table([AMI])}).save_to_disk(tmp_path / "dd")
+    data = list_recordings(tmp_path / "dd")
+    assert data["recording_id"] == ["dd-00000000", "dd-00000001"]
+    assert data["audio_path"][1] == f"arrow:{tmp_path / 'dd' / 'train' / 'data-00000-of-00001.arrow'}#audio[1]"
+    assert _probe(data)["duration"][1] == probe_duration(str(APOLLO))
+
+
+def _write_hub_dataset(root, repo="owner/speech"):
+    folder = root / "datasets" / repo / "data"
+    folder.mkdir(parents=True)
+    _audio_table(RECORDINGS[:2], ids=["ami", "actor02"]).to_parquet(folder / "train-00000-of-00002.parquet")
+    _audio_table(RECORDINGS[2:], ids=["actor03"]).to_parquet(folder / "train-00001-of-00002.parquet")
+    _audio_table([APOLLO], ids=["apollo"]).to_parquet(folder / "test-00000-of-00001.parquet")
+    return folder
+
+
+def test_hub_dataset_gives_parquet_references_reading_only_ids(tmp_path, monkeypatch):
+    fs = _hub(monkeypatch, tmp_path / "hub")
+    _write_hub_dataset(tmp_path / "hub")
+    data = list_recordings("hf://owner/speech", cache_dir=tmp_path / "cache")
+    # listing read the footers and the id column, in all fewer bytes than any one audio cell holds
+    assert 0 < fs.bytes_read < min(f.stat().st_size for f in RECORDINGS)
+    url = "hf://datasets/owner/speech/data/train-0000{}-of-00002.parquet"
+    assert data.to_dict() == {
+        "recording_id": ["ami", "actor02", "actor03"],
+        "audio_path": [f"parquet:{url.format(0)}#audio[0]", f"parquet:{url.format(0)}#audio[1]", f"parquet:{url.format(1)}#audio[0]"],
+    }
+    probed = _probe(data)
+    assert probed["error"] == [None, None, None]
+    assert probed["duration"] == [probe_duration(str(f)) for f in RECORDINGS]
+    for ref, original in zip(data["audio_path"], RECORDINGS):
+        _assert_decodes_like(ref, original)
+    # a recording's many segments are read once: the row group stays in the per-process cache
+    before = fs.bytes_read
+    decode_span(data["audio_path"][0], 40.0, 41.0)
+    assert fs.bytes_read == before
+    assert list_recordings("hf://owner/speech:test")["recording_id"] == ["apollo"]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_hub_dataset_without_parquet_uses_the_converted_branch(tmp_path, monkeypatch):
+    _hub(monkeypatch, tmp_path / "hub")
+    (tmp_path / "hub" / "datasets" / "owner" / "raw").mkdir(parents=True)
+    (tmp_path / "hub" / "datasets" / "owner" / "raw" / "clip.flac").write_bytes(AMI.read_bytes())
+    converted = tmp_path / "hub" / "datasets" / "owner" / "raw@refs%2Fconvert%2Fparquet" / "default" / "train"
+    converted.mkdir(parents=True)
+    _audio_table([AMI]).to_parquet(converted / "0000.parquet")
+    data = _probe(list_recordings("hf://owner/raw"))
+    assert data["recording_id"] == ["owner__raw-00000000"]
+    assert data["audio_path"] == ["parquet:hf://datasets/owner/raw@refs%2Fconvert%2Fparquet/default/train/0000.parquet#audio[0]"]
+    assert data["duration"] == [probe_duration(str(AMI))]
+
+
+def test_reference_and_hub_errors_are_one_line_naming_the_reference(tmp_path, monkeypatch):
+    _hub(monkeypatch, tmp_path / "hub")
+    _write_hub_dataset(tmp_path / "hub")
+    good = "parquet:hf://datasets/owner/speech/data/train-00001-of-00002.parquet#audio[0]"
+    refs = [good.replace("[0]", "[5]"), good.replace("#audio", "#speech"), good.replace("00001-of", "00009-of")]
+    data = _probe(Dataset.from_dict({"audio_path": refs}))
+    assert data["error"][0] == f"{refs[0]}: cannot read the row (IndexError: row 5 is past the end (1 rows))"
+    assert data["error"][1] == f"{refs[1]}: cannot read the row (KeyError: \"no column 'speech' (columns: audio, recording_id)\")"
+    assert data["error"][2].startswith(f"{refs[2]}: file not found (")
+    assert all("\n" not in e for e in data["error"])
+    with pytest.raises(ValueError, match=r"^hf://owner/speech:dev: no Parquet data files for split 'dev'"):
+        list_recordings("hf://owner/speech:dev")
+    (tmp_path / "hub" / "datasets" / "owner" / "bad").mkdir(parents=True)
+    (tmp_path / "hub" / "datasets" / "owner" / "bad" / "train.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"^hf://datasets/owner/bad/train\.parquet: cannot read the Parquet file \(ArrowInvalid: .+\)$"):
+        list_recordings("hf://owner/bad")
+    with pytest.raises(ValueError, match=r"^hf://owner/absent: no such dataset on the Hub, or no access to it$"):
+        list_recordings("hf://owner/absent")
 
 
 def test_missing_source_and_empty_folder_errors(tmp_path):
