@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,44 +114,65 @@ def hub_path(location: str) -> str:
 
 
 class _Cache:
-    """A small LRU, emptied in a forked child (file handles and sessions are not shared across processes)."""
+    """A small LRU, safe across threads; a forked child starts with it empty (see ``_after_fork``)."""
 
     def __init__(self, entries: int, max_bytes: int | None = None):
         self.entries, self.max_bytes = entries, max_bytes
         self._items: OrderedDict = OrderedDict()
-        self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     def get(self, key):
-        if self._pid != os.getpid():
-            self._items, self._pid = OrderedDict(), os.getpid()
-        if key in self._items:
+        with self._lock:
+            if key not in self._items:
+                return None
             self._items.move_to_end(key)
             return self._items[key][0]
-        return None
-
-    def put(self, key, value, size: int = 0):
-        self._items[key] = (value, size)
-        self._items.move_to_end(key)
-        while len(self._items) > self.entries or (
-            self.max_bytes is not None and len(self._items) > 1 and sum(s for _, s in self._items.values()) > self.max_bytes
-        ):
-            self._items.popitem(last=False)  # the newest entry always stays
-        return value
 
     def take(self, key):
         """Remove and return the entry (None when absent): the caller has it to itself until it puts it back."""
-        value = self.get(key)
-        self._items.pop(key, None)
-        return value
+        with self._lock:
+            entry = self._items.pop(key, None)
+            return None if entry is None else entry[0]
+
+    def put(self, key, value, size: int = 0):
+        with self._lock:
+            self._items[key] = (value, size)
+            self._items.move_to_end(key)
+            while len(self._items) > self.entries or (
+                self.max_bytes is not None and len(self._items) > 1 and sum(s for _, s in self._items.values()) > self.max_bytes
+            ):
+                self._items.popitem(last=False)  # the newest entry always stays
+            return value
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
+
+    def reset(self) -> None:
+        """In a forked child: open files, sessions and decoders belong to the parent; a held lock too."""
+        self._items, self._lock = OrderedDict(), threading.Lock()
 
 
 _PARQUET_FILES = _Cache(8)  # location -> (ParquetFile, first row of each row group)
 _ARROW_TABLES = _Cache(8)  # location -> memory-mapped table
 _ROW_GROUPS = _Cache(_CACHE_ENTRIES, _CACHE_BYTES)  # (location, column, row group) -> column chunk
 _READERS = _Cache(2)  # (path, sample rate) -> the _ForwardReader of its last span
+_READ_LOCK = threading.RLock()  # open Parquet/Arrow files are shared by the threads of a process
+
+
+def reading() -> threading.RLock:
+    """Hold while using ``parquet_file`` / ``arrow_table`` results (one table read at a time per process)."""
+    return _READ_LOCK
+
+
+def _after_fork() -> None:
+    global _READ_LOCK
+    for cache in (_PARQUET_FILES, _ARROW_TABLES, _ROW_GROUPS, _READERS):
+        cache.reset()
+    _READ_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def clear_caches() -> None:
@@ -193,7 +215,12 @@ def arrow_table(location: str):
 
 
 def _cell(ref: Reference) -> dict:
-    """``{"bytes", "path"}`` of the referenced Audio cell."""
+    """``{"bytes", "path"}`` of the referenced Audio cell (one read at a time per process: open files are shared)."""
+    with reading():
+        return _read_cell(ref)
+
+
+def _read_cell(ref: Reference) -> dict:
     if ref.kind == "arrow":
         table = arrow_table(ref.location)
         if ref.column not in table.column_names:
@@ -300,16 +327,18 @@ class _ForwardReader:
                     self.ended = True
                     break
                 raise AudioError(f"{self.path}: cannot decode {ask / self.rate:g} s on ({first_line(exc)})") from exc
-            got = frames[0].numpy()
+            got = frames[0].numpy()  # float32, sharing the decoder's output tensor (no copy)
             begin = int(round(float(pts) * self.rate))
-            if begin == self.first + len(self.buffer):
+            if len(self.buffer) and begin == self.first + len(self.buffer):
                 self.buffer = np.concatenate([self.buffer, got])
-            else:  # the first frame of a read: it starts at or before `ask`
-                self.buffer, self.first = np.array(got, dtype=np.float32), begin
+            else:  # the first frames of a read: they start at or before `ask`
+                self.buffer, self.first = got, begin
             self.ended = stop is None
+        # A view: the buffer is replaced below, so nothing else holds these samples.
         out = self.buffer[max(start - self.first, 0) : None if stop is None else max(stop - self.first, 0)]
         lead = self.first - start if stop is None else min(self.first, stop) - start
-        out = np.concatenate([np.zeros(lead, dtype=np.float32), out]) if lead > 0 else out.copy()  # silence before the stream starts
+        if lead > 0:  # silence before the stream starts
+            out = np.concatenate([np.zeros(lead, dtype=np.float32), out])
         if stop is None:
             self.buffer, self.first = self.buffer[:0], self.first + len(self.buffer)
         elif stop > self.first:

@@ -144,7 +144,9 @@ def _from_saved(folder: Path) -> Dataset:
     files = [str(Path(entry["filename"]).resolve()) for entry in data.cache_files]
     refs = []
     for file in files:
-        refs.extend(audio.make_reference("arrow", file, column, row) for row in range(audio.arrow_table(file).num_rows))
+        with audio.reading():
+            rows = audio.arrow_table(file).num_rows
+        refs.extend(audio.make_reference("arrow", file, column, row) for row in range(rows))
     if len(refs) != len(data):
         raise ValueError(f"{folder}: its Arrow files hold {len(refs)} rows, the dataset {len(data)} (an indices mapping?)")
     label = folder.name
@@ -211,11 +213,12 @@ def _from_hub(name: str) -> Dataset:
     rows: list[tuple[str, str]] = []
     for url in files:
         try:
-            parquet, _ = audio.parquet_file(url)
-            schema = parquet.schema_arrow
+            with audio.reading():
+                parquet, _ = audio.parquet_file(url)
+                schema = parquet.schema_arrow
+                count = parquet.metadata.num_rows
+                ids = parquet.read(columns=["recording_id"]).column(0).to_pylist() if "recording_id" in schema.names else None
             info = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
-            count = parquet.metadata.num_rows
-            ids = parquet.read(columns=["recording_id"]).column(0).to_pylist() if "recording_id" in schema.names else None
         except Exception as exc:  # pyarrow, fsspec or the Hub: one line with the cause
             raise ValueError(f"{url}: cannot read the Parquet file ({first_line(exc)})") from exc
         features = info.get("info", {}).get("features", {})

@@ -9,10 +9,13 @@ whole. Silero scores the audio in windows of 512 samples (32 ms) with a recurren
 windows are cut from the stream of blocks (samples left over at a block's end start the next
 window), the model's state runs on from one block to the next, and the regions are derived once
 from the probabilities of the whole recording (``get_speech_timestamps_from_probs``, the second
-half of silero's ``get_speech_timestamps``). So no region is ever cut at a block edge, and the
-regions equal those of silero on the whole recording decoded at once, for any ``block_s``, as long
-as the blocks equal that decode sample for sample (true for sources stored at 16 kHz; see
-``build.audio`` for resampled ones, where each block after the first starts ~2 ms early).
+half of silero's ``get_speech_timestamps``). So no region is ever cut at a block edge: nothing
+needs joining afterwards, and the regions are exactly those of silero on the recording decoded at
+once, for any ``block_s``, whenever the blocks put end to end equal that decode. They do for every
+source FFmpeg does not resample (16 kHz files), and for any source no longer than one block. A
+resampled source longer than a block (an 8 or 44.1 kHz MP3 over 10 minutes) is read with each later
+block shifted by the resampler's delay (about 2 ms, see ``build.audio``), and silero may then move
+a boundary where its probability is near the threshold.
 
 ``explode_segments`` (batched map, one row per segment; ``schema.SEGMENT``): joins consecutive speech
 regions whose pause is at most ``merge_gap_s`` while the joined segment stays within
@@ -86,17 +89,24 @@ def speech_probabilities(path: str, model, block_s: float = VadConfig.block_s) -
     import torch
 
     probs: list[float] = []
-    carry = torch.zeros(0)
+    carry = torch.zeros(0)  # the samples of a window begun in the previous block
     n_samples = 0
     model.reset_states()
     with torch.no_grad():
         for _, block in iter_blocks(path, block_s):
-            n_samples += len(block)
-            stream = torch.cat([carry, torch.from_numpy(block)])
-            whole = len(stream) - len(stream) % _WINDOW
-            for i in range(0, whole, _WINDOW):
-                probs.append(model(stream[i : i + _WINDOW], SAMPLE_RATE).item())
-            carry = stream[whole:]
+            samples = torch.from_numpy(block)
+            n_samples += len(samples)
+            i = 0
+            if len(carry):
+                i = min(_WINDOW - len(carry), len(samples))
+                carry = torch.cat([carry, samples[:i]])
+                if len(carry) < _WINDOW:
+                    continue
+                probs.append(model(carry, SAMPLE_RATE).item())
+            whole = i + (len(samples) - i) // _WINDOW * _WINDOW
+            for j in range(i, whole, _WINDOW):
+                probs.append(model(samples[j : j + _WINDOW], SAMPLE_RATE).item())
+            carry = samples[whole:].clone()
         if len(carry):
             probs.append(model(torch.nn.functional.pad(carry, (0, _WINDOW - len(carry))), SAMPLE_RATE).item())
     if n_samples == 0:

@@ -180,6 +180,18 @@ def test_hub_dataset_gives_parquet_references_reading_only_ids(tmp_path, monkeyp
     before = fs.bytes_read
     decode_span(data["audio_path"][0], 40.0, 41.0)
     assert fs.bytes_read == before
+    # the pipeline probes from 8 threads: the shared open files and caches must hold
+    from concurrent.futures import ThreadPoolExecutor
+
+    from build import audio
+
+    refs = list(data["audio_path"])
+    audio.clear_caches()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        durations = list(pool.map(lambda p: probe_recordings({"audio_path": [p]})["duration"][0], refs * 8))
+        spans = list(pool.map(lambda i: decode_span(refs[i % 3], 10.0 + i, 12.0 + i), range(24)))
+    assert durations == list(probed["duration"]) * 8
+    assert all(np.array_equal(spans[i], decode_span(str(RECORDINGS[i % 3]), 10.0 + i, 12.0 + i)) for i in range(24))
     assert list_recordings("hf://owner/speech:test")["recording_id"] == ["apollo"]
     assert not (tmp_path / "cache").exists()
 

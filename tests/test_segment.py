@@ -1,7 +1,7 @@
 import pytest
 
 from build.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
-from conftest import AMI, ravdess_recording
+from conftest import AMI, APOLLO, ravdess_recording
 
 
 def _vad(paths, **kwargs):
@@ -22,14 +22,20 @@ def _silero_whole_file(path):
 @pytest.mark.parametrize("path", [AMI, ravdess_recording(1)], ids=["ami", "ravdess"])
 def test_vad_in_blocks_equals_silero_on_the_whole_recording(path):
     # 7 s blocks cut speech regions and are not a whole number of 512-sample windows (7 s = 218.75
-    # windows), 0.5 s blocks cut nearly every region: the regions must still be exactly silero's.
+    # windows), 0.5 s blocks cut nearly every region, 0.02 s blocks are shorter than one window:
+    # the regions must still be exactly silero's.
     expected = _silero_whole_file(path)
     assert len(expected) >= 10
-    for block_s in (7.0, 0.5, 600.0):
+    for block_s in (7.0, 0.5, 0.02, 600.0):
         out = _vad([path], block_s=block_s)
         assert out["vad_error"] == [None]
         assert out["speech"][0] == expected, block_s
     assert merge_speech(_vad([path], block_s=7.0)["speech"][0], 3.0, 60.0) == merge_speech(expected, 3.0, 60.0)
+
+
+def test_vad_of_a_resampled_recording_within_one_block_equals_silero():
+    # apollo11.mp3 is 8 kHz (resampled) and 89 s: one default block, so no resampler shift applies
+    assert _vad([APOLLO])["speech"][0] == _silero_whole_file(APOLLO)
 
 
 def test_vad_finds_speech_in_the_meeting_and_none_in_silence(silence_wav):
