@@ -43,8 +43,8 @@ class VadConfig:
     # Consecutive speech regions closer than this are joined into one segment, as long as the
     # joined segment stays within max_segment_s (a longer pause always starts a new segment).
     merge_gap_s: float = 3.0
-    # Recordings are read in blocks of this many seconds (bounded memory on long files); a speech
-    # region cut by a block edge is joined again by the merge above.
+    # Recordings are read in blocks of this many seconds (bounded memory on long files); silero's
+    # state runs across blocks, so the regions are those of a whole-file read (see build.segment).
     block_s: float = 600.0
 
 

@@ -212,7 +212,8 @@ def stage_params(config: Config) -> dict[str, dict]:
     """The config values each stage reads (what its fingerprint hashes; devices and batch sizes are not results)."""
     c = config
     return {
-        "vad": {"vad": dataclasses.asdict(c.vad), "sample_rate": c.sample_rate},
+        # block_s changes how a recording is read, not the regions (silero's state runs across blocks)
+        "vad": {"vad": {k: v for k, v in dataclasses.asdict(c.vad).items() if k not in ("merge_gap_s", "block_s")}, "sample_rate": c.sample_rate},
         "label": {
             "merge_gap_s": c.vad.merge_gap_s,
             "min_segment_s": c.min_segment_s,
@@ -421,7 +422,7 @@ def _file_stamp(path: str) -> tuple:
 # ---------------------------------------------------------------- per recording shard
 def _vad(rows: dict[str, list], config: Config, bar: StageProgress):
     vad = config.vad
-    kwargs = dict(threshold=vad.threshold, min_speech_ms=vad.min_speech_ms, min_silence_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms)
+    kwargs = dict(threshold=vad.threshold, min_speech_ms=vad.min_speech_ms, min_silence_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms, block_s=vad.block_s)
     out: dict[str, list] = {"speech": [], "vad_error": []}
     dropped = []
     for row in _rows(rows):
