@@ -149,10 +149,15 @@ class _Cache:
             self._items.clear()
 
     def reset(self) -> None:
-        """In a forked child: open files, sessions and decoders belong to the parent; a held lock too."""
+        """In a forked child: open files, sessions and decoders belong to the parent; a held lock too.
+
+        The parent's entries are kept alive, never freed here: a torchcodec decoder destroyed in a
+        forked child can wait forever on a lock its parent's threads held at the fork."""
+        _INHERITED.append(self._items)
         self._items, self._lock = OrderedDict(), threading.Lock()
 
 
+_INHERITED: list = []  # a forked child's copy of its parent's cache entries (see _Cache.reset)
 _PARQUET_FILES = _Cache(8)  # location -> (ParquetFile, first row of each row group)
 _ARROW_TABLES = _Cache(8)  # location -> memory-mapped table
 _ROW_GROUPS = _Cache(_CACHE_ENTRIES, _CACHE_BYTES)  # (location, column, row group) -> column chunk
