@@ -28,13 +28,13 @@ Edge rules:
   the pool's windows are sorted by length (longest first, ties in segment and window order) and cut
   into batches of ``batch_size``, so batches hold windows of equal or near length and padding is
   rare. Results go back to their segment and window. Batches depend only on the segments and their
-  order, so two calls with the same input give identical results (bitwise on CPU). FunASR runs each
-  clip alone, so emotion scores do not depend on the batch at all; the transformers models see
-  padding (masked) only where a batch mixes lengths, which moves their outputs by float rounding.
+  order, so two calls with the same input give identical results (bitwise on CPU). Every model sees
+  padding (masked, see ``build.emotion`` and ``build.batching``) only where a batch mixes lengths,
+  which moves its outputs by float rounding (below 1e-6 for emotion scores).
 - ``on_segment_done(seconds)`` is called once per segment, failed or not, when its labels are
   final, with ``end - start``.
 - ``precision``: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``,
-  ``bfloat16``, for all models (emotion2vec cannot run in bfloat16 and then runs in float32, see
+  ``bfloat16``, for all models on CUDA (emotion2vec stays in float32 on the CPU, see
   ``build.emotion``). Inputs are cast to the model's dtype; outputs come back as float32.
 """
 
