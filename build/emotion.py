@@ -165,7 +165,7 @@ def _load_auto_model(model_id: str, device: str, hub: str, dtype):
             device=device,
             disable_update=True,  # no version check over the network
             disable_pbar=True,
-            log_level="WARNING",
+            log_level="ERROR",  # its warnings (trust_remote_code: False) are banners, not problems
             # FunASR sets torch's thread count to ncpu (default 4) on load.
             ncpu=torch.get_num_threads(),
             fp16=dtype == torch.float16,

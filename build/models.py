@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -85,12 +85,14 @@ def funasr_side_effects_contained() -> Iterator[None]:
     """Keep FunASR's process-wide side effects out: ``import funasr`` imports every submodule, one of
     which calls ``logging.basicConfig(level=INFO)``; building a model calls ``basicConfig`` again and
     reseeds ``random``, ``numpy`` and ``torch`` (CPU state restored here); ``generate`` draws from
-    ``random``. Its prints ("funasr version: ...") go to stderr, leaving stdout to the caller."""
+    ``random``. Its banner prints ("funasr version: ...") are discarded: stdout keeps the caller's
+    report and stderr its progress lines."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    root.setLevel(logging.ERROR)  # its root-logger warnings are banners too
     try:
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sys.stderr):
+        with torch.random.fork_rng(devices=[]), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             yield
     finally:
         root.handlers[:] = handlers
