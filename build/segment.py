@@ -27,6 +27,8 @@ A single region longer than the maximum stays as it is, and the length filter dr
 
 from __future__ import annotations
 
+import contextlib
+
 from .audio import SAMPLE_RATE, AudioError, iter_blocks
 from .config import VadConfig
 from .devices import cached
@@ -41,6 +43,20 @@ def _silero():
     return load_silero_vad()
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """silero runs fastest on one thread (and ``import silero_vad`` sets one for the whole process):
+    one thread while VAD runs, the process's own count again afterwards, for the labelling models."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def detect_speech(
     batch: dict[str, list],
     *,
@@ -50,6 +66,11 @@ def detect_speech(
     speech_pad_ms: int = 30,
     block_s: float = VadConfig.block_s,
 ) -> dict[str, list]:
+    with _one_torch_thread():
+        return _detect_speech(batch, threshold, min_speech_ms, min_silence_ms, speech_pad_ms, block_s)
+
+
+def _detect_speech(batch: dict[str, list], threshold: float, min_speech_ms: int, min_silence_ms: int, speech_pad_ms: int, block_s: float) -> dict[str, list]:
     from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
     # The silero model is a small CPU model with internal state: one copy per process.

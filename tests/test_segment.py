@@ -82,3 +82,18 @@ def test_explode_segments_derives_ids():
     batch = {"recording_id": ["rec"], "audio_path": ["/x.wav"], "speech": [[{"start": 0.0, "end": 5.0}, {"start": 10.0, "end": 12.0}]]}
     out = explode_segments(batch, merge_gap_s=1.0, max_segment_s=60.0)
     assert out == {"segment_id": ["rec-0000", "rec-0001"], "recording_id": ["rec", "rec"], "audio_path": ["/x.wav", "/x.wav"], "start": [0.0, 10.0], "end": [5.0, 12.0]}
+
+
+def test_vad_runs_on_one_thread_and_gives_the_process_its_threads_back(monkeypatch):
+    import torch
+
+    from build import segment
+
+    seen = []
+    real = segment.speech_probabilities
+    monkeypatch.setattr(segment, "speech_probabilities", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    torch.set_num_threads(2)
+    out = detect_speech({"audio_path": [str(AMI)], "error": [None]})
+    assert out["vad_error"] == [None] and out["speech"][0]
+    assert seen == [1]  # silero is fastest on one thread
+    assert torch.get_num_threads() == 2  # the labelling models get the process's threads back
