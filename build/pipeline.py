@@ -191,6 +191,31 @@ def _batches(columns: dict[str, list], size: int) -> Iterator[dict[str, list]]:
         yield {name: values[lo : lo + size] for name, values in columns.items()}
 
 
+def _split(stage: str, columns: dict[str, list], reasons: list[str | None], details: list | None = None) -> tuple[list[int], list[dict]]:
+    """The rows to keep (no reason), and a dropped row (``schema.DROPPED``) for each of the others."""
+    keep, dropped = [], []
+    for i, reason in enumerate(reasons):
+        if reason is None:
+            keep.append(i)
+            continue
+        row = {"stage": stage, "recording_id": columns["recording_id"][i], "segment_id": columns["segment_id"][i], "reason": reason}
+        row["detail"] = details[i] if details else None
+        if "pair_index" in columns:
+            row["pair_index"] = columns["pair_index"][i]
+        dropped.append(row)
+    return keep, dropped
+
+
+def _map_with_progress(columns: dict[str, list], fn, size: int, bar: StageProgress, *args, **kwargs) -> dict[str, list]:
+    """A stage's batched function over ``columns`` in batches of ``size``; each batch's audio seconds go to ``bar``."""
+    out: dict[str, list] = {}
+    for batch in _batches(columns, size):
+        for name, values in fn(batch, *args, **kwargs).items():
+            out.setdefault(name, []).extend(values)
+        bar.advance(sum(e - s for s, e in zip(batch["start"], batch["end"])))
+    return out
+
+
 def _dataset(table: pa.Table, features: Features) -> Dataset:
     return Dataset(table.cast(features.arrow_schema), info=DatasetInfo(features=features))
 
@@ -245,7 +270,6 @@ class _Run:
     work: WorkDir
     ranks: Ranks
     progress: bool
-    say: Callable[[str], None]
 
     def stage(self, stage: str, tasks: list[tuple[str, str, float]], compute: Callable[[str, StageProgress], tuple]) -> None:
         """Run this rank's share of ``tasks`` (shard, fingerprint, audio seconds); finished ones are skipped.
@@ -290,7 +314,7 @@ def build(
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
     out_dir = Path(out_dir)
     ranks = ranks or current()
-    run = _Run(config, WorkDir(out_dir / "work"), ranks, progress, say)
+    run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
     params = stage_params(config)
 
     # ---- ingest: one plan for every process
@@ -301,8 +325,7 @@ def build(
     recording_ids = plan["recording_id"]
     shards = sorted(set(plan["shard"]))
     members = {s: [i for i, shard in enumerate(plan["shard"]) if shard == s] for s in shards}
-    plan_rows = _rows(plan)
-    audio = {s: sum(plan_rows[i]["duration"] or 0.0 for i in members[s]) for s in shards}
+    audio = {s: sum(plan["duration"][i] or 0.0 for i in members[s]) for s in shards}
     fps = {"ingest": run.work.fingerprint_of("ingest", "recordings")}
     for stage, upstream in (("vad", "ingest"), ("label", "vad"), ("condense", "label")):
         fps[stage] = {
@@ -327,9 +350,8 @@ def build(
     for shard, start, end in zip(manifest["shard"], manifest["start"], manifest["end"]):
         seg_audio[shard] += end - start
 
-    def finish(segments: Dataset, pairs: Dataset | None, status: str, extra_stages: tuple[str, ...]) -> BuildResult | None:
-        if not ranks.is_main:
-            return None
+    def finish(segments: Dataset, pairs: Dataset | None, status: str, extra_stages: tuple[str, ...]) -> BuildResult:
+        """Rank 0 only: the funnel and ledger from every task's files, the audit files merged."""
         funnel = _funnel(run, shards, sample_shards, extra_stages)
         result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir)
         _merge_dropped(run, shards, sample_shards, extra_stages)
@@ -445,13 +467,8 @@ def _label(recordings: dict[str, list], config: Config, ranks: Ranks, bar: Stage
     vad = config.vad
     segments = segment.explode_segments(recordings, merge_gap_s=vad.merge_gap_s, max_segment_s=config.max_segment_s)
     n_segments = len(segments["segment_id"])
-    dropped, keep = [], []
-    for i, (sid, rid, start, end) in enumerate(zip(segments["segment_id"], segments["recording_id"], segments["start"], segments["end"])):
-        reason = segment.length_drop_reason(start, end, config.min_segment_s, config.max_segment_s)
-        if reason is None:
-            keep.append(i)
-        else:
-            dropped.append({"stage": "length", "recording_id": rid, "segment_id": sid, "reason": reason})
+    reasons = [segment.length_drop_reason(start, end, config.min_segment_s, config.max_segment_s) for start, end in zip(segments["start"], segments["end"])]
+    keep, dropped = _split("length", segments, reasons)
     segments = _pick(segments, keep)
     rt = config.runtime
     labels = label.label_segments(
@@ -468,12 +485,9 @@ def _label(recordings: dict[str, list], config: Config, ranks: Ranks, bar: Stage
         precision=rt.precision,
         on_segment_done=bar.advance,
     ) if keep else {name: [] for name in schema.LABEL_OUTPUT}
-    labelled = []
-    for i, error in enumerate(labels["label_error"]):
-        if error is None:
-            labelled.append(i)
-        else:
-            dropped.append({"stage": "label", "recording_id": segments["recording_id"][i], "segment_id": segments["segment_id"][i], "reason": LABELLING_FAILED, "detail": error})
+    errors = labels["label_error"]
+    labelled, label_dropped = _split("label", segments, [LABELLING_FAILED if e else None for e in errors], errors)
+    dropped += label_dropped
     columns = _pick({**segments, **labels}, labelled)
     counts = {"segments": n_segments, "length": len(keep), "label": len(labelled)}
     return columns, schema.LABELLED_SEGMENT, counts, dropped
@@ -541,21 +555,13 @@ SAMPLE_MANIFEST = Features({"segment_id": schema.SEGMENT["segment_id"], "shard":
 # ---------------------------------------------------------------- per sample shard
 def _asr(segments: dict[str, list], config: Config, ranks: Ranks, bar: StageProgress):
     asr = config.asr
-    out: dict[str, list] = {}
-    for batch in _batches(segments, asr.batch_size):
-        result = align.transcribe_and_align(
-            batch, ranks.local, model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=config.runtime.device
-        )
-        for name, values in result.items():
-            out.setdefault(name, []).extend(values)
-        bar.advance(sum(e - s for s, e in zip(batch["start"], batch["end"])))
-    keep, dropped = [], []
-    for i, (error, transcript) in enumerate(zip(out.get("asr_error", []), out.get("transcript", []))):
-        reason = ASR_FAILED if error else (None if transcript and transcript.strip() else NO_WORDS)
-        if reason is None:
-            keep.append(i)
-        else:
-            dropped.append({"stage": "asr", "recording_id": segments["recording_id"][i], "segment_id": segments["segment_id"][i], "reason": reason, "detail": error or None})
+    out = _map_with_progress(
+        segments, align.transcribe_and_align, asr.batch_size, bar, ranks.local,
+        model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=config.runtime.device,
+    )  # fmt: skip
+    errors = [e or None for e in out.get("asr_error", [])]
+    reasons = [ASR_FAILED if e else (None if t and t.strip() else NO_WORDS) for e, t in zip(errors, out.get("transcript", []))]
+    keep, dropped = _split("asr", segments, reasons, errors)
     columns = _pick({**segments, **out}, keep)
     return columns, ASR_SEGMENT, {"asr": len(keep)}, dropped
 
@@ -568,18 +574,10 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
         max_retries=q.max_retries, timeout_s=q.timeout_s,
     )  # fmt: skip
-    out: dict[str, list] = {}
-    for batch in _batches(segments, max(q.concurrency * 4, 16)):
-        for name, values in qa.generate_qa(batch, **kwargs).items():
-            out.setdefault(name, []).extend(values)
-        bar.advance(sum(e - s for s, e in zip(batch["start"], batch["end"])))
-    keep, dropped = [], []
-    for i, (error, pairs) in enumerate(zip(out.get("qa_error", []), out.get("qa_pairs", []))):
-        reason = (error if error in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if error else (None if pairs else NO_PAIRS)
-        if reason is None:
-            keep.append(i)
-        else:
-            dropped.append({"stage": "qa", "recording_id": segments["recording_id"][i], "segment_id": segments["segment_id"][i], "reason": reason, "detail": error})
+    out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
+    errors = out.get("qa_error", [])
+    reasons = [(e if e in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if e else (None if pairs else NO_PAIRS) for e, pairs in zip(errors, out.get("qa_pairs", []))]
+    keep, dropped = _split("qa", segments, reasons, errors)
     return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
 
 
@@ -588,19 +586,12 @@ def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     pairs = postfilter.explode_pairs(segments)
     reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
     reasons = postfilter.mark_duplicates({**pairs, **reasons}, ranks.local, model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device)
-    dropped, keep = [], []
-    for i, reason in enumerate(reasons["drop_reason"]):
-        if reason is None:
-            keep.append(i)
-        else:
-            detail = f"Q: {pairs['question'][i]} | A: {pairs['answer'][i]}"
-            dropped.append({"stage": "pairs", "recording_id": pairs["recording_id"][i], "segment_id": pairs["segment_id"][i], "pair_index": pairs["pair_index"][i], "reason": reason, "detail": detail})
+    texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
+    keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
     kept = _pick(pairs, keep)
     kept = {**kept, **postfilter.categorise(kept)}
     with_pairs = set(kept["segment_id"])
-    for sid, rid in zip(segments["segment_id"], segments["recording_id"]):
-        if sid not in with_pairs:
-            dropped.append({"stage": "postfilter", "recording_id": rid, "segment_id": sid, "reason": NO_PAIR_SURVIVED})
+    dropped += _split("postfilter", segments, [None if sid in with_pairs else NO_PAIR_SURVIVED for sid in segments["segment_id"]])[1]
     counts = {"generated": len(pairs["segment_id"]), "pairs": len(keep), "postfilter": len(with_pairs)}
     return kept, schema.QA_PAIR, counts, dropped
 
