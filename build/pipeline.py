@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -74,6 +75,30 @@ NO_WORDS = "no words recognised"
 LLM_FAILED = "LLM request failed"
 NO_PAIRS = "no pairs in the reply"
 NO_PAIR_SURVIVED = "no pair survived the post-filter"
+
+# Every reason a funnel stage can record, each a constant of the module that decides it; a reason
+# with {...} is a template naming a configured bound ("shorter than 30 s"). ``registered`` checks one.
+DROP_REASONS: dict[str, tuple[str, ...]] = {
+    "ingest": ingest.REASONS,
+    "vad": (segment.VAD_FAILED, segment.NON_FINITE, NO_SPEECH),
+    "length": (segment.SHORTER, segment.LONGER),
+    "label": (LABELLING_FAILED,),
+    "occurrence": (condense.NO_EMOTION_PASSED,),
+    "sampling": (OVER_QUOTA,),
+    "asr": (ASR_FAILED, NO_WORDS),
+    "qa": (LLM_FAILED, qa.UNPARSEABLE, qa.NO_TRANSCRIPT, NO_PAIRS),
+    "pairs": postfilter.REASONS,
+    "postfilter": (NO_PAIR_SURVIVED,),
+}
+
+
+def registered(stage: str, reason: str) -> bool:
+    """Whether ``reason`` is one of ``DROP_REASONS[stage]`` (a template matches any value of its field)."""
+    for known in DROP_REASONS.get(stage, ()):
+        pattern = "".join(".+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]*\})", known))
+        if re.fullmatch(pattern, reason):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- funnel, ledger, result
