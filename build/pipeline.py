@@ -42,9 +42,10 @@ from tqdm.auto import tqdm
 
 from . import align, condense, export, ingest, label, postfilter, qa, schema, segment, words
 from .config import Config
+from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
 from .ranks import Ranks, current
-from .work import Timer, WorkDir, fingerprint, plan_shards, shard_name
+from .work import Timer, WorkDir, fingerprint, incomplete, plan_shards, shard_name
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -93,6 +94,7 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
+    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -127,6 +129,8 @@ class BuildResult:
         }
         if self.pairs is not None:
             report["categories"] = dict(Counter(self.pairs["category"]))
+        if self.funnel.llm is not None:
+            report["llm_calls"] = self.funnel.llm
         return report
 
 
@@ -173,6 +177,8 @@ def format_report(result: BuildResult) -> str:
         lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
     if report.get("categories"):
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
+    if report.get("llm_calls"):
+        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
     return "\n".join(lines)
 
 
@@ -259,7 +265,7 @@ def stage_params(config: Config) -> dict[str, dict]:
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
         },
-        "postfilter": dataclasses.asdict(c.postfilter),
+        "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment},
     }
 
 
@@ -285,7 +291,10 @@ class _Run:
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
                 stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
-                self.work.write(stage, shard, fp, columns, features, stats=stats, dropped=dropped)
+                # LLM calls that failed (after their retries) leave the shard unfinished: the next run
+                # redoes it, with every successful reply from the cache, so only the failures are sent.
+                written = incomplete(fp) if counts.get(f"{_LLM}failed") else fp
+                self.work.write(stage, shard, written, columns, features, stats=stats, dropped=dropped)
                 bar.shard_done(audio_s - (bar.bar.n - before))
 
     def table(self, stage: str, shards: list[str], features: Features) -> pa.Table:
@@ -367,14 +376,17 @@ def build(
         return result
 
     # ---- per sample shard: asr, qa, postfilter
-    for stage, upstream in (("asr", "sample"), ("qa", "asr"), ("postfilter", "qa")):
+    for stage, upstream in (("asr", "sample"), ("qa", "asr")):
         fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
-    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa", "postfilter")}
+    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa")}
     run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
     pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
     with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
         cache_dir = str(run.work.root / "llm-cache")
         run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
+    # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
+    fps["postfilter"] = {s: fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", s), s]) for s in sample_shards}
+    tasks["postfilter"] = [(s, fps["postfilter"][s], seg_audio[s]) for s in sample_shards]
     run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
     ranks.barrier()
     if not ranks.is_main:
@@ -574,17 +586,44 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
         max_retries=q.max_retries, timeout_s=q.timeout_s,
     )  # fmt: skip
+    client = qa.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    before = client.calls.snapshot()
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])
     reasons = [(e if e in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if e else (None if pairs else NO_PAIRS) for e, pairs in zip(errors, out.get("qa_pairs", []))]
     keep, dropped = _split("qa", segments, reasons, errors)
-    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
+    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep), **_llm_counts(stats_delta(client.calls.snapshot(), before))}, dropped
+
+
+# An LLM stage's call counts ride in its shard's integer counts as "llm:<field>", "llm:retry:<reason>"
+# and "llm:failed:<reason>"; llm_calls() reads them back for the build's summary.
+_LLM = "llm:"
+
+
+def _llm_counts(calls: dict) -> dict[str, int]:
+    counts = {f"{_LLM}{name}": calls[name] for name in CallStats.FIELDS}
+    counts.update({f"{_LLM}retry:{reason}": n for reason, n in calls["retry_reasons"].items()})
+    counts.update({f"{_LLM}failed:{reason}": n for reason, n in calls["failure_reasons"].items()})
+    return counts
+
+
+def llm_calls(counts: dict[str, int]) -> dict | None:
+    """The LLM call counts of a build (summed over its shards), or None when no LLM stage ran."""
+    if f"{_LLM}requests" not in counts:
+        return None
+    calls = {name: counts.get(f"{_LLM}{name}", 0) for name in CallStats.FIELDS}
+    for field, prefix in (("retry_reasons", f"{_LLM}retry:"), ("failure_reasons", f"{_LLM}failed:")):
+        calls[field] = {key[len(prefix) :]: n for key, n in sorted(counts.items()) if key.startswith(prefix)}
+    return calls
 
 
 def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
-    reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
+    reasons = postfilter.filter_reasons(
+        pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars, max_question_chars=pf.max_question_chars,
+        max_answer_chars=pf.max_answer_chars, max_pairs=config.qa.pairs_per_segment, prompt_fragments=qa.prompt_fragments(),
+    )  # fmt: skip
     reasons = postfilter.mark_duplicates({**pairs, **reasons}, ranks.local, model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device)
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
@@ -630,7 +669,7 @@ def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages
         for row in run.work.read_dropped(stage, shard).to_pylist():
             drops.append(Drop(**row))
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops))
+    return Funnel(ordered, tuple(drops), llm_calls(counts))
 
 
 def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> None:
