@@ -42,6 +42,13 @@ TOO_LONG = "too long"
 LEAKS_PROMPT = "repeats the prompt"
 
 CATEGORIES = ("emotion", "speaker", "contextual paralinguistic reasoning", "other")
+# the content reasons, in the order the predicates fire after the untrusted-reply ones above
+EMPTY = "empty"
+GARBLED = "garbled"
+NOT_A_QUESTION = "not a question"
+PRESUPPOSES_TRANSCRIPT = "presupposes a transcript"
+NEAR_DUPLICATE = "near-duplicate question"
+REASONS = (EXTRA_PAIR, TOO_LONG, LEAKS_PROMPT, EMPTY, GARBLED, NOT_A_QUESTION, PRESUPPOSES_TRANSCRIPT, NEAR_DUPLICATE)
 
 _EMOTION_WORDS = (
     r"emotion\w*|feel\w*|felt|mood|tone|"
@@ -83,13 +90,13 @@ def transcript_pattern(words: list[str]) -> str:
 def pair_drop_reason(question: str | None, answer: str | None, transcript_words: list[str], min_answer_chars: int) -> str | None:
     question, answer = (question or "").strip(), (answer or "").strip()
     if not question or len(answer) < max(1, min_answer_chars):
-        return "empty"
+        return EMPTY
     if _garbled(question) or _garbled(answer) or _normal(answer) == _normal(question):
-        return "garbled"
+        return GARBLED
     if not question.rstrip().endswith("?") and not _has(_QUESTION_OPENINGS, question.split()[0]):
-        return "not a question"
+        return NOT_A_QUESTION
     if _has(transcript_pattern(transcript_words), question):
-        return "presupposes a transcript"
+        return PRESUPPOSES_TRANSCRIPT
     return None
 
 
@@ -186,5 +193,5 @@ def mark_duplicates(batch: dict[str, list], rank: int | None = None, *, model: s
         flags = duplicate_flags([batch["segment_id"][i] for i in alive], vectors, threshold)
         for i, flag in zip(alive, flags):
             if flag:
-                reasons[i] = "near-duplicate question"
+                reasons[i] = NEAR_DUPLICATE
     return {"drop_reason": reasons}
