@@ -21,7 +21,6 @@ from datasets import Audio, Dataset
 
 from .audio import SAMPLE_RATE, decode_span
 from .errors import first_line
-from .preflight import check_push
 
 SPLIT = "test"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
@@ -108,7 +107,6 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
     files = files_to_upload(out_dir)
     if "README.md" not in files or len(files) < 2:
         raise FileNotFoundError(f"{out_dir}: no built dataset here (README.md and data/*/*.parquet expected)")
-    check_push(token_env)
     api = HfApi(token=os.environ.get(token_env))  # None lets huggingface_hub use its own login
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
