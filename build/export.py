@@ -118,11 +118,33 @@ def public_model_id(model: str) -> str:
 
 
 # Columns of the published tables that come from the segment, in order (see dataset_card.md).
-_SEGMENT_COLUMNS = ("segment_id", "recording_id", "source_file", "start", "end", "duration", "primary_emotion", "emotions", "gender", "transcript", "words")
+_SEGMENT_COLUMNS = ("segment_id", "recording_id", "source_file", "clip_start", "clip_end", "duration", "primary_emotion", "emotions", "gender", "transcript", "words")
+
+
+# Published list columns whose items carry ``start``/``end`` seconds (relative to the clip once exported).
+TIMED_LISTS = ("words", "emotion_windows", "gender_windows")
+
+
+def _clip_seconds(t: float | None, clip_start: float) -> float | None:
+    return None if t is None else round(t - clip_start, 6)  # 1 µs: float noise of the subtraction only
+
+
+def to_clip_time(batch: dict[str, list]) -> dict[str, list]:
+    """Batched map: recording-time ``start``/``end`` and ``TIMED_LISTS`` -> ``clip_start``/``clip_end``
+    (recording time, provenance) and every listed item's ``start``/``end`` in seconds from the clip's
+    first sample (lhotse's convention for a materialised cut). Untimed words (null) stay null."""
+    out: dict[str, list] = {"clip_start": list(batch["start"]), "clip_end": list(batch["end"])}
+    for name in TIMED_LISTS:
+        if name in batch:
+            out[name] = [
+                None if items is None else [{**item, "start": _clip_seconds(item["start"], s), "end": _clip_seconds(item["end"], s)} for item in items]
+                for items, s in zip(batch[name], batch["start"])
+            ]
+    return out
 
 
 def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dict[str, int]) -> Dataset:
-    """One row per clip: audio, provenance, labels, words and windows, ``n_pairs`` (pairs kept), model ids."""
+    """One row per clip: audio, provenance, labels, words and windows (clip time), ``n_pairs`` (pairs kept), model ids."""
     data = with_audio(segments)
     data = data.map(
         lambda b: {
@@ -134,6 +156,7 @@ def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dic
         batched=True,
         remove_columns=["tagged_words"],
     )
+    data = data.map(to_clip_time, batched=True, remove_columns=["start", "end"])
     for name, value in models.items():
         data = data.add_column(name, [value] * len(data))
     keep = ["context", *_SEGMENT_COLUMNS, "emotion_counts", "emotion_windows", "gender_windows", "n_pairs", "language", "aligner", "llm_model", "prompt_version", *models]
