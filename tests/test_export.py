@@ -54,20 +54,21 @@ def _pairs(segments: Dataset) -> Dataset:
     return Dataset.from_list(rows)
 
 
+REPORT = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
+
+
+def write(out, config=None, segments=None, **kwargs):
+    """The export step of a build over ``segments`` (default ``_segments()``) into ``out`` (what ``pipeline.export_dataset`` does)."""
+    segments = segments if segments is not None else _segments()
+    config = config or paper_config()
+    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", **kwargs}
+    return export.write_dataset(segments, _pairs(segments), config, out, models=pipeline.model_ids(config), report=REPORT, card_template=(REPO / "dataset_card.md").read_text(), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    segments = _segments()
-    models = pipeline.model_ids(paper_config())
-    pairs = _pairs(segments)
-    segment_rows = export.segment_table(segments, models, {"ami-0000": 2, "ami-0001": 1})
-    qa_rows = export.qa_table(pairs, segment_rows)
-    export.write_config(qa_rows, out, "qa")
-    export.write_config(segment_rows, out, "segments")
-    report = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
-    values = export.card_values(paper_config(), qa_rows, segment_rows, report, models, license="cc-by-4.0", sources="AMI excerpt.", load_path="you/cpqa")
-    values["dataset_info"] = export.dataset_info_yaml(out, {"qa": len(qa_rows), "segments": len(segment_rows)})
-    (out / "README.md").write_text(export.render_card((REPO / "dataset_card.md").read_text(), values))
+    write(out)
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
     (out / "report.json").write_text("{}")
@@ -174,7 +175,7 @@ def test_a_rebuild_into_the_same_folder_loads_fresh(tmp_path):
         rows = export.segment_table(segments, models, counts)
         export.write_config(rows, out, "segments")
         export.write_config(rows.select([0]), out, "qa")
-        info = export.dataset_info_yaml(out, {"qa": 1, "segments": 2})
+        info = export.dataset_info_yaml(out)
         (out / "README.md").write_text("---\n" + info + "\nconfigs:\n- config_name: segments\n  data_files:\n  - split: test\n    path: data/segments/test-*.parquet\n---\n")
         loaded.append(load_dataset(str(out), "segments", split="test")["n_pairs"][:])
     assert loaded == [[2, 1], [0, 0]]
