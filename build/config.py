@@ -127,6 +127,19 @@ class PostFilterConfig:
 
 
 @dataclass
+class ExportConfig:
+    """How the built tables are published (the global export step; nothing here changes a label)."""
+
+    # "full": the clips' audio embedded; "gated": the same, behind the Hub's access form (terms in
+    # the card); "metadata-only": no audio, only what locates it (source file, content hash, clip
+    # span): users rebuild the audio from their own copy with `cpqa.py rehydrate`.
+    publish: str = "full"
+    splits: dict[str, float] = field(default_factory=lambda: {"test": 1.0})  # name -> fraction of clips
+    split_by: str = "recording"  # "recording" or "speaker" (needs asr.diarize): no group in two splits
+    seed: int = 0  # split assignment
+
+
+@dataclass
 class RuntimeConfig:
     """How a build runs: devices, batches, and the work units (shards) that make it resumable.
 
@@ -159,6 +172,7 @@ class Config:
     asr: AsrConfig = field(default_factory=AsrConfig)
     qa: QaConfig = field(default_factory=QaConfig)
     postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     # ---- thresholds derived from the two knobs -------------------------------------------
@@ -181,7 +195,7 @@ class Config:
     def with_file(self, path: str) -> Config:
         """Values from a YAML or JSON file (any subset of the tree) on top of this config.
 
-        Sections merge key by key, except ``condense.alpha``, which a file replaces whole (so that a
+        Sections merge key by key, except ``condense.alpha`` and ``export.splits``, which a file replaces whole (so that a
         file can also remove a target emotion)."""
         from pathlib import Path
 
@@ -225,7 +239,7 @@ class Config:
 
 def _merge(base: dict, extra: dict) -> None:
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "alpha":
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("alpha", "splits"):
             _merge(base[key], value)
         else:
             base[key] = value
@@ -263,6 +277,7 @@ def _dataclass_type(annotation) -> type | None:
         "AsrConfig": AsrConfig,
         "QaConfig": QaConfig,
         "PostFilterConfig": PostFilterConfig,
+        "ExportConfig": ExportConfig,
     }.get(str(annotation))
 
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, export, ingest, label, postfilter, preflight, qa, schema, segment, words
+from . import align, condense, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -350,6 +350,9 @@ def build(
     ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
+    publish.check_mode(config.export.publish)  # before any audio is read
+    splits.check_splits(config.export.splits)
+    splits.check_split_by(config.export.split_by, diarize=False)
     out_dir = Path(out_dir)
     ranks = ranks or current()
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
@@ -753,13 +756,6 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
-    models = model_ids(config)
-    segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"]))
-    qa_rows = export.qa_table(result.pairs, segment_rows)
-    export.write_config(qa_rows, out_dir, "qa")
-    export.write_config(segment_rows, out_dir, "segments")
-    values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
-    values["dataset_info"] = export.dataset_info_yaml(out_dir, {"qa": len(qa_rows), "segments": len(segment_rows)})
-    (out_dir / "README.md").write_text(export.render_card(card_template, values))
+    export.write_dataset(result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources)
     write_report(result, out_dir)
     return out_dir
