@@ -8,7 +8,10 @@
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
     accelerate launch --multi_gpu --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 GPUs, same output
                                               # rerun the same command after a crash: it resumes
-    python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
+    python cpqa.py build SOURCE --out DIR --publish metadata-only --splits train=0.8,test=0.2
+                                              # no audio in the tables; recording-disjoint splits
+    python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
+    python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
     python cpqa.py evaluate DATASET --judge model=gpt-4o [--judge model=...,base_url=...] --out results/
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
 
@@ -46,7 +49,19 @@ def load_config(args: argparse.Namespace):
         config = paper_config()
     if args.config:
         config = config.with_file(args.config)
-    return config.with_overrides(args.set or [])
+    config = config.with_overrides(args.set or [])
+    return with_export_options(config, args)
+
+
+def with_export_options(config, args: argparse.Namespace):
+    """``--publish``, ``--splits`` and ``--split-by`` on top of the config's ``export`` section."""
+    import dataclasses
+
+    from build.splits import parse_splits
+
+    changes = {"publish": args.publish, "split_by": args.split_by, "splits": parse_splits(args.splits) if args.splits else None}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(config, export=dataclasses.replace(config.export, **changes)) if changes else config
 
 
 DEMO_SOURCES = (
@@ -125,6 +140,8 @@ def run_evaluate(args) -> int:
                 kwargs["device"] = args.device
         results[label] = metric.compute(**kwargs)
         print(f"{label}: score {results[label]['score']:.2f} (successful only {results[label]['score_successful']:.2f}, success rate {results[label]['success_rate']:.3f})")
+        for judge_name, calls in results[label]["judge_calls"].items():
+            print(f"  judge {judge_name}: {calls['summary']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# CPQA evaluation", "", report.table2_markdown(results), ""]
@@ -180,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+        p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
+        p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
+        p.add_argument("--split-by", choices=("recording", "speaker"), help="no recording (or speaker: needs asr.diarize) in two splits")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
     push_cmd.add_argument("--public", action="store_true", help="make the dataset public (default: private)")
+    push_cmd.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    rehydrate_cmd = sub.add_parser("rehydrate", help="rebuild the audio of a metadata-only build from your copy of the sources")
+    rehydrate_cmd.add_argument("folder")
+    rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on built QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s) or Hub id(s); two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
@@ -198,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, eval_cmd):
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -222,13 +246,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         return run_evaluate(args)
     if args.command == "push":
-        from build.export import files_to_upload, push
+        from build.export import files_to_upload, publication_mode, push
         from build.preflight import check_push
 
-        check_push()
-        print("uploading: " + ", ".join(files_to_upload(args.folder)))
-        print(push(args.folder, args.repo_id, private=not args.public))
+        if not args.dry_run:
+            check_push()
+        mode = publication_mode(args.folder)
+        verb = "would upload" if args.dry_run else "uploading"
+        print(f"{verb} ({mode}{', private' if not args.public else ', public'}):")
+        for name in files_to_upload(args.folder):
+            print(f"  {name}")
+        url = push(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run)
+        print(f"{'would create' if args.dry_run else 'done:'} {url}" + (" (gated: access requests on)" if mode == "gated" else ""))
         return 0
+    if args.command == "rehydrate":
+        from build.publish import rehydrate
+
+        report = rehydrate(args.folder, args.audio_root)
+        print("\n".join(report.lines()))
+        return 1 if report.missing or report.changed else 0
     if args.command == "demo":  # offline by construction; set before transformers/datasets import
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)

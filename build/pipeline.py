@@ -41,11 +41,12 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, export, ingest, label, postfilter, preflight, qa, schema, segment, words
+from . import align, condense, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, words
 from .config import Config
+from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
 from .ranks import Ranks, current
-from .work import Timer, WorkDir, fingerprint, plan_shards, shard_name
+from .work import Timer, WorkDir, fingerprint, incomplete, plan_shards, shard_name
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -116,6 +117,7 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
+    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -150,6 +152,8 @@ class BuildResult:
         }
         if self.pairs is not None:
             report["categories"] = dict(Counter(self.pairs["category"]))
+        if self.funnel.llm is not None:
+            report["llm_calls"] = self.funnel.llm
         return report
 
 
@@ -200,6 +204,8 @@ def format_report(result: BuildResult) -> str:
         lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
     if report.get("categories"):
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
+    if report.get("llm_calls"):
+        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
     return "\n".join(lines)
 
 
@@ -286,7 +292,7 @@ def stage_params(config: Config) -> dict[str, dict]:
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
         },
-        "postfilter": dataclasses.asdict(c.postfilter),
+        "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment},
     }
 
 
@@ -312,7 +318,10 @@ class _Run:
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
                 stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
-                self.work.write(stage, shard, fp, columns, features, stats=stats, dropped=dropped)
+                # LLM calls that failed (after their retries) leave the shard unfinished: the next run
+                # redoes it, with every successful reply from the cache, so only the failures are sent.
+                written = incomplete(fp) if counts.get(f"{_LLM}failed") else fp
+                self.work.write(stage, shard, written, columns, features, stats=stats, dropped=dropped)
                 bar.shard_done(audio_s - (bar.bar.n - before))
 
     def table(self, stage: str, shards: list[str], features: Features) -> pa.Table:
@@ -341,6 +350,9 @@ def build(
     ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
+    publish.check_mode(config.export.publish)  # before any audio is read
+    splits.check_splits(config.export.splits)
+    splits.check_split_by(config.export.split_by, diarize=False)
     out_dir = Path(out_dir)
     ranks = ranks or current()
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
@@ -398,14 +410,17 @@ def build(
         return result
 
     # ---- per sample shard: asr, qa, postfilter
-    for stage, upstream in (("asr", "sample"), ("qa", "asr"), ("postfilter", "qa")):
+    for stage, upstream in (("asr", "sample"), ("qa", "asr")):
         fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
-    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa", "postfilter")}
+    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa")}
     run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
     pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
     with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
         cache_dir = str(run.work.root / "llm-cache")
         run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
+    # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
+    fps["postfilter"] = {s: fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", s), s]) for s in sample_shards}
+    tasks["postfilter"] = [(s, fps["postfilter"][s], seg_audio[s]) for s in sample_shards]
     run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
     ranks.barrier()
     if not ranks.is_main:
@@ -614,17 +629,44 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
         max_retries=q.max_retries, timeout_s=q.timeout_s,
     )  # fmt: skip
+    client = qa.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    before = client.calls.snapshot()
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])
     reasons = [(e if e in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if e else (None if pairs else NO_PAIRS) for e, pairs in zip(errors, out.get("qa_pairs", []))]
     keep, dropped = _split("qa", segments, reasons, errors)
-    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
+    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep), **_llm_counts(stats_delta(client.calls.snapshot(), before))}, dropped
+
+
+# An LLM stage's call counts ride in its shard's integer counts as "llm:<field>", "llm:retry:<reason>"
+# and "llm:failed:<reason>"; llm_calls() reads them back for the build's summary.
+_LLM = "llm:"
+
+
+def _llm_counts(calls: dict) -> dict[str, int]:
+    counts = {f"{_LLM}{name}": calls[name] for name in CallStats.FIELDS}
+    counts.update({f"{_LLM}retry:{reason}": n for reason, n in calls["retry_reasons"].items()})
+    counts.update({f"{_LLM}failed:{reason}": n for reason, n in calls["failure_reasons"].items()})
+    return counts
+
+
+def llm_calls(counts: dict[str, int]) -> dict | None:
+    """The LLM call counts of a build (summed over its shards), or None when no LLM stage ran."""
+    if f"{_LLM}requests" not in counts:
+        return None
+    calls = {name: counts.get(f"{_LLM}{name}", 0) for name in CallStats.FIELDS}
+    for field, prefix in (("retry_reasons", f"{_LLM}retry:"), ("failure_reasons", f"{_LLM}failed:")):
+        calls[field] = {key[len(prefix) :]: n for key, n in sorted(counts.items()) if key.startswith(prefix)}
+    return calls
 
 
 def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
-    reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
+    reasons = postfilter.filter_reasons(
+        pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars, max_question_chars=pf.max_question_chars,
+        max_answer_chars=pf.max_answer_chars, max_pairs=config.qa.pairs_per_segment, prompt_fragments=qa.prompt_fragments(),
+    )  # fmt: skip
     reasons = postfilter.mark_duplicates({**pairs, **reasons}, ranks.local, model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device)
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
@@ -670,7 +712,7 @@ def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages
         for row in run.work.read_dropped(stage, shard).to_pylist():
             drops.append(Drop(**row))
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops))
+    return Funnel(ordered, tuple(drops), llm_calls(counts))
 
 
 def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> None:
@@ -714,13 +756,6 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
-    models = model_ids(config)
-    segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"]))
-    qa_rows = export.qa_table(result.pairs, segment_rows)
-    export.write_config(qa_rows, out_dir, "qa")
-    export.write_config(segment_rows, out_dir, "segments")
-    values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
-    values["dataset_info"] = export.dataset_info_yaml(out_dir, {"qa": len(qa_rows), "segments": len(segment_rows)})
-    (out_dir / "README.md").write_text(export.render_card(card_template, values))
+    export.write_dataset(result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources)
     write_report(result, out_dir)
     return out_dir
