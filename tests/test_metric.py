@@ -144,8 +144,13 @@ def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, m
     assert a_audiobench["score_successful"] == pytest.approx((5 + 3) / 2 * 20)  # 80.0
     assert a_audiobench["success_rate"] == pytest.approx(2 / 3)
     assert (a_audiobench["n"], a_audiobench["n_judged"]) == (3, 2)
-    assert a_audiobench["by_category"]["emotion"] == {"score": 80.0, "score_successful": 80.0, "success_rate": 1.0, "n": 2, "n_judged": 2}
-    assert a_audiobench["by_category"]["speaker"] == {"score": 0.0, "score_successful": None, "success_rate": 0.0, "n": 1, "n_judged": 0}
+    # without clip ids every question is its own clip; two emotion clips scoring 100 and 60 resample to
+    # 60, 80 or 100 with chances 1/4, 1/2, 1/4, so the 2.5 and 97.5 percentiles of 1000 draws are 60 and 100
+    interval = {"ci95": [60.0, 100.0], "ci95_successful": [60.0, 100.0]}
+    assert a_audiobench["by_category"]["emotion"] == {"score": 80.0, "score_successful": 80.0, "success_rate": 1.0, "n": 2, "n_judged": 2, **interval}
+    assert a_audiobench["by_category"]["speaker"] == {
+        "score": 0.0, "score_successful": None, "success_rate": 0.0, "n": 1, "n_judged": 0, "ci95": [0.0, 0.0], "ci95_successful": None
+    }
 
     a_para = by["judge-a"]["paralinguistic"]
     assert (a_para["score"], a_para["score_successful"]) == (pytest.approx(200 / 3), 100.0)
@@ -555,13 +560,10 @@ def test_table2_layout_and_per_clip_correlation(metric):
 
     generated, human = two_qa_sets(metric)
     table = report.table2_markdown({"CPQA": generated, "Human QA": human})
-    assert table == (
-        "| Judge | Prompt | CPQA | Human QA |\n"
-        "|---|---|---:|---:|\n"
-        "| judge | audiobench | 65.00 | 60.00 |\n"
-        "| judge | paralinguistic | 65.00 | 60.00 |\n"
-        "| success rate |  | 100.0 % | 100.0 % |\n"
-    )
+    lines = table.splitlines()
+    assert lines[0] == "| Judge | Prompt | CPQA | CPQA 95 % CI | Human QA | Human QA 95 % CI |"
+    assert [line.split(" | ")[2::2] for line in lines[2:4]] == [["65.00", "60.00"], ["65.00", "60.00"]]
+    assert lines[4] == "| success rate |  | 100.0 % |  | 100.0 % |  |"
     categories = report.category_table_markdown(generated)
     assert categories.splitlines()[0] == "| Judge | Prompt | emotion | speaker | other | all |"
     assert categories.splitlines()[2] == "| judge | audiobench | 60.00 | 60.00 | 80.00 | 65.00 |"

@@ -19,12 +19,14 @@ from .report import category_table_markdown
 from .report import clip_correlation
 from .report import table2_markdown
 from .scores import best_window
+from .scores import bootstrap_ci
 from .scores import overall
 from .scores import summarize
 from .scores import summarize_by_category
 from .speech_llm import DEFAULT_MODEL
 from .speech_llm import WINDOW_SECONDS
 from .speech_llm import answer_questions
+from .speech_llm import make_backend
 
 _CITATION = """\
 @inproceedings{wang2025contextual,
@@ -116,7 +118,9 @@ Examples:
     'no "Rating: N" line in the reply'
 """
 
-_GENERATION_SETTINGS = ("model", "batch_size", "max_new_tokens", "device", "dtype", "window_seconds", "sampling_rate")
+_GENERATION_SETTINGS = (
+    "model", "batch_size", "max_new_tokens", "device", "dtype", "window_seconds", "sampling_rate", "answer_cache_dir"
+)
 
 _STRING = datasets.Value("string")
 
@@ -237,6 +241,7 @@ def _generate(questions, audio, settings, kwargs):
         dtype=settings.get("dtype"),
         window_seconds=window_seconds,
         source_rate=settings.get("sampling_rate"),
+        cache_dir=settings.get("answer_cache_dir"),
     )
     # arrow cannot hold None inside these lists reliably: failed answers travel as "" plus an error
     predictions = [[answer.text or "" for answer in item] for item in answers]
@@ -244,7 +249,7 @@ def _generate(questions, audio, settings, kwargs):
         **kwargs,
         "prediction_windows": [[answer.window for answer in item] for item in answers],
         "prediction_errors": [[answer.error for answer in item] for item in answers],
-        "speech_llm": model if isinstance(model, str) else getattr(model, "__name__", type(model).__name__),
+        "speech_llm": model if isinstance(model, str) else make_backend(model).name,
         "window_seconds": window_seconds,
     }
     return predictions, kwargs
@@ -334,5 +339,16 @@ def _judgement(item_answers, graded, judge, item, prompt):
 
 
 def _summary(items, judge, prompt, categories):
+    """``summarize`` with 95 % bootstrap intervals over clips (``ci95``: failures as 0,
+    ``ci95_successful``: failures left out), overall and per category."""
     ratings = [item["judgements"][judge][prompt]["rating"] for item in items]
-    return {**summarize(ratings), "by_category": summarize_by_category(ratings, categories)}
+    clips = [item["clip_id"] for item in items]
+    by_category = summarize_by_category(ratings, categories)
+    for category, summary in by_category.items():
+        members = [i for i, c in enumerate(categories) if (c if c is not None else "unknown") == category]
+        summary.update(_intervals([ratings[i] for i in members], [clips[i] for i in members]))
+    return {**summarize(ratings), **_intervals(ratings, clips), "by_category": by_category}
+
+
+def _intervals(ratings, clips):
+    return {"ci95": bootstrap_ci(ratings, clips), "ci95_successful": bootstrap_ci(ratings, clips, "score_successful")}
