@@ -154,9 +154,11 @@ class Cpqa(evaluate.Metric):
         if kwargs.get("clip_ids") is None and audio is not None:
             kwargs["clip_ids"] = _clip_ids_from_audio(audio)
         if predictions is not None:
-            ignored = sorted(set(settings) - {"sampling_rate"})
+            ignored = sorted(set(settings) - {"sampling_rate", "window_seconds"})
             if ignored:
                 raise ValueError(f"{ignored} only apply when the speech-LLM answers (predictions=None)")
+            if "window_seconds" in settings:  # how given predictions were made, recorded in the config
+                kwargs["window_seconds"] = settings["window_seconds"]
         else:
             if audio is None:
                 raise ValueError("give either predictions or audio (for the speech-LLM to answer)")

@@ -244,7 +244,7 @@ class OpenAiBackend:
 
     sampling_rate = 16_000
 
-    def __init__(self, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 256,
+    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, max_tokens: int = 256,
                  concurrency: int = 8, max_retries: int = 3, timeout_s: float = 120.0):
         from .llm_client import LlmClient
 
