@@ -429,61 +429,12 @@ def test_a_datasets_audio_column_goes_in_as_it_is(metric):
 # --- a tiny Qwen2-Audio, built offline ---------------------------------------------------------------
 
 
-QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
-
-
 @pytest.fixture(scope="module")
 def tiny_qwen2_audio(tmp_path_factory) -> Path:
     """A random-weight Qwen2-Audio (hidden size 32) with a locally trained byte-level BPE tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2AudioConfig,
-        Qwen2AudioForConditionalGeneration,
-        Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
-    )
+    from build.tiny.qwen2_audio import build_tiny_qwen2_audio
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN2_AUDIO_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [*QUESTIONS, *REFERENCES, "system\nYou are a helpful assistant.", "user\nAudio 1:", "assistant\n"] * 10
-    bpe.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-
-    probe = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
-    processor = Qwen2AudioProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer, chat_template=probe.default_chat_template
-    )
-    config = Qwen2AudioConfig(
-        audio_config={
-            "model_type": "qwen2_audio_encoder",
-            "d_model": 32,
-            "encoder_layers": 2,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 64,
-            "num_mel_bins": 128,
-            "max_source_positions": 1500,  # 3000 mel frames = 30 s
-        },
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 2048,
-        },
-        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    Qwen2AudioForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"), corpus=[*QUESTIONS, *REFERENCES])
 
 
 def test_tiny_qwen2_audio_answers_windows_in_left_padded_batches(metric, modules, tiny_qwen2_audio):
