@@ -556,3 +556,30 @@ def test_cpqa_imports_every_sibling_module_directly():
     internal = {name for kind, name, _, _ in get_imports(str(METRIC_DIR / "cpqa.py")) if kind == "internal"}
     siblings = {p.stem for p in METRIC_DIR.glob("*.py")} - {"cpqa"}
     assert internal == siblings
+
+
+def test_tiny_qwen2_audio_runs_with_sdpa_batches_by_length_and_caches_answers(metric, modules, tiny_qwen2_audio, tmp_path):
+    network, _ = modules["speech_llm"].load_speech_llm(str(tiny_qwen2_audio), device="cpu")
+    assert network.config._attn_implementation == "sdpa"
+    lengths = []
+    generate = network.generate
+
+    def spy(**inputs):
+        lengths.append(sorted(int(n) for n in inputs["feature_attention_mask"].sum(-1)))
+        return generate(**inputs)
+
+    seconds = [12, 2, 9, 4]  # answered in batches of two, shortest first: (2, 4) then (9, 12)
+    audio = [{"array": np.full(s * SR, 0.1, dtype=np.float32), "sampling_rate": SR} for s in seconds]
+    kwargs = dict(questions=["How many?"] * 4, references=["Two."] * 4, audio=audio, model=str(tiny_qwen2_audio), device="cpu",
+                  batch_size=2, max_new_tokens=2, answer_cache_dir=str(tmp_path / "answers"),
+                  judges=[lambda messages: rated(3)], prompts=["audiobench"])
+    network.generate = spy
+    try:
+        first = metric.compute(**kwargs)
+        calls_first = len(lengths)
+        again = metric.compute(**kwargs)
+    finally:
+        network.generate = generate
+    assert [[n // 100 for n in batch] for batch in lengths] == [[2, 4], [9, 12]]  # 100 mel frames per second
+    assert calls_first == 2 and len(lengths) == 2  # the rerun generated nothing
+    assert [i["predictions"] for i in again["items"]] == [i["predictions"] for i in first["items"]]

@@ -62,9 +62,12 @@ Args:
         (name the windows with `prediction_windows`). Without predictions, `audio` is required and
         `model` answers first.
     judges (`list`): one or more judges. A dict `{"model", "base_url", "api_key_env", "name"?,
-        "max_retries"?, "timeout"?, "max_tokens"?}` for an OpenAI-compatible endpoint (the key is read
-        from the variable `api_key_env` names; leave it out for local servers), or a callable
-        `judge(messages) -> reply text` (optionally as `{"name", "call"}`).
+        "max_retries"?, "timeout"?, "max_tokens"?, "temperature"?, "samples"?}` for an OpenAI-compatible
+        endpoint (the key is read from the variable `api_key_env` names; leave it out for local
+        servers), or `{"preset": "gpt-4o" | "llama3-70b-awq", ...}` (the paper's judges; other keys
+        override), or a callable `judge(messages) -> reply text` (optionally as `{"name", "call",
+        "samples"?}`). `samples` K > 1 asks K times (temperature 0.7 unless given, one seed each) and
+        averages the ratings given.
     prompts (`list` of `str`, *optional*): judge prompts, default `["audiobench", "paralinguistic"]`.
     categories (`list` of `str`, *optional*): the QA category of each item, for per-category scores.
     clip_ids (`list` of `str`, *optional*): the clip each question is about (default: the audio's file
@@ -72,11 +75,17 @@ Args:
     audio (`list`, *optional*): file paths, `{"array", "sampling_rate"}` dicts, datasets' Audio values
         (dicts or torchcodec decoders), `(array, rate)` pairs, or arrays with `sampling_rate`.
     sampling_rate (`int`, *optional*): the rate of bare arrays in `audio`.
-    model (`str` or callable, *optional*): a Qwen2-Audio checkpoint (hub id or local folder), default
-        `Qwen/Qwen2-Audio-7B-Instruct`; or `model(questions, waveforms, sampling_rate) -> answers`.
+    model (`str`, backend or callable, *optional*): a Qwen2-Audio checkpoint (hub id or local folder),
+        default `Qwen/Qwen2-Audio-7B-Instruct`; a dict `{"model", "base_url", "api_key_env"?, "max_tokens"?,
+        "concurrency"?}` for a served audio model (`input_audio` chat requests, e.g. vLLM); or `model(questions, waveforms, sampling_rate)
+        -> answers`.
     batch_size (`int`, *optional*, 4), max_new_tokens (`int`, *optional*, 256), device (`str`,
-        *optional*: cuda when available), dtype (`str`, *optional*: bfloat16 on cuda, else float32),
-        window_seconds (`float`, *optional*, 30): settings of the speech-LLM run.
+        *optional*: cuda when available), dtype (`str`, *optional*: bfloat16 on cuda, else float32):
+        settings of the in-process Qwen2-Audio.
+    window_seconds (`float` or None, *optional*, 30): longer audio is answered on its first and last
+        window; None sends the whole clip. With predictions, recorded in the config only.
+    answer_cache_dir (`str`, *optional*): a folder caching the speech-LLM's answers by model, generation
+        parameters, window audio hash and question, so a rerun generates only what is missing.
     prediction_windows (`list` of `list` of `str`, *optional*): window names of list predictions.
     cache_dir (`str`, *optional*): a folder caching judge replies (keyed by model, messages and
         parameters), so a re-run only pays for what changed. No cache when left out.
@@ -85,7 +94,9 @@ Returns:
     score (`float`): mean over judge x prompt of the 0-100 score, failed judgements counted as 0.
     score_successful (`float`): the same over successful judgements only.
     success_rate (`float`): the share of judgements that gave a rating.
-    judges (`dict`): `{judge: {prompt: {score, score_successful, success_rate, n, n_judged, by_category}}}`.
+    judges (`dict`): `{judge: {prompt: {score, score_successful, success_rate, n, n_judged, ci95,
+        ci95_successful, by_category}}}`; `ci95` is the 95 % percentile bootstrap interval of the
+        score over clips (1000 resamples, seed 0; an item without a clip id is its own clip), also per category.
     items (`list`): per question: its predictions (window, text, error) and, per judge and prompt,
         `rating`, `window` (the one that won), `raw` (the judge's reply), `error` and every window's grade.
     judge_calls (`dict`): per endpoint judge, its calls: `requests`, `cached`, `sent`, `attempts`, `retried`,
@@ -235,16 +246,18 @@ def _check_before_generating(questions, audio, kwargs):
 
 def _generate(questions, audio, settings, kwargs):
     """Run the speech-LLM; returns per-window predictions and the kwargs that carry windows and errors."""
-    model = settings.get("model", DEFAULT_MODEL)
-    window_seconds = settings.get("window_seconds", WINDOW_SECONDS)
-    answers = answer_questions(
-        questions,
-        audio,
-        model=model,
+    backend = make_backend(
+        settings.get("model", DEFAULT_MODEL),
         batch_size=settings.get("batch_size", 4),
         max_new_tokens=settings.get("max_new_tokens", 256),
         device=settings.get("device"),
         dtype=settings.get("dtype"),
+    )
+    window_seconds = settings.get("window_seconds", WINDOW_SECONDS)
+    answers = answer_questions(
+        questions,
+        audio,
+        model=backend,
         window_seconds=window_seconds,
         source_rate=settings.get("sampling_rate"),
         cache_dir=settings.get("answer_cache_dir"),
@@ -255,7 +268,7 @@ def _generate(questions, audio, settings, kwargs):
         **kwargs,
         "prediction_windows": [[answer.window for answer in item] for item in answers],
         "prediction_errors": [[answer.error for answer in item] for item in answers],
-        "speech_llm": model if isinstance(model, str) else make_backend(model).name,
+        "speech_llm": backend.name,
         "window_seconds": window_seconds,
     }
     return predictions, kwargs

@@ -282,9 +282,12 @@ class CallableBackend:
 
 
 def make_backend(model, **settings):
-    """A backend object from a checkpoint id/folder (transformers), a backend, or a callable."""
+    """A backend object from a checkpoint id/folder (transformers), a dict ``{"model", "base_url",
+    "api_key_env"?, "max_tokens"?, "concurrency"?}`` (an OpenAI-compatible endpoint), a backend, or a callable."""
     if isinstance(model, (TransformersBackend, OpenAiBackend, CallableBackend)):
         return model
+    if isinstance(model, dict):
+        return OpenAiBackend(**model)
     if callable(model):
         return CallableBackend(model, settings.get("batch_size", 4))
     return TransformersBackend(model, settings.get("device"), settings.get("dtype"),
