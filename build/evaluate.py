@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -260,7 +261,8 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
         ]
         # written before judging: a judge outage loses nothing, and the answers are cached as well
         write_jsonl(out / "predictions.jsonl", prediction_lines)
-        results[qa.label] = judge_answers(metric, qa, answers, options, backend)
+        answered_by = backend.name if backend is not None else f"predictions:{options.predictions}"
+        results[qa.label] = judge_answers(metric, qa, answers, options, answered_by)
         check_judged(results[qa.label], qa.label, out)
         if options.controls:
             results[qa.label]["controls"] = run_controls(metric, qa, options, backend, control_client, say)
@@ -323,7 +325,7 @@ def generate(backend, qa: QaSet, options: EvaluateOptions, stage: str, silence: 
         )
 
 
-def judge_answers(metric, qa: QaSet, answers: list[list], options: EvaluateOptions, backend) -> dict:
+def judge_answers(metric, qa: QaSet, answers: list[list], options: EvaluateOptions, answered_by: str) -> dict:
     return metric.compute(
         questions=qa.questions,
         references=qa.references,
@@ -336,7 +338,7 @@ def judge_answers(metric, qa: QaSet, answers: list[list], options: EvaluateOptio
         prompts=list(options.prompts),
         cache_dir=str(Path(options.out) / "judge-cache"),
         max_concurrency=options.concurrency,
-        speech_llm=backend.name if backend is not None else f"predictions:{options.predictions}",
+        speech_llm=answered_by,
         window_seconds=options.window_s,
     )
 
@@ -380,12 +382,12 @@ def run_controls(metric, qa: QaSet, options: EvaluateOptions, backend, client, s
     elif client is None:
         controls["text_only"] = {"skipped": "no text LLM: give --control-model or an endpoint judge"}
     else:
-        controls["text_only"] = judge_answers(metric, qa, text_only_answers(client, qa), options, backend)
-        controls["text_only"]["config"]["speech_llm"] = f"text-only:{client.model}"
+        controls["text_only"] = judge_answers(metric, qa, text_only_answers(client, qa), options, f"text-only:{client.model}")
     if backend is None:
         controls["silenced"] = {"skipped": "answers come from a predictions file: no speech-LLM to ask"}
     else:
-        controls["silenced"] = judge_answers(metric, qa, generate(backend, qa, options, "silenced", silence=True), options, backend)
+        silenced = generate(backend, qa, options, "silenced", silence=True)
+        controls["silenced"] = judge_answers(metric, qa, silenced, options, f"silenced:{backend.name}")
     for name, result in controls.items():
         if "skipped" in result:
             say(f"{qa.label}: {name} control skipped: {result['skipped']}")
@@ -410,6 +412,10 @@ def project_version() -> str:
     return described.stdout.strip() or "unknown"
 
 
+def _window(seconds) -> str:
+    return "whole clip" if seconds is None else f"first and last {seconds:g} s"
+
+
 def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -419,7 +425,7 @@ def results_markdown(results: dict) -> str:
     judges = ", ".join(f"{j['name']} ({j.get('model') or j.get('kind')}, temperature {j.get('params', {}).get('temperature', '–')})" for j in config["judges"])
     lines = [
         "# CPQA evaluation", "",
-        f"speech-LLM: {config['speech_llm']} · window: {config['window_seconds'] or 'whole clip'} s · judges: {judges} · "
+        f"speech-LLM: {config['speech_llm']} · window: {_window(config['window_seconds'])} · judges: {judges} · "
         f"judge prompt version: {config['prompt_version']} · cpqa {config.get('cpqa_version', 'unknown')}", "",
         "Scores 0-100 (failed judgements count 0); 95 % CI: bootstrap over clips.", "",
         report.table2_markdown({label: res for label, res in results.items()}), "",
@@ -441,4 +447,4 @@ def results_markdown(results: dict) -> str:
         c = report.cell_correlation(res_a, res_b)
         lines += ["", f"## Cell-level correlation, {a} vs {b}", "",
                   f"Over the {c['n_cells']} judge x prompt x category cells both sets have: Pearson {_fmt(c['pearson'])}, Spearman {_fmt(c['spearman'])}.", ""]
-    return "\n".join(lines) + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"

@@ -20,8 +20,9 @@ def _judge_prompt_rows(results: Mapping) -> list[tuple[str, str]]:
     return [(judge, prompt) for judge, prompts in results["judges"].items() for prompt in prompts]
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+def _markdown(header: list[str], rows: list[list[str]], text_columns: int = 2) -> str:
+    """A markdown table: the first ``text_columns`` left-aligned, the numbers right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * text_columns + ["---:"] * (len(header) - text_columns)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -202,7 +203,7 @@ def controls_markdown(audio: Mapping, text_only: Mapping | None, silenced: Mappi
     ...                                    "by_category": {c: {"score": s} for c, s in scores.items()}}}}}
     >>> print(controls_markdown(res({"emotion": 80, "other": 60}), res({"emotion": 30, "other": 60}), None), end="")
     | Judge | Prompt | Category | audio | text only | silenced | audio − text |
-    |---|---|---:|---:|---:|---:|---:|
+    |---|---|---|---:|---:|---:|---:|
     | j | p | emotion | 80.00 | 30.00 | – | 50.00 |
     | j | p | other | 60.00 | 60.00 | – | 0.00 |
     | j | p | all | 70.00 | 45.00 | – | 25.00 |
@@ -224,5 +225,4 @@ def controls_markdown(audio: Mapping, text_only: Mapping | None, silenced: Mappi
             a, t, s = (score(r, judge, prompt, category) for r in (audio, text_only, silenced))
             gap = a - t if a is not None and t is not None else None
             rows.append([judge, prompt, category or "all"] + [_cell(v, digits) for v in (a, t, s, gap)])
-    # the category column is text, but _markdown right-aligns from the third column on
-    return _markdown(["Judge", "Prompt", "Category", "audio", "text only", "silenced", "audio − text"], rows)
+    return _markdown(["Judge", "Prompt", "Category", "audio", "text only", "silenced", "audio − text"], rows, text_columns=3)
