@@ -148,6 +148,25 @@ def test_served_audio_model_answers_each_window_and_the_answers_are_published(tm
     assert results["config"]["judges"][0]["params"]["temperature"] == 0.0
 
 
+def test_published_predictions_are_judged_again_without_a_model(tmp_path, capsys, no_classifier):
+    source = audiobench_set(tmp_path / "set")
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        common = ["--judge", f"model=judge,base_url={judge.base_url},name=stub", "--prompts", "audiobench"]
+        argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url, "--no-controls", "--out", str(tmp_path / "a")]
+        assert evaluate(argv + common, capsys)[0] == 0
+        published = tmp_path / "a" / "predictions.jsonl"
+        code, printed, err = evaluate([str(source), "--predictions", str(published), "--out", str(tmp_path / "b")] + common, capsys)
+        assert code == 0, err
+        assert len(model.requests) == 5  # the second run asked the model nothing
+    assert "set: silenced control skipped: answers come from a predictions file: no speech-LLM to ask" in printed
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["set"]
+    second = json.loads((tmp_path / "b" / "results.json").read_text())["set"]
+    assert [i["predictions"] for i in second["items"]] == [i["predictions"] for i in first["items"]]
+    assert second["judges"]["stub"]["audiobench"]["score"] == 80.0
+    assert second["controls"]["text_only"]["judges"]["stub"]["audiobench"]["score"] == 40.0
+    assert second["config"]["speech_llm"] == f"predictions:{published}"
+
+
 def test_whole_clip_sends_each_clip_once(tmp_path, capsys, no_classifier):
     source = audiobench_set(tmp_path / "set", form="save_to_disk")
     with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:

@@ -296,6 +296,8 @@ def make_backend(model, **settings):
 
 # --- answering, with the answer cache ---------------------------------------------------------------
 
+READ_AHEAD_WINDOWS = 64  # windows decoded ahead and sorted by length (64 x 30 s x 16 kHz float32 = 123 MB)
+
 
 class AnswerCache:
     """Answers on disk, one JSON file per (model, generation parameters, window audio hash, question).
@@ -379,7 +381,7 @@ def answer_questions(
             answer_batch(pending[start : start + backend.batch_size])
         pending.clear()
 
-    read_ahead = 8 * backend.batch_size
+    read_ahead = max(READ_AHEAD_WINDOWS, backend.batch_size)
     for item, (question, clip) in enumerate(zip(questions, audio)):
         try:
             waveform = load_waveform(clip, rate, source_rate)
