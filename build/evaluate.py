@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:  # metrics/ is a namespace package at the reposito
 
 from metrics.cpqa import report  # noqa: E402
 from metrics.cpqa import speech_llm  # noqa: E402
-from metrics.cpqa.judge import make_judges  # noqa: E402
+from metrics.cpqa.judge import check_endpoint, make_judges  # noqa: E402
 
 CONTROL_PROMPT = (
     "You read the transcript of a recording; you cannot hear it. Answer the question about the recording "
@@ -234,7 +234,7 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
     judges = make_judges(options.judges)  # presets resolved, settings checked
     for judge in judges:
         if judge.call is None:
-            check_reachable(f"judge {judge.name!r}", judge.base_url, judge.api_key_env)
+            check_endpoint(f"judge {judge.name!r}", judge.base_url, judge.api_key_env)
     backend = make_backend(options)
     sets = [load_qa_set(d, label, name=options.name, split=options.split, limit=options.limit) for d, label in zip(options.datasets, labels)]
     predictions = read_predictions(options.predictions) if options.backend == "predictions" else None
@@ -287,32 +287,11 @@ def make_backend(options: EvaluateOptions):
     if options.backend == "openai":
         if not options.base_url:
             raise ValueError("--backend openai needs --base-url (e.g. http://localhost:8000/v1 for vllm serve)")
-        check_reachable(f"speech-LLM {options.model!r}", options.base_url, options.api_key_env)
+        check_endpoint(f"speech-LLM {options.model!r}", options.base_url, options.api_key_env)
         return speech_llm.OpenAiBackend(options.model, options.base_url, options.api_key_env, concurrency=options.concurrency)
     if options.backend == "transformers":
         return speech_llm.TransformersBackend(options.model, options.device, batch_size=options.batch_size)
     raise ValueError(f"--backend {options.backend!r}: one of transformers, openai, predictions")
-
-
-def check_reachable(what: str, base_url: str | None, api_key_env: str | None) -> None:
-    """One cheap request (GET /models) so that a wrong URL or a stopped server is one line now, not
-    thousands of failed requests later. A server without /models (HTTP 404) counts as reachable."""
-    import os
-
-    import openai
-
-    key = os.environ.get(api_key_env) if api_key_env else None
-    if api_key_env and not key:
-        raise ValueError(f"{what}: environment variable {api_key_env} is not set")
-    client = openai.OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0, timeout=15.0)
-    try:
-        client.models.list()
-    except openai.APIConnectionError as error:
-        raise ValueError(f"{what}: cannot reach {base_url or 'https://api.openai.com/v1'} ({error.__cause__ or error}); start the server or fix base_url") from error
-    except openai.AuthenticationError as error:
-        raise ValueError(f"{what}: {base_url} rejects the key in {api_key_env} (HTTP 401)") from error
-    except openai.APIStatusError:
-        pass
 
 
 def generate(backend, qa: QaSet, options: EvaluateOptions, stage: str, silence: bool = False) -> list[list]:
@@ -357,7 +336,7 @@ def text_control_client(options: EvaluateOptions, judges: list):
 
     if options.control_model is not None:
         spec = make_judges([options.control_model])[0]
-        check_reachable(f"control model {spec.name!r}", spec.base_url, spec.api_key_env)
+        check_endpoint(f"control model {spec.name!r}", spec.base_url, spec.api_key_env)
     else:
         spec = next((j for j in judges if j.call is None), None)
     if spec is None:

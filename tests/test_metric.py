@@ -379,6 +379,9 @@ def test_judge_settings_are_checked_before_the_speech_llm_runs(metric, monkeypat
         metric.compute(questions=["q"], references=["r"], audio=[(np.zeros(SR), SR)], model=speech_llm, judges=[judge])
     with pytest.raises(ValueError, match="audio has 2 entries"):
         metric.compute(questions=["q"], references=["r"], audio=[str(AMI)] * 2, model=speech_llm, judges=[lambda m: ""])
+    unreachable = {"name": "down", "model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(ValueError, match=r"^judge 'down': cannot reach http://127.0.0.1:9/v1 \("):
+        metric.compute(questions=["q"], references=["r"], audio=[(np.zeros(SR), SR)], model=speech_llm, judges=[unreachable])
     assert calls == []
 
 

@@ -11,6 +11,7 @@ from .judge import DEFAULT_PROMPTS
 from .judge import PROMPT_VERSION
 from .judge import PROMPTS
 from .judge import Grade
+from .judge import check_endpoint
 from .judge import grade_all
 from .judge import make_judges
 from .judge import require_api_key
@@ -240,6 +241,7 @@ def _check_before_generating(questions, audio, kwargs):
     for judge in make_judges(kwargs["judges"]):
         if judge.call is None:
             require_api_key(judge)
+            check_endpoint(f"judge {judge.name!r}", judge.base_url, judge.api_key_env)
     _check_prompts(kwargs.get("prompts", DEFAULT_PROMPTS))
     _check_lengths(len(questions), audio=audio, categories=kwargs.get("categories"), clip_ids=kwargs.get("clip_ids"))
 

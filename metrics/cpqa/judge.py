@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import openai
+
 from .llm_client import LlmClient
 from .llm_client import LlmResult
 
@@ -236,6 +238,23 @@ def require_api_key(judge: Judge) -> str:
     if not api_key:
         raise ValueError(f"judge {judge.name!r}: environment variable {judge.api_key_env} is not set")
     return api_key
+
+
+def check_endpoint(what: str, base_url: str | None, api_key_env: str | None) -> None:
+    """One cheap request (GET /models) so that a wrong URL or a stopped server is one line now, not
+    thousands of failed requests later. A server without /models (HTTP 404) counts as reachable."""
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
+        raise ValueError(f"{what}: environment variable {api_key_env} is not set")
+    client = openai.OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0, timeout=15.0)
+    try:
+        client.models.list()
+    except openai.APIConnectionError as error:
+        raise ValueError(f"{what}: cannot reach {base_url or 'https://api.openai.com/v1'} ({error.__cause__ or error}); start the server or fix base_url") from error
+    except openai.AuthenticationError as error:
+        raise ValueError(f"{what}: {base_url} rejects the key in {api_key_env} (HTTP 401)") from error
+    except openai.APIStatusError:
+        pass
 
 
 def _client(judge: Judge, cache_dir, concurrency: int) -> LlmClient:
