@@ -254,7 +254,7 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
         if predictions is not None:
             answers = [[speech_llm.Answer(*answer) for answer in predictions[q]] for q in qa.question_ids]
         else:
-            answers = generate(backend, qa, options, "answer")
+            answers = generate(backend, qa, options, "answer", say)
         prediction_lines += [
             {"qa_set": qa.label, "question_id": q, "window": a.window, "answer": a.text, "error": a.error}
             for q, item in zip(qa.question_ids, answers) for a in item
@@ -294,14 +294,19 @@ def make_backend(options: EvaluateOptions):
     raise ValueError(f"--backend {options.backend!r}: one of transformers, openai, predictions")
 
 
-def generate(backend, qa: QaSet, options: EvaluateOptions, stage: str, silence: bool = False) -> list[list]:
+def generate(backend, qa: QaSet, options: EvaluateOptions, stage: str, say, silence: bool = False) -> list[list]:
+    """Every window answered (from OUT/answer-cache where it can be); says how many were cached."""
     from tqdm.auto import tqdm
 
     with tqdm(desc=f"{stage:<10}{qa.label}", unit=" windows", disable=options.quiet, file=sys.stderr) as bar:
-        return speech_llm.answer_questions(
+        answers = speech_llm.answer_questions(
             qa.questions, qa.audio, model=backend, window_seconds=options.window_s,
             cache_dir=Path(options.out) / "answer-cache", silence=silence, progress=bar.update,
         )
+    windows = [a for item in answers for a in item]
+    failed = sum(a.error is not None for a in windows)
+    say(f"{qa.label}: {stage}: {len(windows)} windows, {sum(a.cached for a in windows)} from the answer cache, {failed} failed")
+    return answers
 
 
 def judge_answers(metric, qa: QaSet, answers: list[list], options: EvaluateOptions, answered_by: str) -> dict:
@@ -365,7 +370,7 @@ def run_controls(metric, qa: QaSet, options: EvaluateOptions, backend, client, s
     if backend is None:
         controls["silenced"] = {"skipped": "answers come from a predictions file: no speech-LLM to ask"}
     else:
-        silenced = generate(backend, qa, options, "silenced", silence=True)
+        silenced = generate(backend, qa, options, "silenced", say, silence=True)
         controls["silenced"] = judge_answers(metric, qa, silenced, options, f"silenced:{backend.name}")
     for name, result in controls.items():
         if "skipped" in result:

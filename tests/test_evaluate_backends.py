@@ -196,9 +196,10 @@ def test_a_judge_outage_costs_no_generation_on_the_rerun(tmp_path, capsys, no_cl
         assert len((out / "predictions.jsonl").read_text().splitlines()) == 5  # saved before judging
 
         judge_up["up"] = True
-        code, _, err = evaluate(argv, capsys)
+        code, printed, err = evaluate(argv, capsys)
         assert code == 0, err
         assert len(model.requests) == 5  # every answer came from OUT/answer-cache
+        assert "set: answer: 5 windows, 5 from the answer cache, 0 failed" in printed
     results = json.loads((out / "results.json").read_text())["set"]
     assert results["success_rate"] == 1.0 and results["judges"]["stub"]["audiobench"]["score"] == 80.0
 
