@@ -284,6 +284,8 @@ def make_backend(options: EvaluateOptions):
         if not options.predictions:
             raise ValueError("--backend predictions needs --predictions FILE")
         return None
+    if options.predictions:
+        raise ValueError(f"--predictions is judged as it is, with --backend predictions; --backend {options.backend} would answer anew")
     if options.backend == "openai":
         if not options.base_url:
             raise ValueError("--backend openai needs --base-url (e.g. http://localhost:8000/v1 for vllm serve)")

@@ -360,17 +360,17 @@ def answer_questions(
     rate = backend.sampling_rate
     cache = AnswerCache(cache_dir)
     answers: list[list[Answer | None]] = [[] for _ in questions]
-    pending: list[tuple[int, int, str, str, np.ndarray]] = []  # (item, slot, window, question, samples)
+    pending: list[tuple[int, int, str, str, np.ndarray, str]] = []  # (item, slot, window, question, samples, cache key)
 
     def answer_batch(batch):
         texts = list(backend([p[3] for p in batch], [p[4] for p in batch], rate))
         if len(texts) != len(batch):
             raise RuntimeError(f"the speech-LLM returned {len(texts)} answers for {len(batch)} inputs")
-        for (item, slot, window, question, samples), text in zip(batch, texts):
+        for (item, slot, window, _, _, key), text in zip(batch, texts):
             if isinstance(text, BaseException):
                 answers[item][slot] = Answer(window, None, f"{type(text).__name__}: {text}")
             else:
-                cache.put(AnswerCache.key(backend.name, backend.params, audio_sha256(samples), question), text)
+                cache.put(key, text)
                 answers[item][slot] = Answer(window, text)
         if progress is not None:
             progress(len(batch))
@@ -391,10 +391,11 @@ def answer_questions(
         if silence:
             waveform = np.zeros_like(waveform)
         for window, samples in audio_windows(waveform, rate, window_seconds):
-            cached = cache.get(AnswerCache.key(backend.name, backend.params, audio_sha256(samples), question))
+            key = AnswerCache.key(backend.name, backend.params, audio_sha256(samples), question)
+            cached = cache.get(key)
             answers[item].append(Answer(window, cached, cached=True) if cached is not None else None)
             if cached is None:
-                pending.append((item, len(answers[item]) - 1, window, question, samples))
+                pending.append((item, len(answers[item]) - 1, window, question, samples, key))
             elif progress is not None:
                 progress(1)
         if len(pending) >= read_ahead:
