@@ -284,3 +284,22 @@ def test_a_set_without_the_audiobench_columns_is_named(tmp_path, capsys):
         code, _, err = evaluate(argv, capsys)
     assert code == 2
     assert f"{folder}: missing column(s) ['context', 'instruction']" in err
+
+
+def test_the_metric_takes_a_served_model_as_a_dict(tmp_path):
+    import evaluate
+
+    from conftest import REPO
+
+    metric = evaluate.load(str(REPO / "metrics" / "cpqa"), keep_in_memory=True)
+    with AudioModelStub() as model:
+        results = metric.compute(
+            questions=["How many people speak?"], references=["Two."], audio=[(tone(45), SR)],
+            model={"model": "audio-stub", "base_url": model.base_url}, answer_cache_dir=str(tmp_path / "answers"),
+            judges=[lambda messages: "Rating: 3"], prompts=["audiobench"],
+        )
+    assert [(p["window"], p["text"]) for p in results["items"][0]["predictions"]] == [
+        ("first_30s", "30.0 s of voice at 16000 Hz: How many people speak?"),
+        ("last_30s", "30.0 s of voice at 16000 Hz: How many people speak?"),
+    ]
+    assert results["config"]["speech_llm"] == "audio-stub"
