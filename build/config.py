@@ -121,6 +121,9 @@ class PostFilterConfig:
     embedding_model: str = "bundled"
     duplicate_threshold: float = 0.9  # cosine similarity at or above which a later question is a duplicate
     min_answer_chars: int = 2
+    # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
+    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
+    categoriser: str = "auto"
 
 
 @dataclass
@@ -286,4 +289,5 @@ def tiny_config(model_dir: str) -> Config:
     config.qa.model = "bundled:smollm2-135m-instruct"
     config.qa.structured_output = "json_schema"
     config.qa.concurrency = 1
+    config.postfilter.categoriser = "rules"  # offline: no LLM call for categories
     return config

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, export, ingest, label, postfilter, qa, schema, segment, words
+from . import align, categories, condense, export, ingest, label, postfilter, qa, schema, segment, words
 from .config import Config
 from .progress import StageProgress
 from .ranks import Ranks, current
@@ -259,7 +259,7 @@ def stage_params(config: Config) -> dict[str, dict]:
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
         },
-        "postfilter": dataclasses.asdict(c.postfilter),
+        "postfilter": {**dataclasses.asdict(c.postfilter), "categoriser_model": categories.llm_model(c.postfilter.categoriser, c.qa)},
     }
 
 
@@ -375,7 +375,8 @@ def build(
     with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
         cache_dir = str(run.work.root / "llm-cache")
         run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
-    run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
+    categoriser = categories.client_for(config.postfilter.categoriser, config.qa, str(run.work.root / "llm-cache"))
+    run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks, categoriser))
     ranks.barrier()
     if not ranks.is_main:
         return None
@@ -581,7 +582,7 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
 
 
-def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
+def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks, categoriser=None):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
     reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
@@ -589,7 +590,7 @@ def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
     kept = _pick(pairs, keep)
-    kept = {**kept, **postfilter.categorise(kept)}
+    kept = {**kept, **postfilter.categorise(kept, categoriser)}
     with_pairs = set(kept["segment_id"])
     dropped += _split("postfilter", segments, [None if sid in with_pairs else NO_PAIR_SURVIVED for sid in segments["segment_id"]])[1]
     counts = {"generated": len(pairs["segment_id"]), "pairs": len(keep), "postfilter": len(with_pairs)}
