@@ -104,6 +104,8 @@ class QaConfig:
     temperature: float = 0.7
     max_tokens: int = 1500
     structured_output: str = "auto"  # "json_schema", "text", or "auto" (schema, then plain Q:/A: text)
+    prompt_version: str = "qa_v2"  # build/prompts/<version>.txt; qa_v1 lacks two of the paper's instructions
+    word_timing: str = "spans"  # "spans": consecutive words with the same labels merged; "words": every word timed
     concurrency: int = 8
     max_retries: int = 3
     timeout_s: float = 120.0

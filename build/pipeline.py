@@ -253,7 +253,8 @@ def stage_params(config: Config) -> dict[str, dict]:
         "asr": {k: v for k, v in dataclasses.asdict(c.asr).items() if k != "batch_size"},
         "qa": {
             "model": c.qa.model,
-            "prompt_version": qa.PROMPT_VERSION,
+            "prompt_version": c.qa.prompt_version,
+            "word_timing": c.qa.word_timing,
             "pairs_per_segment": c.qa.pairs_per_segment,
             "temperature": c.qa.temperature,
             "max_tokens": c.qa.max_tokens,
@@ -573,7 +574,7 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     kwargs = dict(
         base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, pairs_per_segment=q.pairs_per_segment,
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
-        max_retries=q.max_retries, timeout_s=q.timeout_s,
+        max_retries=q.max_retries, timeout_s=q.timeout_s, prompt_version=q.prompt_version, word_timing=q.word_timing,
     )  # fmt: skip
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])
