@@ -125,6 +125,8 @@ def run_evaluate(args) -> int:
                 kwargs["device"] = args.device
         results[label] = metric.compute(**kwargs)
         print(f"{label}: score {results[label]['score']:.2f} (successful only {results[label]['score_successful']:.2f}, success rate {results[label]['success_rate']:.3f})")
+        for judge_name, calls in results[label]["judge_calls"].items():
+            print(f"  judge {judge_name}: {calls['summary']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# CPQA evaluation", "", report.table2_markdown(results), ""]
