@@ -68,6 +68,9 @@ class CondenseConfig:
     alpha: dict[str, int] = field(default_factory=lambda: dict(PAPER_ALPHA))
     samples_per_category: int = 80
     seed: int = 0
+    # Rounds of replacements for sampled segments lost later (no transcript, no pair survived the
+    # post-filter): each round takes the next unused candidates of the short categories. 0: none (the paper).
+    topup_rounds: int = 3
 
 
 @dataclass

@@ -181,6 +181,13 @@ def _counts_table(values: list, header: str) -> str:
     return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
 
 
+def _quota_table(quota: dict | None) -> str:
+    if not quota:
+        return "(none)"
+    rows = [(label, q["asked"], q["candidates"], q["sampled"], q["delivered"]) for label, q in quota.items()]
+    return markdown_table(("primary emotion", "asked", "candidates", "sampled (with top-ups)", "delivered"), rows)
+
+
 def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models: dict, *, license: str, sources: str, load_path: str) -> dict[str, str]:
     """Every ``$field`` of dataset_card.md, from the built tables, the funnel and the config."""
     funnel_rows = [(name, count) for name, count in report["counts"].items()]
@@ -202,6 +209,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "n_recordings": str(len(set(segment_rows["recording_id"]))),
         "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
         "category_table": _counts_table(qa["category"], "category"),
+        "quota_table": _quota_table(report.get("quota")),
         "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
         "gender_table": _counts_table(segment_rows["gender"], "gender"),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
@@ -220,6 +228,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "alpha": ", ".join(f"{k} {v}" for k, v in c.condense.alpha.items()),
         "samples_per_category": str(c.condense.samples_per_category),
         "seed": str(c.condense.seed),
+        "topup_rounds": str(c.condense.topup_rounds),
         "pairs_per_segment": str(c.qa.pairs_per_segment),
         "prompt_version": ", ".join(sorted(set(qa["prompt_version"]))) if len(qa) else "(none)",
         "duplicate_threshold": f"{c.postfilter.duplicate_threshold:g}",
