@@ -11,6 +11,7 @@
     python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
     python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
                                               # Figure 3 (UWA over x, y) and the SER table on labelled speech
+    python cpqa.py stats DIR [DIR2 ...] --out stats/   # Table 1 (pairs per category, sets side by side), distributions, plots
     python cpqa.py evaluate DATASET --judge model=gpt-4o [--judge model=...,base_url=...] --out results/
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
 
@@ -180,6 +181,19 @@ def run_calibrate(args, config) -> int:
     return 0
 
 
+def run_stats(args) -> int:
+    from build import stats
+
+    names = args.names or [Path(d).name for d in args.dataset]
+    if len(names) != len(args.dataset) or len(set(names)) != len(names):
+        raise ValueError(f"--names needs one distinct name per folder ({len(args.dataset)} folders, names {names})")
+    collected = stats.collect(dict(zip(names, args.dataset)))
+    path = stats.write_stats(collected, args.out)
+    print(stats.table1(collected))
+    print(f"wrote {path} and {', '.join(f'{p}.png' for p in stats.PLOTS)} in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     calib_cmd.add_argument("--x-grid", default="0.3:0.7:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
     calib_cmd.add_argument("--y-grid", default="0:0.5:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
     config_options(calib_cmd, "paper")
+    stats_cmd = sub.add_parser("stats", help="Table 1 and the distributions of built QA sets, as markdown and PNG plots")
+    stats_cmd.add_argument("dataset", nargs="+", help="built folder(s); two or more are shown side by side")
+    stats_cmd.add_argument("--names", nargs="+", help="a name per folder for the tables (default: folder names)")
+    stats_cmd.add_argument("--out", required=True, help="folder for stats.md and the plots")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
@@ -227,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, eval_cmd, calib_cmd):
+    for p in (demo, build_cmd, push_cmd, eval_cmd, calib_cmd, stats_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -250,6 +268,8 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
     if args.command == "evaluate":
         return run_evaluate(args)
+    if args.command == "stats":
+        return run_stats(args)
     if args.command == "push":
         from build.export import files_to_upload, push
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import string
-from collections import Counter
 from pathlib import Path
 
 from datasets import Audio, Dataset
@@ -90,10 +89,11 @@ def dataset_info_yaml(out_dir: str | Path, rows: dict[str, int]) -> str:
 
 
 def files_to_upload(out_dir: str | Path) -> list[str]:
-    """The card and the Parquet shards, relative to ``out_dir``; work files and reports stay local."""
+    """The card, its plots and the Parquet shards, relative to ``out_dir``; work files and reports stay local."""
     root = Path(out_dir)
     files = ["README.md"] if (root / "README.md").exists() else []
     files += sorted(str(p.relative_to(root)) for p in (root / "data").rglob("*.parquet"))
+    files += sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
     return files
 
 
@@ -176,11 +176,6 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
-def _counts_table(values: list, header: str) -> str:
-    counts = Counter(v if v is not None else "(none)" for v in values)
-    return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
-
-
 def _quota_table(quota: dict | None) -> str:
     if not quota:
         return "(none)"
@@ -208,10 +203,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "n_segments": str(len(segment_rows)),
         "n_recordings": str(len(set(segment_rows["recording_id"]))),
         "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
-        "category_table": _counts_table(qa["category"], "category"),
         "quota_table": _quota_table(report.get("quota")),
-        "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
-        "gender_table": _counts_table(segment_rows["gender"], "gender"),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
         "models_table": markdown_table(("role", "model"), model_rows),
         "merge_gap_s": f"{c.vad.merge_gap_s:g}",

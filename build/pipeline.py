@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, categories, condense, export, ingest, label, postfilter, qa, schema, segment, words
+from . import align, categories, condense, export, ingest, label, postfilter, qa, schema, segment, stats, words
 from .config import Config
 from .progress import StageProgress
 from .ranks import Ranks, current
@@ -755,6 +755,7 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     export.write_config(segment_rows, out_dir, "segments")
     values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
     values["dataset_info"] = export.dataset_info_yaml(out_dir, {"qa": len(qa_rows), "segments": len(segment_rows)})
+    values["stats_section"] = stats.card_section(out_dir)
     (out_dir / "README.md").write_text(export.render_card(card_template, values))
     write_report(result, out_dir)
     return out_dir

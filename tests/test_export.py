@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from build import export, pipeline
+from build import export, pipeline, stats
 from build.audio import decode_span
 from build.config import paper_config
 from build.schema import EMOTION_LABELS
@@ -64,6 +64,7 @@ def built(tmp_path_factory):
     report = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
     values = export.card_values(paper_config(), qa_rows, segment_rows, report, models, license="cc-by-4.0", sources="AMI excerpt.", load_path="you/cpqa")
     values["dataset_info"] = export.dataset_info_yaml(out, {"qa": len(qa_rows), "segments": len(segment_rows)})
+    values["stats_section"] = stats.card_section(out)
     (out / "README.md").write_text(export.render_card((REPO / "dataset_card.md").read_text(), values))
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
@@ -110,7 +111,7 @@ def test_card_has_configs_and_real_statistics(built):
     assert "config_name: qa\n  default: true" in card and "path: data/segments/test-*.parquet" in card
     assert "license: cc-by-4.0" in card
     assert "| QA pairs | 3 |" in card and "| clips (segments) | 2 |" in card
-    assert "| emotion | 2 |" in card and "| other | 1 |" in card
+    assert "| emotion | 2 | 66.7 |" in card and "| other | 1 | 33.3 |" in card and "![QA pairs per category (Table 1)](stats/categories.png)" in card
     assert "| dropped at length: shorter than 30 s | 4 |" in card
     assert "angry 10, disgusted 10, fearful 4, happy 4, sad 2, surprised 3" in card
     import yaml
@@ -146,6 +147,7 @@ def test_files_to_upload_is_exactly_the_card_and_the_shards(built):
         "README.md",
         "data/qa/test-00000-of-00001.parquet",
         "data/segments/test-00000-of-00001.parquet",
+        *(f"stats/{name}.png" for name in sorted(stats.PLOTS)),
     ]
 
 
