@@ -12,6 +12,9 @@
                                               # no audio in the tables; recording-disjoint splits
     python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
     python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
+    python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
+                                              # Figure 3 (UWA over x, y) and the SER table on labelled speech
+    python cpqa.py stats DIR [DIR2 ...] --out stats/   # Table 1 (pairs per category, sets side by side), distributions, plots
     python cpqa.py evaluate DATASET --judge model=gpt-4o [--judge model=...,base_url=...] --out results/
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
 
@@ -176,6 +179,38 @@ def _read_predictions(path: str) -> dict[str, object]:
     return out
 
 
+def run_calibrate(args, config) -> int:
+    from build import calibrate
+
+    result = calibrate.calibrate(
+        args.source, corpus=args.corpus, config=config, out_dir=args.out, labels_file=args.labels,
+        xs=calibrate.parse_grid(args.x_grid), ys=calibrate.parse_grid(args.y_grid),
+    )  # fmt: skip
+    best = result.best
+    dropped = ", ".join(f"{label} {n}" for label, n in result.dropped.items()) or "none"
+    print(f"cpqa calibrate: {result.n_utterances} utterances of {args.corpus} (left out: {dropped}); window labels {'from the cache' if result.cache_hit else 'computed'}")
+    for row in result.ser:
+        print(f"  SER {row['model']}: accuracy {row['accuracy']:.2f} %, UWA {row['uwa']:.2f} %, weighted F1 {row['weighted_f1']:.2f} %")
+    print(f"best cell: x = {best['x']:g}, y = {best['y']:g}: UWA {best['uwa']:.2f} %, accuracy {best['accuracy']:.2f} %, weighted F1 {best['weighted_f1']:.2f} %")
+    print(f"wrote {args.out}/grid.csv, ser.csv, calibration.md, heatmap.png")
+    if args.write_config:
+        print(f"wrote {calibrate.write_config(args.write_config, best)} (use it with --config)")
+    return 0
+
+
+def run_stats(args) -> int:
+    from build import stats
+
+    names = args.names or [Path(d).name for d in args.dataset]
+    if len(names) != len(args.dataset) or len(set(names)) != len(names):
+        raise ValueError(f"--names needs one distinct name per folder ({len(args.dataset)} folders, names {names})")
+    collected = stats.collect(dict(zip(names, args.dataset)))
+    path = stats.write_stats(collected, args.out)
+    print(stats.table1(collected))
+    print(f"wrote {path} and {', '.join(f'{p}.png' for p in stats.PLOTS)} in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
         p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
         p.add_argument("--split-by", choices=("recording", "speaker"), help="no recording (or speaker: needs asr.diarize) in two splits")
+    calib_cmd = sub.add_parser("calibrate", help="grid-search condense.x/y and score the SER models on a human-labelled corpus")
+    calib_cmd.add_argument("source", help="as for build; labels come from --labels or from a manifest's emotion/label column")
+    calib_cmd.add_argument("--corpus", required=True, help="label table of build/corpora.py (ravdess, iemocap, meld, ...; emotion2vec: labels already in the taxonomy)")
+    calib_cmd.add_argument("--labels", help="CSV or JSONL: recording_id or audio path, emotion (or label), optional start/end")
+    calib_cmd.add_argument("--out", required=True, help="folder for grid.csv, ser.csv, calibration.md, heatmap.png and the window cache")
+    calib_cmd.add_argument("--write-config", metavar="FILE", help="write the best x and y as a config fragment (.yaml or .json) for --config")
+    calib_cmd.add_argument("--x-grid", default="0.3:0.7:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
+    calib_cmd.add_argument("--y-grid", default="0:0.5:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
+    config_options(calib_cmd, "paper")
+    stats_cmd = sub.add_parser("stats", help="Table 1 and the distributions of built QA sets, as markdown and PNG plots")
+    stats_cmd.add_argument("dataset", nargs="+", help="built folder(s); two or more are shown side by side")
+    stats_cmd.add_argument("--names", nargs="+", help="a name per folder for the tables (default: folder names)")
+    stats_cmd.add_argument("--out", required=True, help="folder for stats.md and the plots")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
@@ -222,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd):
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -245,6 +293,8 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
     if args.command == "evaluate":
         return run_evaluate(args)
+    if args.command == "stats":
+        return run_stats(args)
     if args.command == "push":
         from build.export import files_to_upload, publication_mode, push
         from build.preflight import check_push
@@ -268,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":  # offline by construction; set before transformers/datasets import
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)
+    if args.command == "calibrate":
+        return run_calibrate(args, config)
     if args.command == "demo":
         return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
     return run_build(
