@@ -8,7 +8,13 @@
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
     accelerate launch --multi_gpu --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 GPUs, same output
                                               # rerun the same command after a crash: it resumes
-    python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
+    python cpqa.py build SOURCE --out DIR --publish metadata-only --splits train=0.8,test=0.2
+                                              # no audio in the tables; recording-disjoint splits
+    python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
+    python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
+    python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
+                                              # Figure 3 (UWA over x, y) and the SER table on labelled speech
+    python cpqa.py stats DIR [DIR2 ...] --out stats/   # Table 1 (pairs per category, sets side by side), distributions, plots
     python cpqa.py evaluate DATASET --judge gpt-4o [--judge model=...,base_url=...] --out results/
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
     python cpqa.py evaluate DATASET --backend openai --base-url http://localhost:8000/v1 --judge ...
@@ -47,7 +53,19 @@ def load_config(args: argparse.Namespace):
         config = paper_config()
     if args.config:
         config = config.with_file(args.config)
-    return config.with_overrides(args.set or [])
+    config = config.with_overrides(args.set or [])
+    return with_export_options(config, args)
+
+
+def with_export_options(config, args: argparse.Namespace):
+    """``--publish``, ``--splits`` and ``--split-by`` on top of the config's ``export`` section."""
+    import dataclasses
+
+    from build.splits import parse_splits
+
+    changes = {"publish": args.publish, "split_by": args.split_by, "splits": parse_splits(args.splits) if args.splits else None}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(config, export=dataclasses.replace(config.export, **changes)) if changes else config
 
 
 DEMO_SOURCES = (
@@ -131,6 +149,38 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def run_calibrate(args, config) -> int:
+    from build import calibrate
+
+    result = calibrate.calibrate(
+        args.source, corpus=args.corpus, config=config, out_dir=args.out, labels_file=args.labels,
+        xs=calibrate.parse_grid(args.x_grid), ys=calibrate.parse_grid(args.y_grid),
+    )  # fmt: skip
+    best = result.best
+    dropped = ", ".join(f"{label} {n}" for label, n in result.dropped.items()) or "none"
+    print(f"cpqa calibrate: {result.n_utterances} utterances of {args.corpus} (left out: {dropped}); window labels {'from the cache' if result.cache_hit else 'computed'}")
+    for row in result.ser:
+        print(f"  SER {row['model']}: accuracy {row['accuracy']:.2f} %, UWA {row['uwa']:.2f} %, weighted F1 {row['weighted_f1']:.2f} %")
+    print(f"best cell: x = {best['x']:g}, y = {best['y']:g}: UWA {best['uwa']:.2f} %, accuracy {best['accuracy']:.2f} %, weighted F1 {best['weighted_f1']:.2f} %")
+    print(f"wrote {args.out}/grid.csv, ser.csv, calibration.md, heatmap.png")
+    if args.write_config:
+        print(f"wrote {calibrate.write_config(args.write_config, best)} (use it with --config)")
+    return 0
+
+
+def run_stats(args) -> int:
+    from build import stats
+
+    names = args.names or [Path(d).name for d in args.dataset]
+    if len(names) != len(args.dataset) or len(set(names)) != len(names):
+        raise ValueError(f"--names needs one distinct name per folder ({len(args.dataset)} folders, names {names})")
+    collected = stats.collect(dict(zip(names, args.dataset)))
+    path = stats.write_stats(collected, args.out)
+    print(stats.table1(collected))
+    print(f"wrote {path} and {', '.join(f'{p}.png' for p in stats.PLOTS)} in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,10 +202,30 @@ def main(argv: list[str] | None = None) -> int:
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+        p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
+        p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
+        p.add_argument("--split-by", choices=("recording", "speaker"), help="no recording (or speaker: needs asr.diarize) in two splits")
+    calib_cmd = sub.add_parser("calibrate", help="grid-search condense.x/y and score the SER models on a human-labelled corpus")
+    calib_cmd.add_argument("source", help="as for build; labels come from --labels or from a manifest's emotion/label column")
+    calib_cmd.add_argument("--corpus", required=True, help="label table of build/corpora.py (ravdess, iemocap, meld, ...; emotion2vec: labels already in the taxonomy)")
+    calib_cmd.add_argument("--labels", help="CSV or JSONL: recording_id or audio path, emotion (or label), optional start/end")
+    calib_cmd.add_argument("--out", required=True, help="folder for grid.csv, ser.csv, calibration.md, heatmap.png and the window cache")
+    calib_cmd.add_argument("--write-config", metavar="FILE", help="write the best x and y as a config fragment (.yaml or .json) for --config")
+    calib_cmd.add_argument("--x-grid", default="0.3:0.7:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
+    calib_cmd.add_argument("--y-grid", default="0:0.5:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
+    config_options(calib_cmd, "paper")
+    stats_cmd = sub.add_parser("stats", help="Table 1 and the distributions of built QA sets, as markdown and PNG plots")
+    stats_cmd.add_argument("dataset", nargs="+", help="built folder(s); two or more are shown side by side")
+    stats_cmd.add_argument("--names", nargs="+", help="a name per folder for the tables (default: folder names)")
+    stats_cmd.add_argument("--out", required=True, help="folder for stats.md and the plots")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
     push_cmd.add_argument("--public", action="store_true", help="make the dataset public (default: private)")
+    push_cmd.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    rehydrate_cmd = sub.add_parser("rehydrate", help="rebuild the audio of a metadata-only build from your copy of the sources")
+    rehydrate_cmd.add_argument("folder")
+    rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on CPQA-style QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s), Parquet or save_to_disk folder(s), or Hub id(s) with context/instruction/answer; two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
@@ -183,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, eval_cmd):
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -206,17 +276,33 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
     if args.command == "evaluate":
         return run_evaluate(args)
+    if args.command == "stats":
+        return run_stats(args)
     if args.command == "push":
-        from build.export import files_to_upload, push
+        from build.export import files_to_upload, publication_mode, push
         from build.preflight import check_push
 
-        check_push()
-        print("uploading: " + ", ".join(files_to_upload(args.folder)))
-        print(push(args.folder, args.repo_id, private=not args.public))
+        if not args.dry_run:
+            check_push()
+        mode = publication_mode(args.folder)
+        verb = "would upload" if args.dry_run else "uploading"
+        print(f"{verb} ({mode}{', private' if not args.public else ', public'}):")
+        for name in files_to_upload(args.folder):
+            print(f"  {name}")
+        url = push(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run)
+        print(f"{'would create' if args.dry_run else 'done:'} {url}" + (" (gated: access requests on)" if mode == "gated" else ""))
         return 0
+    if args.command == "rehydrate":
+        from build.publish import rehydrate
+
+        report = rehydrate(args.folder, args.audio_root)
+        print("\n".join(report.lines()))
+        return 1 if report.missing or report.changed else 0
     if args.command == "demo":  # offline by construction; set before transformers/datasets import
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)
+    if args.command == "calibrate":
+        return run_calibrate(args, config)
     if args.command == "demo":
         return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
     return run_build(

@@ -7,7 +7,8 @@ folder, a ``save_to_disk`` folder, or a Hub id, with the columns ``context`` (au
 - ``question_id``: ``q-`` + sha256(clip audio bytes, question)[:16], stable across runs and copies;
 - ``segment_id`` (the clip, for bootstrap resampling and per-clip correlation): ``clip-`` + the
   sha256 of the clip's audio bytes[:16], so questions on the same audio group together;
-- ``category``: the Table-1 classifier (``build.categories``) when present, else ``unknown``;
+- ``category``: the Table-1 rules of ``build.categories`` (the build's categoriser without an LLM);
+  an empty category is ``unknown``;
 - ``transcript`` (or ``words``, joined): needed only by the text-only control.
 
 Outputs in OUT: ``predictions.jsonl`` (qa_set, question_id, window, answer, error: one line per
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # metrics/ is a namespace package at the repository root
     sys.path.insert(0, str(REPO))
 
+from build.categories import categorise  # noqa: E402
 from metrics.cpqa import report  # noqa: E402
 from metrics.cpqa import speech_llm  # noqa: E402
 from metrics.cpqa.judge import check_endpoint, make_judges  # noqa: E402
@@ -92,8 +94,7 @@ def open_split(source: str, name: str | None, split: str):
     return data
 
 
-def load_qa_set(source: str, label: str, *, name: str | None = None, split: str = "test", limit: int | None = None,
-                categorise: Callable[[list[str]], list[str]] | None = None) -> QaSet:
+def load_qa_set(source: str, label: str, *, name: str | None = None, split: str = "test", limit: int | None = None) -> QaSet:
     """Read one set and fill in what an AudioBench-format set may lack (see the module docstring)."""
     data = open_split(source, name, split)
     missing = [c for c in ("context", "instruction", "answer") if c not in data.column_names]
@@ -119,8 +120,8 @@ def load_qa_set(source: str, label: str, *, name: str | None = None, split: str 
     if "category" in data.column_names:
         categories = [c or UNKNOWN_CATEGORY for c in data["category"]]
     else:
-        categories, note = fill_categories(questions, categorise)
-        notes.append(note)
+        categories = categorise(questions)
+        notes.append("no category column: categories from the Table-1 rules (build/categories.py)")
     return QaSet(label, source, question_ids, questions, list(data["answer"]), categories, clip_ids,
                  data["context"], transcripts_of(data), notes)
 
@@ -149,17 +150,6 @@ def clip_hashes(data, source: str) -> list[str]:
 
 def question_id(audio_hash: str, question: str) -> str:
     return "q-" + hashlib.sha256(f"{audio_hash}\n{question}".encode("utf-8")).hexdigest()[:16]
-
-
-def fill_categories(questions: list[str], categorise=None) -> tuple[list[str], str]:
-    """Table-1 categories for a set without them: ``categorise`` (default: ``build.categories``, the
-    classifier the build uses) or, where it is not installed, ``unknown`` for every question."""
-    if categorise is None:
-        try:
-            from build.categories import categorise
-        except ImportError:
-            return [UNKNOWN_CATEGORY] * len(questions), "no category column and no classifier: every question is 'unknown'"
-    return list(categorise(questions)), "categories filled by the Table-1 classifier"
 
 
 def transcripts_of(data) -> list[str] | None:

@@ -6,8 +6,6 @@ import base64
 import hashlib
 import io
 import json
-import sys
-import types
 
 import datasets
 import numpy as np
@@ -72,7 +70,7 @@ ROWS = [
     (0, "How does the speaker feel?", "Calm.", "we will meet at noon"),
     (0, "Is the speaker male or female?", "Female.", "we will meet at noon"),
     (1, "How many people speak?", "Two.", "so the plan is settled"),
-    (2, "Why does the speaker sound tense?", "The deadline.", "the deadline is today"),
+    (2, "Why does the speaker sound angry?", "The deadline.", "the deadline is today"),
 ]
 
 
@@ -97,11 +95,6 @@ def audiobench_set(folder, form: str = "parquet"):
     return folder
 
 
-@pytest.fixture
-def no_classifier(monkeypatch):
-    monkeypatch.setitem(sys.modules, "build.categories", None)  # `import build.categories` raises ImportError
-
-
 def evaluate(argv, capsys):
     capsys.readouterr()
     code = cpqa.main(["evaluate", *argv, "--quiet"])
@@ -109,7 +102,7 @@ def evaluate(argv, capsys):
     return code, captured.out, captured.err
 
 
-def test_served_audio_model_answers_each_window_and_the_answers_are_published(tmp_path, capsys, no_classifier):
+def test_served_audio_model_answers_each_window_and_the_answers_are_published(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set")
     out = tmp_path / "results"
     with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
@@ -123,11 +116,11 @@ def test_served_audio_model_answers_each_window_and_the_answers_are_published(tm
         "10.0 s of voice at 16000 Hz: Is the speaker male or female?",
         "30.0 s of voice at 16000 Hz: How many people speak?",  # first 30 s of the 45 s clip
         "30.0 s of voice at 16000 Hz: How many people speak?",  # last 30 s
-        "5.0 s of voice at 16000 Hz: Why does the speaker sound tense?",
+        "5.0 s of voice at 16000 Hz: Why does the speaker sound angry?",
     ])
     assert all(r["model"] == "audio-stub" and r["temperature"] == 0.0 for r in model.requests)
     assert "set: clips grouped by audio hash: 3 clips" in printed
-    assert "set: no category column and no classifier: every question is 'unknown'" in printed
+    assert "set: no category column: categories from the Table-1 rules (build/categories.py)" in printed
 
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     audio_hash = [hashlib.sha256(CLIPS[c]).hexdigest() for c, *_ in ROWS]
@@ -141,14 +134,14 @@ def test_served_audio_model_answers_each_window_and_the_answers_are_published(tm
     items = results["items"]
     assert [item["clip_id"] for item in items] == [f"clip-{h[:16]}" for h in audio_hash]
     assert len(set(item["clip_id"] for item in items)) == 3
-    assert [item["category"] for item in items] == ["unknown"] * 4
+    assert [item["category"] for item in items] == ["emotion", "speaker", "speaker", "contextual paralinguistic reasoning"]
     assert results["judges"]["stub"]["audiobench"]["score"] == 80.0  # every answer heard a voice: rating 4
     assert results["config"]["speech_llm"] == "audio-stub" and results["config"]["window_seconds"] == 30.0
     assert results["config"]["cpqa_version"] and results["config"]["prompt_version"]
     assert results["config"]["judges"][0]["params"]["temperature"] == 0.0
 
 
-def test_published_predictions_are_judged_again_without_a_model(tmp_path, capsys, no_classifier):
+def test_published_predictions_are_judged_again_without_a_model(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set")
     with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
         common = ["--judge", f"model=judge,base_url={judge.base_url},name=stub", "--prompts", "audiobench"]
@@ -167,7 +160,7 @@ def test_published_predictions_are_judged_again_without_a_model(tmp_path, capsys
     assert second["config"]["speech_llm"] == f"predictions:{published}"
 
 
-def test_whole_clip_sends_each_clip_once(tmp_path, capsys, no_classifier):
+def test_whole_clip_sends_each_clip_once(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set", form="save_to_disk")
     with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
         argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url, "--whole-clip",
@@ -177,7 +170,7 @@ def test_whole_clip_sends_each_clip_once(tmp_path, capsys, no_classifier):
     assert heard == ["10.0 s of voice at 16000 Hz"] * 2 + ["45.0 s of voice at 16000 Hz", "5.0 s of voice at 16000 Hz"]
 
 
-def test_a_judge_outage_costs_no_generation_on_the_rerun(tmp_path, capsys, no_classifier):
+def test_a_judge_outage_costs_no_generation_on_the_rerun(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set")
     out = tmp_path / "results"
     judge_up = {"up": False}
@@ -204,11 +197,7 @@ def test_a_judge_outage_costs_no_generation_on_the_rerun(tmp_path, capsys, no_cl
     assert results["success_rate"] == 1.0 and results["judges"]["stub"]["audiobench"]["score"] == 80.0
 
 
-def test_controls_answer_from_the_transcript_and_on_silence(tmp_path, capsys, monkeypatch):
-    categories = {"How does the speaker feel?": "emotion", "Is the speaker male or female?": "speaker",
-                  "How many people speak?": "speaker", "Why does the speaker sound tense?": "contextual paralinguistic reasoning"}
-    classifier = types.SimpleNamespace(categorise=lambda questions: [categories[q] for q in questions])
-    monkeypatch.setitem(sys.modules, "build.categories", classifier)
+def test_controls_answer_from_the_transcript_and_on_silence(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set")
     out = tmp_path / "results"
     with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
@@ -224,7 +213,6 @@ def test_controls_answer_from_the_transcript_and_on_silence(tmp_path, capsys, mo
         [f"{s} s of silence at 16000 Hz: {q}" for s, q in [("10.0", ROWS[0][1]), ("10.0", ROWS[1][1]), ("30.0", ROWS[2][1]), ("5.0", ROWS[3][1])]]
     )
     assert sorted(r["messages"][-1]["content"].split("Transcript:\n")[1].split("\n")[0] for r in transcript_requests) == sorted(t for *_, t in ROWS)
-    assert "set: categories filled by the Table-1 classifier" in printed
 
     results = json.loads((out / "results.json").read_text())["set"]
     controls = results["controls"]
@@ -238,7 +226,7 @@ def test_controls_answer_from_the_transcript_and_on_silence(tmp_path, capsys, mo
     assert "| stub | audiobench | all | 80.00 | 40.00 | 20.00 | 40.00 |" in table
 
 
-def test_controls_without_a_transcript_are_skipped_with_a_message(tmp_path, capsys, no_classifier):
+def test_controls_without_a_transcript_are_skipped_with_a_message(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set")
     data = datasets.load_dataset(str(source), split="test").remove_columns(["transcript"])
     bare = tmp_path / "bare"
@@ -255,7 +243,7 @@ def test_controls_without_a_transcript_are_skipped_with_a_message(tmp_path, caps
     assert results["controls"]["silenced"]["judges"]["stub"]["audiobench"]["score"] == 20.0
 
 
-def test_missing_weights_end_in_one_line_before_any_audio(tmp_path, capsys, monkeypatch, no_classifier):
+def test_missing_weights_end_in_one_line_before_any_audio(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = audiobench_set(tmp_path / "set")
     with OpenAIStub(judge_and_text_llm) as judge:
@@ -267,7 +255,7 @@ def test_missing_weights_end_in_one_line_before_any_audio(tmp_path, capsys, monk
     assert not (tmp_path / "r").exists()  # nothing was answered
 
 
-def test_unreachable_judge_ends_in_one_line(tmp_path, capsys, no_classifier):
+def test_unreachable_judge_ends_in_one_line(tmp_path, capsys):
     source = audiobench_set(tmp_path / "set")
     argv = [str(source), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--judge", "model=judge,base_url=http://127.0.0.1:9/v1,name=down", "--out", str(tmp_path / "r")]
     code, _, err = evaluate(argv, capsys)
