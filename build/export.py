@@ -189,7 +189,6 @@ def _push_error(exc: Exception, repo_id: str, token_env: str) -> str:
     """One line for a failed upload: no network, a refused token, or the Hub's own words."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-
     if isinstance(exc, OfflineModeIsEnabled):
         return "cannot push: HF_HUB_OFFLINE is set; unset it where the Hub is reachable, then run push again"
     status = getattr(getattr(exc, "response", None), "status_code", None)
