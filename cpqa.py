@@ -8,7 +8,10 @@
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
     accelerate launch --multi_gpu --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 GPUs, same output
                                               # rerun the same command after a crash: it resumes
-    python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
+    python cpqa.py build SOURCE --out DIR --publish metadata-only --splits train=0.8,test=0.2
+                                              # no audio in the tables; recording-disjoint splits
+    python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
+    python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
     python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
                                               # Figure 3 (UWA over x, y) and the SER table on labelled speech
     python cpqa.py stats DIR [DIR2 ...] --out stats/   # Table 1 (pairs per category, sets side by side), distributions, plots
@@ -49,7 +52,19 @@ def load_config(args: argparse.Namespace):
         config = paper_config()
     if args.config:
         config = config.with_file(args.config)
-    return config.with_overrides(args.set or [])
+    config = config.with_overrides(args.set or [])
+    return with_export_options(config, args) if hasattr(args, "publish") else config  # calibrate publishes nothing
+
+
+def with_export_options(config, args: argparse.Namespace):
+    """``--publish``, ``--splits`` and ``--split-by`` on top of the config's ``export`` section."""
+    import dataclasses
+
+    from build.splits import parse_splits
+
+    changes = {"publish": args.publish, "split_by": args.split_by, "splits": parse_splits(args.splits) if args.splits else None}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(config, export=dataclasses.replace(config.export, **changes)) if changes else config
 
 
 DEMO_SOURCES = (
@@ -58,11 +73,13 @@ DEMO_SOURCES = (
     "a one-minute AMI Meeting Corpus excerpt (Carletta et al. 2005; CC BY 4.0) and 89 s of Apollo 11 "
     "air-to-ground radio (NASA, presumed public domain). Because of RAVDESS, this build is CC BY-NC-SA 4.0."
 )
-def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool) -> int:
+def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool, allow_outside_root: bool = False) -> int:
     from build import pipeline
 
     card = (REPO / "dataset_card.md").read_text()
-    result = pipeline.build(source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet)
+    result = pipeline.build(
+        source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet, allow_outside_root=allow_outside_root
+    )
     if result is None:  # not rank 0: the main process prints the report
         return 0
     print(pipeline.format_report(result))
@@ -210,10 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("--out", required=True)
     build_cmd.add_argument("--license", default="other", help="licence of the built dataset (that of your audio)")
     build_cmd.add_argument("--sources", help="a sentence on where the audio comes from, for the dataset card")
+    build_cmd.add_argument("--allow-outside-root", action="store_true", help="read manifest rows whose file lies outside the manifest's folder")
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+        p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
+        p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
+        p.add_argument("--split-by", choices=("recording", "speaker"), help="no recording (or speaker: needs asr.diarize) in two splits")
     calib_cmd = sub.add_parser("calibrate", help="grid-search condense.x/y and score the SER models on a human-labelled corpus")
     calib_cmd.add_argument("source", help="as for build; labels come from --labels or from a manifest's emotion/label column")
     calib_cmd.add_argument("--corpus", required=True, help="label table of build/corpora.py (ravdess, iemocap, meld, ...; emotion2vec: labels already in the taxonomy)")
@@ -231,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
     push_cmd.add_argument("--public", action="store_true", help="make the dataset public (default: private)")
+    push_cmd.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    rehydrate_cmd = sub.add_parser("rehydrate", help="rebuild the audio of a metadata-only build from your copy of the sources")
+    rehydrate_cmd.add_argument("folder")
+    rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on built QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s) or Hub id(s); two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
@@ -245,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, eval_cmd, calib_cmd, stats_cmd):
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -271,11 +296,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "stats":
         return run_stats(args)
     if args.command == "push":
-        from build.export import files_to_upload, push
+        from build.export import files_to_upload, publication_mode, push
+        from build.preflight import check_push
 
-        print("uploading: " + ", ".join(files_to_upload(args.folder)))
-        print(push(args.folder, args.repo_id, private=not args.public))
+        if not args.dry_run:
+            check_push()
+        mode = publication_mode(args.folder)
+        verb = "would upload" if args.dry_run else "uploading"
+        print(f"{verb} ({mode}{', private' if not args.public else ', public'}):")
+        for name in files_to_upload(args.folder):
+            print(f"  {name}")
+        url = push(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run)
+        print(f"{'would create' if args.dry_run else 'done:'} {url}" + (" (gated: access requests on)" if mode == "gated" else ""))
         return 0
+    if args.command == "rehydrate":
+        from build.publish import rehydrate
+
+        report = rehydrate(args.folder, args.audio_root)
+        print("\n".join(report.lines()))
+        return 1 if report.missing or report.changed else 0
     if args.command == "demo":  # offline by construction; set before transformers/datasets import
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)
@@ -283,7 +322,9 @@ def _run(args: argparse.Namespace) -> int:
         return run_calibrate(args, config)
     if args.command == "demo":
         return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
-    return run_build(args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet)
+    return run_build(
+        args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet, allow_outside_root=args.allow_outside_root
+    )
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ class QaConfig:
     prompt_version: str = "qa_v2"  # build/prompts/<version>.txt; qa_v1 lacks two of the paper's instructions
     word_timing: str = "spans"  # "spans": consecutive words with the same labels merged; "words": every word timed
     concurrency: int = 8
-    max_retries: int = 3
+    max_retries: int = 5  # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
     timeout_s: float = 120.0
 
 
@@ -129,6 +129,22 @@ class PostFilterConfig:
     # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
     # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
     categoriser: str = "auto"
+    # Untrusted-reply limits: the prompt asks for one- or two-sentence answers.
+    max_question_chars: int = 300
+    max_answer_chars: int = 600
+
+
+@dataclass
+class ExportConfig:
+    """How the built tables are published (the global export step; nothing here changes a label)."""
+
+    # "full": the clips' audio embedded; "gated": the same, behind the Hub's access form (terms in
+    # the card); "metadata-only": no audio, only what locates it (source file, content hash, clip
+    # span): users rebuild the audio from their own copy with `cpqa.py rehydrate`.
+    publish: str = "full"
+    splits: dict[str, float] = field(default_factory=lambda: {"test": 1.0})  # name -> fraction of clips
+    split_by: str = "recording"  # "recording" or "speaker" (needs asr.diarize): no group in two splits
+    seed: int = 0  # split assignment
 
 
 @dataclass
@@ -164,6 +180,7 @@ class Config:
     asr: AsrConfig = field(default_factory=AsrConfig)
     qa: QaConfig = field(default_factory=QaConfig)
     postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     # ---- thresholds derived from the two knobs -------------------------------------------
@@ -186,7 +203,7 @@ class Config:
     def with_file(self, path: str) -> Config:
         """Values from a YAML or JSON file (any subset of the tree) on top of this config.
 
-        Sections merge key by key, except ``condense.alpha``, which a file replaces whole (so that a
+        Sections merge key by key, except ``condense.alpha`` and ``export.splits``, which a file replaces whole (so that a
         file can also remove a target emotion)."""
         from pathlib import Path
 
@@ -230,7 +247,7 @@ class Config:
 
 def _merge(base: dict, extra: dict) -> None:
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "alpha":
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("alpha", "splits"):
             _merge(base[key], value)
         else:
             base[key] = value
@@ -268,6 +285,7 @@ def _dataclass_type(annotation) -> type | None:
         "AsrConfig": AsrConfig,
         "QaConfig": QaConfig,
         "PostFilterConfig": PostFilterConfig,
+        "ExportConfig": ExportConfig,
     }.get(str(annotation))
 
 

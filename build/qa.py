@@ -61,6 +61,19 @@ def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     return {name: Template("\n".join(lines).strip()) for name, lines in sections.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def prompt_fragments(n_words: int = 8) -> frozenset[str]:
+    """Every run of ``n_words`` consecutive words (lower case, punctuation dropped) in the fixed text of
+    every prompt version: a pair containing one repeats its instructions instead of answering."""
+    fragments = set()
+    for path in sorted(PROMPT_DIR.glob("*.txt")):
+        for version_text in load_prompt(path.stem).values():
+            for literal in re.split(r"\$\w+|\$\{\w+\}", version_text.template):  # placeholders break runs
+                words = re.sub(r"\W+", " ", literal.lower()).split()
+                fragments.update(" ".join(words[i : i + n_words]) for i in range(len(words) - n_words + 1))
+    return frozenset(fragments)
+
+
 def word_spans(words: list[dict], clip_start: float = 0.0) -> list[dict]:
     """Consecutive words that share emotion and gender, merged into one span (keeps prompts short)."""
     spans: list[dict] = []
@@ -297,10 +310,7 @@ def generate_qa(
         raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
     if not base_url:
         raise ValueError("generate_qa needs a base_url: start build.llm_server.embedded_server() or configure qa.base_url")
-    client = devices.cached(
-        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-    )
+    client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
     requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, prompt_version, word_timing) for i in askable]
@@ -322,6 +332,14 @@ def generate_qa(
         out["prompt_version"].append(prompt_version)
         out["llm_model"].append(model)
     return out
+
+
+def llm_client(base_url: str, model: str, api_key_env: str, cache_dir: str | None, concurrency: int, max_retries: int, timeout_s: float) -> LlmClient:
+    """The process's client for these settings (one per process, so its call counts cover the run)."""
+    return devices.cached(
+        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+    )
 
 
 def qa_request(

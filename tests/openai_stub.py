@@ -94,9 +94,8 @@ class OpenAIStub:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
     def succeeded(self) -> Counter:
-        """How many times each body that got a complete 200 answer was sent."""
-        sent = Counter(h for h, _, _ in self.log)
-        return Counter({h: sent[h] for h, status, fault in self.log if status == 200 and fault is None})
+        """How many complete (200, not injected) answers each body got: more than 1 means it was asked again."""
+        return Counter(h for h, status, fault in self.log if status == 200 and fault is None)
 
     def __enter__(self) -> OpenAIStub:
         self._thread.start()

@@ -21,8 +21,9 @@ def test_gitignore_does_not_ignore_the_build_package():
 
 
 SHARED = {"config", "schema", "devices", "audio", "batching", "errors", "models", "llm", "llm_server", "work", "ranks", "progress"}
-# pipeline sequences every stage; label runs the three labellers over one decoded segment
-COMPOSERS = {"pipeline", "label"}
+# pipeline sequences every stage; label runs the three labellers over one decoded segment; preflight
+# checks what every stage will load before any audio is read
+COMPOSERS = {"pipeline", "label", "preflight"}
 
 
 def test_stages_never_import_each_other():

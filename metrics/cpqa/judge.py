@@ -142,7 +142,7 @@ class Judge:
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
-    max_retries: int = 3
+    max_retries: int = 5
     timeout: float = 120.0
     params: Mapping = field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 512})
     call: Callable[[list[dict]], str] | None = None
@@ -186,7 +186,7 @@ def _make_judge(spec: Mapping | Callable) -> Judge:
         model=spec["model"],
         base_url=spec.get("base_url"),
         api_key_env=spec.get("api_key_env"),
-        max_retries=int(spec.get("max_retries", 3)),
+        max_retries=int(spec.get("max_retries", 5)),
         timeout=float(spec.get("timeout", 120.0)),
         params=params,
     )

@@ -63,6 +63,7 @@ GENERATION_PARAMETERS = ("temperature", "max_tokens", "response_format", "seed",
 RETRIABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 # How the JSON schema is sent: OpenAI's json_schema type, llama-cpp-python's json_object + schema, or not at all.
 SCHEMA_STYLES = ("json_schema", "json_object", "none")
+DEFAULT_BACKOFF_S = 1.0  # first backoff; doubles with each retry (tests shorten it)
 LENGTH_RETRY_FACTOR = 2  # max_tokens multiplier for the one retry of a reply cut off by the token limit
 
 # Reasons a request was tried again or failed, as counted in ``calls`` (HTTP errors read "HTTP <status>").
@@ -184,7 +185,7 @@ class LlmClient:
         concurrency: int = 8,
         max_retries: int = 5,
         timeout_s: float = 120.0,
-        backoff_s: float = 1.0,
+        backoff_s: float | None = None,
         max_backoff_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -193,7 +194,7 @@ class LlmClient:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
-        self.backoff_s = backoff_s
+        self.backoff_s = DEFAULT_BACKOFF_S if backoff_s is None else backoff_s
         self.max_backoff_s = max_backoff_s
         self.calls = CallStats()
         self._sleep = sleep
