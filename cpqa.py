@@ -54,7 +54,7 @@ def load_config(args: argparse.Namespace):
     if args.config:
         config = config.with_file(args.config)
     config = config.with_overrides(args.set or [])
-    return with_export_options(config, args)
+    return with_export_options(config, args) if hasattr(args, "publish") else config  # calibrate publishes nothing
 
 
 def with_export_options(config, args: argparse.Namespace):

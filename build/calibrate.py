@@ -3,8 +3,10 @@
     result = calibrate(source, corpus="ravdess", config=config, out_dir="calib/", labels_file=None)
 
 Input: ``source`` as for a build (folder, manifest, ``save_to_disk`` folder, ``hf://``), listed by
-``build.ingest``; the human labels come from ``labels_file`` (CSV or JSONL) or, when the source is
-itself a CSV/JSONL manifest, from the source. A labels row names its audio by ``recording_id`` or by a
+``build.ingest``; the human labels come from ``labels_file`` (CSV or JSONL) or, without one, from the
+source itself: a CSV/JSONL manifest's label column, or the label column of a ``save_to_disk`` folder
+or ``hf://`` dataset (row by row, as ``build.ingest`` lists them; a ClassLabel gives its names; a
+``start``/``end`` column is used too). A labels row names its audio by ``recording_id`` or by a
 path column (``audio_path``, ``path``, ``audio``, ``file`` or ``recording``; relative to the labels
 file's folder, else to the source folder), gives the label in ``emotion`` or ``label``, and may give
 ``start``/``end`` (seconds; default: the whole file). Labels are normalised with ``build.corpora``
@@ -52,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import condense, dimension, emotion, ingest
+from . import audio, condense, dimension, emotion, ingest
 from .config import Config
 from .corpora import normalise_labels
 from .export import markdown_table
@@ -88,16 +90,18 @@ class Calibration:
 def read_utterances(source: str | Path, corpus: str, labels_file: str | Path | None = None) -> Utterances:
     """The labelled utterances of ``source`` (see the module docstring), labels normalised."""
     text = str(source)
-    if labels_file is None:
-        if text.startswith("hf://") or Path(text).suffix.lower() not in (".csv", ".jsonl"):
-            raise ValueError(f"{source}: calibration needs human labels: give --labels FILE (CSV or JSONL with an emotion or label column)")
-        labels_file = text
-    labels_path = Path(labels_file)
-    records = _read_records(labels_path)
+    listed = ingest.list_recordings(source)
+    saved = Path(text).is_dir() and any((Path(text) / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
+    if labels_file is None and (text.startswith("hf://") or saved):
+        labels_path, records = Path(text), dataset_records(text, listed["recording_id"])
+    elif labels_file is None and Path(text).suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"{source}: calibration needs human labels: give --labels FILE (CSV or JSONL with an emotion or label column)")
+    else:
+        labels_path = Path(labels_file if labels_file is not None else text)
+        records = _read_records(labels_path)
     label_column = next((c for c in LABEL_COLUMNS if c in records[0]), None)
     if label_column is None:
         raise ValueError(f"{labels_path}: the labels need an emotion or label column; it has {', '.join(records[0])}")
-    listed = ingest.list_recordings(source)
     by_id = dict(zip(listed["recording_id"], listed["audio_path"]))
     by_path = {_resolved(p): rid for rid, p in zip(listed["recording_id"], listed["audio_path"])}
     folder = None if text.startswith("hf://") or not Path(text).is_dir() else Path(text)
@@ -121,6 +125,42 @@ def read_utterances(source: str | Path, corpus: str, labels_file: str | Path | N
         raise ValueError(f"{labels_path}: no utterance has a label with a counterpart in the taxonomy (dropped: {normalised.dropped})")
     _fill_whole_files(columns)
     return Utterances(columns, normalised.dropped)
+
+
+def dataset_records(source: str, recording_ids: list[str]) -> list[dict]:
+    """``recording_id`` and the label (and start/end) columns of a ``save_to_disk`` folder or ``hf://``
+    dataset, row by row in the order ``build.ingest`` lists its recordings."""
+    wanted = (*LABEL_COLUMNS, "start", "end")
+    if source.startswith("hf://"):
+        repo, _, split = source[len("hf://") :].partition(":")
+        columns: dict[str, list] = {}
+        for url in ingest.hub_parquet_files(repo, split or "train"):
+            with audio.reading():
+                parquet, _ = audio.parquet_file(url)
+                names = [c for c in wanted if c in parquet.schema_arrow.names]
+                table = parquet.read(columns=names)
+                info = json.loads((parquet.schema_arrow.metadata or {}).get(b"huggingface", b"{}"))
+            features = info.get("info", {}).get("features", {})
+            for name in names:
+                values = table.column(name).to_pylist()
+                class_names = features.get(name, {}).get("names") if features.get(name, {}).get("_type") == "ClassLabel" else None
+                columns.setdefault(name, []).extend(class_names[v] if class_names and v is not None else v for v in values)
+    else:
+        from datasets import DatasetDict, load_from_disk
+
+        data = load_from_disk(source)
+        data = data[next(iter(data.keys()))] if isinstance(data, DatasetDict) else data
+        columns = {}
+        for name in (c for c in wanted if c in data.column_names):
+            feature = data.features[name]
+            values = data[name]
+            columns[name] = [feature.int2str(v) for v in values] if hasattr(feature, "int2str") else values
+    if not any(c in columns for c in LABEL_COLUMNS):
+        raise ValueError(f"{source}: the dataset has no emotion or label column: give --labels FILE")
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    if len(rows) != len(recording_ids):
+        raise ValueError(f"{source}: {len(rows)} label rows for {len(recording_ids)} recordings")
+    return [{"recording_id": rid, **row} for rid, row in zip(recording_ids, rows)]
 
 
 def _read_records(path: Path) -> list[dict]:

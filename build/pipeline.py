@@ -425,7 +425,7 @@ def build(
         return fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", shard), shard])
 
     def after_sampling(round_shards: list[str], round_manifest: dict[str, list], upstream: str) -> list[str]:
-        """ASR, QA and the post-filter over one round's sample shards; the postfilter fingerprints."""
+        """ASR, QA and the post-filter over one round's sample shards; returns the post-filter fingerprints."""
         seg_audio = Counter()
         for shard, start, end in zip(round_manifest["shard"], round_manifest["start"], round_manifest["end"]):
             seg_audio[shard] += end - start

@@ -157,3 +157,35 @@ def test_cli_writes_the_outputs_and_the_config_fragment(tmp_path, tiny_config, c
     assert Config().with_file(str(tmp_path / "best.yaml")).condense.x == 0.5
     assert cpqa.main(["calibrate", str(RAVDESS_FILES), "--corpus", "nope", "--labels", str(labels), "--out", str(out), "--config", str(config_file)]) == 2
     assert "cpqa calibrate: unknown corpus 'nope'" in capsys.readouterr().err
+
+
+def _labelled_dataset(files):
+    from datasets import Audio, ClassLabel, Dataset, Features, Value
+
+    features = Features({"audio": Audio(sampling_rate=16_000), "recording_id": Value("string"), "emotion": ClassLabel(names=["neutral", "calm", "happy", "sad", "angry"])})
+    codes = {"01": "neutral", "04": "sad", "05": "angry"}
+    rows = {"audio": [str(p) for p in files], "recording_id": [p.stem for p in files], "emotion": [codes[p.stem.split("-")[2]] for p in files]}
+    return Dataset.from_dict(rows, features=features)
+
+
+def test_a_saved_dataset_brings_its_own_class_labels(tmp_path):
+    files = sorted(RAVDESS_FILES.glob("*.flac"))
+    _labelled_dataset(files).save_to_disk(str(tmp_path / "saved"))
+    utterances = calib.read_utterances(tmp_path / "saved", "ravdess")
+    assert utterances.columns["recording_id"] == [p.stem for p in files]
+    assert Counter(utterances.columns["label"]) == Counter({"neutral": 2, "angry": 3, "sad": 1})
+    assert all(3.0 < end < 5.0 for end in utterances.columns["end"])
+
+
+def test_a_hub_dataset_brings_its_own_class_labels(tmp_path, monkeypatch):
+    """hf:// read through the same Parquet path, with the Hub listing pointed at a local file."""
+    files = sorted(RAVDESS_FILES.glob("*.flac"))
+    data = _labelled_dataset(files)
+    data = data.cast_column("audio", data.features["audio"])  # bytes embedded by to_parquet below
+    local = tmp_path / "train-00000-of-00001.parquet"
+    data.to_parquet(str(local))
+    monkeypatch.setattr(calib.ingest, "hub_parquet_files", lambda repo, split: [str(local)])
+    utterances = calib.read_utterances("hf://someone/ravdess", "ravdess")
+    assert utterances.columns["recording_id"] == [p.stem for p in files]
+    assert utterances.columns["label"] == [{"01": "neutral", "04": "sad", "05": "angry"}[p.stem.split("-")[2]] for p in files]
+    assert all(3.0 < end < 5.0 for end in utterances.columns["end"])  # durations probed from the embedded audio
