@@ -15,6 +15,7 @@ import io
 import math
 import string
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Audio, Dataset
@@ -129,7 +130,7 @@ def dataset_info_yaml(out_dir: str | Path) -> str:
 
 
 def files_to_upload(out_dir: str | Path) -> list[str]:
-    """The card and the Parquet shards, relative to ``out_dir``; work files and reports stay local.
+    """The card, its plots and the Parquet shards, relative to ``out_dir``; work files and reports stay local.
 
     A metadata-only build (the card's ``cpqa_publication``) whose shards hold audio (rehydrated from a
     local copy) is refused: that audio is the user's own copy, not for upload."""
@@ -142,7 +143,8 @@ def files_to_upload(out_dir: str | Path) -> list[str]:
         for shard in shards:
             if "context" in pq.read_schema(shard).names:
                 raise ValueError(f"{shard}: holds audio (rehydrated?) but {root} was built metadata-only: refusing to upload audio")
-    return files + [str(p.relative_to(root)) for p in shards]
+    files += [str(p.relative_to(root)) for p in shards]
+    return files + sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
 
 
 def card_header(out_dir: str | Path) -> dict:
@@ -302,9 +304,11 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
-def _counts_table(values: list, header: str) -> str:
-    counts = Counter(v if v is not None else "(none)" for v in values)
-    return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
+def _quota_table(quota: dict | None) -> str:
+    if not quota:
+        return "(none)"
+    rows = [(label, q["asked"], q["candidates"], q["sampled"], q["delivered"]) for label, q in quota.items()]
+    return markdown_table(("primary emotion", "asked", "candidates", "sampled (with top-ups)", "delivered"), rows)
 
 
 def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models: dict, *, license: str, sources: str, load_path: str) -> dict[str, str]:
@@ -327,9 +331,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "n_segments": str(len(segment_rows)),
         "n_recordings": str(len(set(segment_rows["recording_id"]))),
         "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
-        "category_table": _counts_table(qa["category"], "category"),
-        "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
-        "gender_table": _counts_table(segment_rows["gender"], "gender"),
+        "quota_table": _quota_table(report.get("quota")),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
         "models_table": markdown_table(("role", "model"), model_rows),
         "merge_gap_s": f"{c.vad.merge_gap_s:g}",
@@ -346,6 +348,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "alpha": ", ".join(f"{k} {v}" for k, v in c.condense.alpha.items()),
         "samples_per_category": str(c.condense.samples_per_category),
         "seed": str(c.condense.seed),
+        "topup_rounds": str(c.condense.topup_rounds),
         "pairs_per_segment": str(c.qa.pairs_per_segment),
         "prompt_version": ", ".join(sorted(set(qa["prompt_version"]))) if len(qa) else "(none)",
         "duplicate_threshold": f"{c.postfilter.duplicate_threshold:g}",
@@ -375,12 +378,13 @@ def publication_values(out_dir: str | Path, mode: str, licence: str, segment_spl
 
 def write_dataset(
     segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
-    card_template: str, license: str, sources: str, licences: list[str] | None = None,
+    card_template: str, license: str, sources: str, licences: list[str] | None = None, card_sections: Callable[[Path], dict[str, str]] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
 
     ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
-    most restrictive. Returns the (qa, segments) tables as written (before the split into files)."""
+    most restrictive. ``card_sections(out_dir)`` adds card fields computed from the written tables (the
+    statistics). Returns the (qa, segments) tables as written (before the split into files)."""
     from . import splits
     from .publish import most_restrictive
 
@@ -396,5 +400,7 @@ def write_dataset(
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
     values.update(publication_values(out_dir, e.publish, licence, segment_splits, qa_splits, e))
+    if card_sections is not None:
+        values.update(card_sections(Path(out_dir)))
     (Path(out_dir) / "README.md").write_text(render_card(card_template, values))
     return qa_rows, segment_rows
