@@ -68,7 +68,7 @@ def write(out, config=None, segments=None, **kwargs):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    write(out, card_sections=lambda folder: {"stats_section": stats.card_section(folder)})
+    write(out)
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
     (out / "report.json").write_text("{}")
