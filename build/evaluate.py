@@ -36,14 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # metrics/ is a namespace package at the repository root
-    sys.path.insert(0, str(REPO))
+from metrics.cpqa import report, speech_llm  # metrics/ sits beside build/ at the repository root
+from metrics.cpqa.judge import check_endpoint, make_judges
 
-from build.categories import categorise  # noqa: E402
-from metrics.cpqa import report  # noqa: E402
-from metrics.cpqa import speech_llm  # noqa: E402
-from metrics.cpqa.judge import check_endpoint, make_judges  # noqa: E402
+from .categories import categorise
+
+REPO = Path(__file__).resolve().parents[1]
 
 CONTROL_PROMPT = (
     "You read the transcript of a recording; you cannot hear it. Answer the question about the recording "

@@ -9,7 +9,6 @@ import json
 
 import datasets
 import numpy as np
-import pytest
 import soundfile as sf
 
 import cpqa

@@ -4,7 +4,6 @@ reported, never used; gated cards and pushes; per-row licences and the most rest
 import hashlib
 import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
