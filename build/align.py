@@ -60,7 +60,7 @@ import tempfile
 import numpy as np
 
 from .audio import SAMPLE_RATE, decode_span
-from .devices import cached, device_for
+from .devices import cached, device_for, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,11 @@ def _load_whisperx(model_path: str, device: str, compute_type: str, language: st
     _whisperx_logs_to_stderr()
 
     kind, index = _ctranslate2_device(device)
+    # CTranslate2 sets OpenMP's thread count for the whole process when it loads (cpu_threads), which
+    # would change torch's too, and with it the float rounding of the labelling models of any later
+    # build in this process: torch's count is restored afterwards.
     # pyannote print()s version warnings about the bundled VAD checkpoint: to stderr with them.
-    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr):
+    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr), torch_threads():
         return whisperx.load_model(
             model_path,
             kind,

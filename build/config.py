@@ -127,12 +127,12 @@ class PostFilterConfig:
     embedding_model: str = "bundled"
     duplicate_threshold: float = 0.9  # cosine similarity at or above which a later question is a duplicate
     min_answer_chars: int = 2
-    # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
-    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
-    categoriser: str = "auto"
     # Untrusted-reply limits: the prompt asks for one- or two-sentence answers.
     max_question_chars: int = 300
     max_answer_chars: int = 600
+    # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
+    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
+    categoriser: str = "auto"
 
 
 @dataclass

@@ -142,8 +142,8 @@ def files_to_upload(out_dir: str | Path) -> list[str]:
         for shard in shards:
             if "context" in pq.read_schema(shard).names:
                 raise ValueError(f"{shard}: holds audio (rehydrated?) but {root} was built metadata-only: refusing to upload audio")
-    plots = sorted((root / "stats").glob("*.png"))  # the card's statistics
-    return files + [str(p.relative_to(root)) for p in shards] + [str(p.relative_to(root)) for p in plots]
+    files += [str(p.relative_to(root)) for p in shards]
+    return files + sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
 
 
 def card_header(out_dir: str | Path) -> dict:
@@ -187,7 +187,6 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
 def _push_error(exc: Exception, repo_id: str, token_env: str) -> str:
     """One line for a failed upload: no network, a refused token, or the Hub's own words."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
 
     if isinstance(exc, OfflineModeIsEnabled):
         return "cannot push: HF_HUB_OFFLINE is set; unset it where the Hub is reachable, then run push again"
@@ -383,7 +382,8 @@ def write_dataset(
     """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
 
     ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
-    most restrictive. Returns the (qa, segments) tables as written (before the split into files)."""
+    most restrictive; its statistics (``build.stats``) are computed from the written tables. Returns the
+    (qa, segments) tables as written (before the split into files)."""
     from . import splits
     from .publish import most_restrictive
     from .stats import card_section

@@ -158,10 +158,10 @@ class BuildResult:
         }
         if self.pairs is not None:
             report["categories"] = dict(Counter(self.pairs["category"]))
-        if self.quota is not None:
-            report["quota"] = self.quota
         if self.funnel.llm is not None:
             report["llm_calls"] = self.funnel.llm
+        if self.quota is not None:
+            report["quota"] = self.quota
         return report
 
 
@@ -420,6 +420,10 @@ def build(
         return result
 
     # ---- per sample shard: asr, qa, postfilter; then top-up rounds for segments lost on the way
+    def postfilter_fp(shard: str) -> str:
+        # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
+        return fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", shard), shard])
+
     def after_sampling(round_shards: list[str], round_manifest: dict[str, list], upstream: str) -> list[str]:
         """ASR, QA and the post-filter over one round's sample shards; returns the post-filter fingerprints."""
         seg_audio = Counter()
@@ -433,12 +437,11 @@ def build(
         with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
             cache_dir = str(run.work.root / "llm-cache")
             run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
-        # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
-        fps["postfilter"] = {**fps.get("postfilter", {}), **{s: fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", s), s]) for s in round_shards}}
         categoriser = categories.client_for(config.postfilter.categoriser, config.qa, str(run.work.root / "llm-cache"))
-        run.stage("postfilter", [(s, fps["postfilter"][s], seg_audio[s]) for s in round_shards], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks, categoriser))
+        tasks["postfilter"] = [(s, postfilter_fp(s), seg_audio[s]) for s in round_shards]  # this rank's qa shards are written
+        run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks, categoriser))
         ranks.barrier()
-        return [run.work.fingerprint_of("postfilter", s) for s in round_shards]
+        return [postfilter_fp(s) for s in round_shards]  # after the barrier: every rank's qa shards are written
 
     upstream = after_sampling(sample_shards, manifest, fps["sample"])
     for round_no in range(1, config.condense.topup_rounds + 1):

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from build import export, publish
+from build import export, publish, stats
 from build.audio import decode_span
 from build.config import paper_config
 from conftest import AMI
@@ -110,7 +110,8 @@ def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
-    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet"]
+    plots = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics
+    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *plots]
     publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
         export.files_to_upload(metadata_only)
@@ -160,6 +161,7 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         "  README.md",
         "  data/qa/test-00000-of-00001.parquet",
         "  data/segments/test-00000-of-00001.parquet",
+        *(f"  stats/{name}.png" for name in sorted(stats.PLOTS)),
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
 
