@@ -36,8 +36,8 @@ prediction outside those classes ("unknown", "other") counts as a miss.
 
 Best cell: the highest UWA; ties go to the higher accuracy, then the smaller x, then the smaller y.
 
-Outputs in ``out_dir``: ``grid.csv`` (x, y, uwa, accuracy, weighted_f1), ``ser.csv`` (model, accuracy,
-uwa, weighted_f1), ``calibration.md`` (both tables and the best cell), ``heatmap.png`` (UWA over the
+Outputs in ``out_dir``: ``grid.csv`` (x, y, uwa, accuracy, weighted_f1), ``ser.csv`` (model, as
+published: a local folder by its name only; accuracy, uwa, weighted_f1), ``calibration.md`` (both tables and the best cell), ``heatmap.png`` (UWA over the
 grid, the best cell framed); ``write_config`` writes ``{"condense": {"x": ..., "y": ...}}`` as YAML or
 JSON for ``--config``.
 """
@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 from . import audio, condense, dimension, emotion, ingest
 from .config import Config
 from .corpora import normalise_labels
-from .export import markdown_table
+from .export import markdown_table, public_model_id
 from .schema import EMOTION_LABELS, SENTIMENT_CLASSES
 from .windows import explode_windows
 from .work import _atomic_write, fingerprint
@@ -374,7 +374,7 @@ def calibrate(
     ids, truth = utterances.columns["utterance_id"], utterances.columns["label"]
 
     grid = [{"x": x, "y": y, **scores(truth, condensed_predictions(ids, grouped, x, y))} for x in xs for y in ys]
-    names = [*config.models.emotion, ENSEMBLE]
+    names = [*(public_model_id(m) for m in config.models.emotion), ENSEMBLE]  # local folders by name only
     ser = [{"model": name, **scores(truth, ser_predictions(ids, grouped, None if name == ENSEMBLE else k))} for k, name in enumerate(names)]
     result = Calibration(grid, ser, best_cell(grid), len(ids), utterances.dropped, hit, out_dir)
     write_outputs(result, corpus, xs, ys)

@@ -24,7 +24,8 @@ PAPER_EMOTION_MODELS = (
     "iic/emotion2vec_plus_seed",
 )
 PAPER_DIMENSION_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
-# Any transformers audio-classification checkpoint whose labels say female/male works here.
+# Any transformers audio-classification checkpoint whose labels say female/male works here. Not the
+# paper's model (WavLM-ECAPA from wespeaker fine-tuned on VoxCeleb2, unpublished): see README "Fidelity".
 DEFAULT_GENDER_MODEL = "alefiury/wav2vec2-large-xlsr-53-gender-recognition-librispeech"
 
 # α per emotion (paper, Algorithm 1). Neutral is not a target category in the paper: a segment

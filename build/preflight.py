@@ -98,15 +98,22 @@ def check_config(config: Config) -> list[str]:
         elif not isinstance(alpha, int) or isinstance(alpha, bool) or alpha < 1:
             problems.append(_bad(f"condense.alpha.{label}", alpha, "an integer >= 1 (1 disables the occurrence filter)"))
     from .align import ALIGNERS
+    from .categories import MODES as CATEGORISERS
     from .models import PRECISIONS
+    from .qa import WORD_TIMINGS, prompt_versions
 
     for key, value, allowed in (
         ("asr.aligner", c.asr.aligner, ALIGNERS),
         ("qa.structured_output", c.qa.structured_output, STRUCTURED_OUTPUTS),
+        ("qa.prompt_version", c.qa.prompt_version, prompt_versions()),
+        ("qa.word_timing", c.qa.word_timing, WORD_TIMINGS),
+        ("postfilter.categoriser", c.postfilter.categoriser, CATEGORISERS),
         ("runtime.precision", c.runtime.precision, PRECISIONS),
     ):
         if value not in allowed:
             problems.append(_bad(key, value, f"one of {', '.join(allowed)}"))
+    if c.condense.topup_rounds < 0:
+        problems.append(_bad("condense.topup_rounds", c.condense.topup_rounds, "0 (no top-up) or more rounds"))
     if not _DEVICE.match(c.runtime.device):
         problems.append(_bad("runtime.device", c.runtime.device, "auto, cpu, mps, cuda or cuda:N"))
     for key, value in (("min_segment_s", c.min_segment_s), ("max_segment_s", c.max_segment_s), ("runtime.recordings_per_shard", c.runtime.recordings_per_shard), ("runtime.segments_per_shard", c.runtime.segments_per_shard), ("qa.pairs_per_segment", c.qa.pairs_per_segment)):

@@ -41,13 +41,17 @@ NO_TRANSCRIPT = "no transcript"
 
 
 # ---------------------------------------------------------------- prompt
+def prompt_versions() -> list[str]:
+    """The prompt files of ``build/prompts`` by version name."""
+    return sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+
+
 @functools.lru_cache(maxsize=None)
 def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     """The ``### section`` blocks of ``prompts/<version>.txt`` as templates (text before the first is comment)."""
     path = PROMPT_DIR / f"{version}.txt"
     if not path.is_file():
-        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
-        raise ValueError(f"qa.prompt_version {version!r}: no prompt file {path.name} (known: {', '.join(known)})")
+        raise ValueError(f"qa.prompt_version {version!r}: no prompt file {path.name} (known: {', '.join(prompt_versions())})")
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in path.read_text().splitlines():

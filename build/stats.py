@@ -176,4 +176,4 @@ def card_section(folder: str | Path, image_dir: str = "stats") -> str:
     """The statistics of one build for its dataset card; the plots go to ``folder/<image_dir>``."""
     stats = collect({"this dataset": folder})
     write_stats(stats, Path(folder) / image_dir)
-    return markdown(stats, image_dir=image_dir, heading="###")
+    return markdown(stats, image_dir=image_dir, heading="###").rstrip()
