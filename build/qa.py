@@ -18,37 +18,23 @@ times relative to the clip. Output columns, and only these:
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from pathlib import Path
 from string import Template
 
-from . import devices
-from .llm import LlmClient
+from .prompting import FENCE as _FENCE
+from .prompting import LENIENT_JSON as _LENIENT_JSON
+from .prompting import chat_request, check_structured_mode, json_schema_format, llm_client, load_sections
 
 PROMPT_VERSION = "qa_v1"
-PROMPT_DIR = Path(__file__).with_name("prompts")
-STRUCTURED_MODES = ("auto", "json_schema", "text")
 UNPARSEABLE = "unparseable reply"
 NO_TRANSCRIPT = "no transcript"
 
 
 # ---------------------------------------------------------------- prompt
-@functools.lru_cache(maxsize=None)
 def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     """The ``### section`` blocks of ``prompts/<version>.txt`` as templates (text before the first is comment)."""
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in (PROMPT_DIR / f"{version}.txt").read_text().splitlines():
-        if line.startswith("### "):
-            current = sections.setdefault(line[4:].strip(), [])
-        elif current is not None:
-            current.append(line)
-    missing = {"system", "user", "format_text", "format_json"} - sections.keys()
-    if missing:
-        raise ValueError(f"prompt {version} lacks the sections {sorted(missing)}")
-    return {name: Template("\n".join(lines).strip()) for name, lines in sections.items()}
+    return load_sections(version, ("system", "user", "format_text", "format_json"))
 
 
 def word_spans(words: list[dict], clip_start: float = 0.0) -> list[dict]:
@@ -129,14 +115,11 @@ def qa_schema(n_pairs: int) -> dict:
 
 
 def response_format(n_pairs: int) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "qa_pairs", "strict": True, "schema": qa_schema(n_pairs)}}
+    return json_schema_format("qa_pairs", qa_schema(n_pairs))
 
 
 # ---------------------------------------------------------------- parse
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 _JSON_PAIR = re.compile(r'\{\s*"question"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"answer"\s*:\s*("(?:[^"\\]|\\.)*")\s*\}', re.S)
-# strict=False: small models put raw newlines and tabs inside JSON strings
-_LENIENT_JSON = json.JSONDecoder(strict=False)
 _MARK = r"(?:\*\*|__)?"
 # "Q:", "Question:", "Q1:", "Question 2:", "1. Q:", "- Q:", "**Q1:**" at the start of a line
 _LABEL = re.compile(rf"^\s*(?:[-*•]\s+)?(?:\d+\s*[.)]\s*)?{_MARK}(?P<kind>question|answer|q|a)\s*\d*\s*{_MARK}\s*:\s*{_MARK}\s*", re.I)
@@ -259,14 +242,8 @@ def generate_qa(
     timeout_s: float,
 ) -> dict[str, list]:
     """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
-    if structured_output not in STRUCTURED_MODES:
-        raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
-    if not base_url:
-        raise ValueError("generate_qa needs a base_url: start build.llm_server.embedded_server() or configure qa.base_url")
-    client = devices.cached(
-        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-    )
+    check_structured_mode(structured_output)
+    client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
     requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output) for i in askable]
@@ -291,9 +268,5 @@ def generate_qa(
 
 
 def qa_request(row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str) -> dict:
-    structured = structured_output != "text"
-    request = {"messages": render_messages(row, n_pairs, structured), "temperature": temperature, "max_tokens": max_tokens}
-    if structured:
-        request["response_format"] = response_format(n_pairs)
-        request["fallback_to_text"] = structured_output == "auto"
-    return request
+    messages = render_messages(row, n_pairs, structured_output != "text")
+    return chat_request(messages, temperature=temperature, max_tokens=max_tokens, structured_output=structured_output, schema_name="qa_pairs", schema=qa_schema(n_pairs))
