@@ -6,6 +6,7 @@
                                               #   save_to_disk folder, or hf://owner/name[:split]
     python cpqa.py build SOURCE --out DIR --profile tiny --set condense.x=0.6 --set runtime.device=cuda
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
+    python cpqa.py build SOURCE --out DIR --outputs qa           # QA pairs only (default: qa,empathy)
     accelerate launch --multi_gpu --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 GPUs, same output
                                               # rerun the same command after a crash: it resumes
     python cpqa.py push DIR --repo-id you/name [--public]         # token from $HF_TOKEN
@@ -55,11 +56,12 @@ DEMO_SOURCES = (
     "a one-minute AMI Meeting Corpus excerpt (Carletta et al. 2005; CC BY 4.0) and 89 s of Apollo 11 "
     "air-to-ground radio (NASA, presumed public domain). Because of RAVDESS, this build is CC BY-NC-SA 4.0."
 )
-def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool) -> int:
+def run_build(source: str, out: str, config, *, stop_after: str | None, outputs: str, license: str, sources: str | None, quiet: bool) -> int:
     from build import pipeline
 
     card = (REPO / "dataset_card.md").read_text()
-    result = pipeline.build(source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet)
+    wanted = tuple(o.strip() for o in outputs.split(",") if o.strip())
+    result = pipeline.build(source, config, out, stop_after=stop_after, outputs=wanted, license=license, sources=sources, card_template=card, progress=not quiet)
     if result is None:  # not rank 0: the main process prints the report
         return 0
     print(pipeline.format_report(result))
@@ -67,10 +69,12 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, license:
     if result.status in ("condensed", "nothing condensed"):
         print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}")')
         return 0
-    if result.status == "no pairs":
-        print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
+    if result.status in ("no pairs", "no samples"):
+        what = "QA pair" if result.status == "no pairs" else "empathy sample"
+        print(f"no {what} survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or load_dataset("{out_dir}", "segments")')
+    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in ("segments", "empathy") if name != "empathy" or result.empathy is not None)
+    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or {others}')
     return 0
 
 
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
+        p.add_argument("--outputs", default="qa,empathy", help="what to build: qa, empathy, or qa,empathy (default)")
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
@@ -228,8 +233,8 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)
     if args.command == "demo":
-        return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
-    return run_build(args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet)
+        return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, outputs=args.outputs, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
+    return run_build(args.source, args.out, config, stop_after=args.stop_after, outputs=args.outputs, license=args.license, sources=args.sources, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 ``embed_segment_audio`` (batched map over segment rows): ``audio_path``, ``start``, ``end`` -> ``context``
 (the span as 16 kHz FLAC bytes; an Audio column once cast).
 
-``write_config`` writes one config (``qa`` or ``segments``) as ``data/<config>/test-XXXXX-of-YYYYY.parquet``;
+``empathy_table``: one row per empathy sample (``schema.EMPATHY_SAMPLE``) -> ``id``, ``audio`` (the span
+``clip_start``-``clip_end`` as FLAC bytes), ``text_context``, ``target_utterance``, ``desired_response``,
+then provenance; every time in a row is relative to its ``audio``.
+
+``write_config`` writes one config (``qa``, ``segments`` or ``empathy``) as ``data/<config>/test-XXXXX-of-YYYYY.parquet``;
 ``render_card`` fills ``dataset_card.md`` into the output's ``README.md`` with YAML ``configs`` so
 that ``load_dataset(out_dir)`` gives the ``qa`` config and ``load_dataset(out_dir, "segments")`` the
 segments. ``push`` uploads exactly ``files_to_upload(out_dir)`` with the token from the environment.
@@ -33,17 +37,26 @@ def flac_bytes(audio) -> bytes:
     return buffer.getvalue()
 
 
+def _embedded(names: list[str], paths: list[str], starts: list[float], ends: list[float]) -> list[dict]:
+    return [{"bytes": flac_bytes(decode_span(path, start, end)), "path": f"{name}.flac"} for name, path, start, end in zip(names, paths, starts, ends)]
+
+
 def embed_segment_audio(batch: dict[str, list]) -> dict[str, list]:
-    contexts = []
-    for sid, path, start, end in zip(batch["segment_id"], batch["audio_path"], batch["start"], batch["end"]):
-        contexts.append({"bytes": flac_bytes(decode_span(path, start, end)), "path": f"{sid}.flac"})
-    return {"context": contexts}
+    return {"context": _embedded(batch["segment_id"], batch["audio_path"], batch["start"], batch["end"])}
 
 
 def with_audio(data: Dataset) -> Dataset:
     """Add the ``context`` Audio column (bytes embedded) to rows that carry a segment span."""
     data = data.map(embed_segment_audio, batched=True, batch_size=16, desc="embed audio")
     return data.cast_column("context", Audio(sampling_rate=SAMPLE_RATE))
+
+
+def configs_yaml(names: list[str]) -> str:
+    """The card's ``configs`` block: one entry per written config, the first one the default."""
+    lines = ["configs:"]
+    for i, name in enumerate(names):
+        lines += [f"- config_name: {name}", *(["  default: true"] if i == 0 else []), "  data_files:", f"  - split: {SPLIT}", f"    path: data/{name}/{SPLIT}-*.parquet"]
+    return "\n".join(lines)
 
 
 def write_config(data: Dataset, out_dir: str | Path, config_name: str) -> list[Path]:
@@ -157,6 +170,39 @@ def qa_table(pairs: Dataset, segment_rows: Dataset) -> Dataset:
     joined = concatenate_datasets([aligned, own], axis=1)
     first = ["context", "instruction", "answer", "category", "question_id"]
     return joined.select_columns(first + [c for c in joined.column_names if c not in first])
+
+
+_EMPATHY_FIRST = ("id", "audio", "text_context", "target_utterance", "desired_response")
+
+
+def empathy_table(samples: Dataset) -> Dataset:
+    """One row per empathy sample: the sample's columns first, then provenance (source file, clip span in the recording)."""
+
+    def own(batch: dict[str, list]) -> dict[str, list]:
+        ids = [f"{sid}-empathy" for sid in batch["segment_id"]]
+        return {
+            "id": ids,
+            "audio": _embedded(ids, batch["audio_path"], batch["clip_start"], batch["clip_end"]),
+            "source_file": [Path(p).name for p in batch["audio_path"]],
+        }
+
+    data = samples.map(own, batched=True, batch_size=16, desc="embed audio").cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
+    rest = ("segment_id", "recording_id", "source_file", "clip_start", "clip_end", "prompt_version", "llm_model")
+    return data.select_columns([*_EMPATHY_FIRST, *rest])
+
+
+def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
+    """``$n_empathy`` and ``$empathy_strategy_table`` (samples per family, primary emotion and strategy)."""
+    from .empathy import family_of
+
+    if samples is None:
+        return {"n_empathy": "0 (not built: this build was made with `--outputs qa`)", "empathy_strategy_table": "(none)"}
+    counts = Counter(
+        (family_of(t["emotions"]["primary"]), t["emotions"]["primary"], r["response_strategy"]) for t, r in zip(samples["target_utterance"], samples["desired_response"])
+    )
+    rows = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[1], kv[0][2]))
+    table = markdown_table(("emotion family", "primary emotion", "response strategy", "samples"), [(*key, n) for key, n in rows]) if rows else "(none)"
+    return {"n_empathy": str(len(samples)), "empathy_strategy_table": table}
 
 
 PROFILE_NOTES = {

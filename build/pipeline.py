@@ -10,6 +10,7 @@
     asr              per sample shard: WhisperX transcript and word times
     qa               per sample shard: word labels, LLM-written pairs (replies cached by request hash)
     postfilter       per sample shard: drops and categories of the pairs
+    empathy          per sample shard: word labels, one empathetic-response sample per clip (build.empathy)
     export (global)  Parquet + dataset card, report.json, recordings.jsonl, work/dropped/<stage>.parquet
 
 Every task is a file under ``OUT/work`` (``build.work``): rerunning the same command after a crash
@@ -21,6 +22,11 @@ rank 0 runs the global steps after a barrier.
 The funnel counts what is left after each step (``FUNNEL``, keyed by stage id) and every drop by
 stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason) or ``failed``
 (stage and error) in the ledger.
+
+``outputs`` chooses what a build writes: ``qa`` (asr, qa, postfilter), ``empathy`` (asr, empathy), or
+both (the default; both share ASR and the LLM endpoint). A recording is kept when any output holds a
+row of it; with ``qa`` built, a recording in neither output is reported at the QA stages (its empathy
+drops are counted in the funnel and kept in ``work/dropped/empathy.parquet``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,7 +47,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, export, ingest, label, postfilter, qa, schema, segment, words
+from . import align, condense, empathy, export, ingest, label, postfilter, qa, schema, segment, words
 from .config import Config
 from .progress import StageProgress
 from .ranks import Ranks, current
@@ -60,10 +67,13 @@ FUNNEL = {
     "generated": "QA pairs generated",
     "pairs": "QA pairs kept",
     "postfilter": "segments in the benchmark",
+    "empathy": "empathy samples",
 }
 # Stages at which a recording can end (QA pair drops never end a recording), in order.
 STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "qa", "postfilter")
+EMPATHY_ONLY_STAGES = (*STAGES[: STAGES.index("qa")], "empathy")  # the same, for a build without QA
 STOP_AFTER = ("condense",)
+OUTPUTS = ("qa", "empathy")
 
 # drop reasons decided here (the stage modules' own reasons travel through their columns)
 UNREADABLE = "unreadable audio"
@@ -110,13 +120,16 @@ class BuildResult:
     funnel: Funnel
     segments: Dataset  # condensed segments; after QA, the segments in the benchmark
     pairs: Dataset | None = None  # kept QA pairs, once the QA stages ran
-    status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs"
+    status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs", "no samples"
     out_dir: Path | None = None
+    empathy: Dataset | None = None  # empathy samples (schema.EMPATHY_SAMPLE), once that stage ran
 
     @property
     def ledger(self) -> list[dict]:
-        final = self.pairs if self.pairs is not None else self.segments
-        return _ledger(self.recording_ids, self.funnel, set(final["recording_id"]))
+        finals = [d for d in (self.pairs, self.empathy) if d is not None] or [self.segments]
+        kept = {rid for d in finals for rid in d["recording_id"]}
+        stages = EMPATHY_ONLY_STAGES if self.pairs is None and self.empathy is not None else STAGES
+        return _ledger(self.recording_ids, self.funnel, kept, stages)
 
     def report(self) -> dict:
         report = {
@@ -127,14 +140,16 @@ class BuildResult:
         }
         if self.pairs is not None:
             report["categories"] = dict(Counter(self.pairs["category"]))
+        if self.empathy is not None:
+            report["empathy_strategies"] = dict(Counter(r["response_strategy"] for r in self.empathy["desired_response"]))
         return report
 
 
-def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str]) -> list[dict]:
+def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str], stages: tuple[str, ...] = STAGES) -> list[dict]:
     """One entry per input recording: kept, failed (stage, error) or dropped (stage, reasons)."""
     by_recording: dict[str, list[Drop]] = {}
     for d in funnel.drops:
-        if d.stage in STAGES:
+        if d.stage in stages:
             by_recording.setdefault(d.recording_id, []).append(d)
     ledger = []
     for rid in recording_ids:
@@ -142,13 +157,13 @@ def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str]) -> list[di
         drops = by_recording.get(rid, [])
         if rid not in kept and drops:
             # The recording got as far as its furthest segment: report the drops at that stage.
-            last = max(STAGES.index(d.stage) for d in drops)
-            at_last = [d for d in drops if STAGES.index(d.stage) == last]
+            last = max(stages.index(d.stage) for d in drops)
+            at_last = [d for d in drops if stages.index(d.stage) == last]
             if all(d.detail for d in at_last):  # every one of them failed with an error
-                entry.update(status="failed", stage=STAGES[last], reason=at_last[0].detail)
+                entry.update(status="failed", stage=stages[last], reason=at_last[0].detail)
             else:
                 reasons = Counter(d.reason for d in at_last)
-                entry.update(status="dropped", stage=STAGES[last], reason="; ".join(f"{r} (x{n})" if n > 1 else r for r, n in sorted(reasons.items())))
+                entry.update(status="dropped", stage=stages[last], reason="; ".join(f"{r} (x{n})" if n > 1 else r for r, n in sorted(reasons.items())))
         elif rid not in kept:
             entry.update(status="dropped", stage="segments", reason="no segment")
         ledger.append(entry)
@@ -173,6 +188,8 @@ def format_report(result: BuildResult) -> str:
         lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
     if report.get("categories"):
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
+    if report.get("empathy_strategies"):
+        lines.append("empathy strategies: " + ", ".join(f"{k} {v}" for k, v in sorted(report["empathy_strategies"].items())))
     return "\n".join(lines)
 
 
@@ -260,6 +277,12 @@ def stage_params(config: Config) -> dict[str, dict]:
             "structured_output": c.qa.structured_output,
         },
         "postfilter": dataclasses.asdict(c.postfilter),
+        "empathy": {
+            **dataclasses.asdict(c.empathy),
+            "model": c.qa.model,
+            "prompt_version": empathy.PROMPT_VERSION,
+            "demos": empathy.DEMOS_FILE.read_text(),
+        },
     }
 
 
@@ -299,6 +322,7 @@ def build(
     out_dir: str | Path,
     *,
     stop_after: str | None = None,
+    outputs: tuple[str, ...] = OUTPUTS,
     license: str = "other",
     sources: str | None = None,
     card_template: str | None = None,
@@ -312,6 +336,10 @@ def build(
     the lines meant for the user (the embedded server starting); progress bars go to stderr."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
+    unknown = [o for o in outputs if o not in OUTPUTS]
+    if unknown or not outputs:
+        raise ValueError(f"outputs must name one or more of {', '.join(OUTPUTS)}, got {', '.join(outputs) or 'none'}")
+    outputs = tuple(o for o in OUTPUTS if o in outputs)
     out_dir = Path(out_dir)
     ranks = ranks or current()
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
@@ -366,30 +394,49 @@ def build(
         write_report(result, out_dir)
         return result
 
-    # ---- per sample shard: asr, qa, postfilter
-    for stage, upstream in (("asr", "sample"), ("qa", "asr"), ("postfilter", "qa")):
+    # ---- per sample shard: asr, then qa and postfilter, and empathy (as ``outputs`` asks)
+    stages = ("asr", *(("qa", "postfilter") if "qa" in outputs else ()), *(("empathy",) if "empathy" in outputs else ()))
+    upstreams = {"asr": "sample", "qa": "asr", "postfilter": "qa", "empathy": "asr"}
+    for stage in stages:
+        upstream = upstreams[stage]
         fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
-    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa", "postfilter")}
+    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in stages}
     run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
-    pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
-    with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
+    llm_stages = [stage for stage in ("qa", "empathy") if stage in stages]
+    pending = [t for stage in llm_stages for t in ranks.mine(tasks[stage]) if not run.work.is_done(stage, t[0], t[1])]
+    with _llm_endpoint(config, needed=bool(pending), say=say) as (base_url, qa_config):
         cache_dir = str(run.work.root / "llm-cache")
-        run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
-    run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
+        if "qa" in stages:
+            run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
+        if "empathy" in stages:
+            run.stage("empathy", tasks["empathy"], lambda s, bar: _empathy(run.work.read("asr", s), config.empathy, qa_config, base_url, cache_dir, bar))
+    if "postfilter" in stages:
+        run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
     ranks.barrier()
     if not ranks.is_main:
         return None
 
-    pairs = _dataset(run.table("postfilter", sample_shards, schema.QA_PAIR), schema.QA_PAIR)
-    segments = _dataset(run.table("qa", sample_shards, QA_SEGMENT), QA_SEGMENT)
-    with_pairs = set(pairs["segment_id"])
-    segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in with_pairs])
-    stages = ("asr", "qa", "postfilter")
-    if len(pairs) == 0:
-        result = finish(segments, pairs, "no pairs", stages)
+    samples = _dataset(run.table("empathy", sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE) if "empathy" in stages else None
+    if "qa" in stages:
+        pairs = _dataset(run.table("postfilter", sample_shards, schema.QA_PAIR), schema.QA_PAIR)
+        segments = _dataset(run.table("qa", sample_shards, QA_SEGMENT), QA_SEGMENT)
+        published = set(pairs["segment_id"])
+        status = "no pairs" if len(pairs) == 0 else "built"
+    else:
+        pairs = None
+        segments = _dataset(run.table("asr", sample_shards, ASR_SEGMENT), ASR_SEGMENT)
+        model_of = dict(zip(samples["segment_id"], samples["llm_model"]))
+        segments = segments.map(
+            lambda b: {**words.tag_words(b), "llm_model": [model_of.get(sid) for sid in b["segment_id"]], "prompt_version": [empathy.PROMPT_VERSION] * len(b["segment_id"])},
+            batched=True,
+        )
+        published = set(samples["segment_id"])
+        status = "no samples" if len(samples) == 0 else "built"
+    segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in published])
+    result = dataclasses.replace(finish(segments, pairs, status, stages), empathy=samples)
+    if status != "built":
         write_report(result, out_dir)
         return result
-    result = finish(segments, pairs, "built", stages)
     export_dataset(result, config, out_dir, license=license, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
     return result
 
@@ -581,6 +628,25 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
 
 
+def _empathy(segments: dict[str, list], empathy_config, qa_config, base_url: str, cache_dir: str, bar: StageProgress):
+    """One empathetic-response sample per clip; clips without one are dropped with the reason."""
+    segments = {**segments, **words.tag_words(segments)}
+    e, q = empathy_config, qa_config
+    kwargs = dict(
+        base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, strategy=e.strategy, demos_per_sample=e.demos_per_sample,
+        max_response_chars=e.max_response_chars, pause_s=e.pause_s, temperature=e.temperature, max_tokens=e.max_tokens,
+        structured_output=e.structured_output, concurrency=q.concurrency, max_retries=q.max_retries, timeout_s=q.timeout_s,
+    )  # fmt: skip
+    out = {name: [] for name in empathy.OUTPUT_COLUMNS}  # a shard that lost every clip at ASR
+    out.update(_map_with_progress(segments, empathy.generate_empathy, max(q.concurrency * 4, 16), bar, **kwargs))
+    errors = out["empathy_error"]
+    reasons = [(err if err in empathy.REASONS else LLM_FAILED) if err else None for err in errors]
+    # the audit keeps the transport error, or the rejected reply itself
+    details = [err if reason == LLM_FAILED else raw for err, reason, raw in zip(errors, reasons, out["empathy_raw"])]
+    keep, dropped = _split("empathy", segments, reasons, details)
+    return _pick({**segments, **out}, keep), schema.EMPATHY_SAMPLE, {"empathy": len(keep)}, dropped
+
+
 def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
@@ -669,18 +735,32 @@ def model_ids(config: Config) -> dict[str, object]:
     }
 
 
+def pipeline_configs() -> tuple[str, ...]:
+    """Every config a build can publish."""
+    return ("qa", "segments", "empathy")
+
+
 def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None) -> Path:
-    """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports."""
+    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the reports."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
     models = model_ids(config)
-    segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"]))
-    qa_rows = export.qa_table(result.pairs, segment_rows)
-    export.write_config(qa_rows, out_dir, "qa")
-    export.write_config(segment_rows, out_dir, "segments")
+    segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"] if result.pairs is not None else []))
+    tables = {"segments": segment_rows}
+    if result.pairs is not None:
+        tables = {"qa": export.qa_table(result.pairs, segment_rows), **tables}
+    if result.empathy is not None:
+        tables["empathy"] = export.empathy_table(result.empathy)
+    for name in set(pipeline_configs()) - set(tables):  # a config an earlier build here wrote, not this one
+        shutil.rmtree(out_dir / "data" / name, ignore_errors=True)
+    for name, table in tables.items():
+        export.write_config(table, out_dir, name)
+    qa_rows = tables.get("qa", Dataset.from_dict({"category": []}))
     values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
-    values["dataset_info"] = export.dataset_info_yaml(out_dir, {"qa": len(qa_rows), "segments": len(segment_rows)})
+    values.update(export.empathy_card_values(result.empathy))
+    values["configs"] = export.configs_yaml(list(tables))
+    values["dataset_info"] = export.dataset_info_yaml(out_dir, {name: len(table) for name, table in tables.items()})
     (out_dir / "README.md").write_text(export.render_card(card_template, values))
     write_report(result, out_dir)
     return out_dir

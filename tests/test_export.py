@@ -64,6 +64,7 @@ def built(tmp_path_factory):
     report = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
     values = export.card_values(paper_config(), qa_rows, segment_rows, report, models, license="cc-by-4.0", sources="AMI excerpt.", load_path="you/cpqa")
     values["dataset_info"] = export.dataset_info_yaml(out, {"qa": len(qa_rows), "segments": len(segment_rows)})
+    values.update(export.empathy_card_values(None), configs=export.configs_yaml(["qa", "segments"]))
     (out / "README.md").write_text(export.render_card((REPO / "dataset_card.md").read_text(), values))
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
