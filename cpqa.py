@@ -56,12 +56,14 @@ DEMO_SOURCES = (
     "a one-minute AMI Meeting Corpus excerpt (Carletta et al. 2005; CC BY 4.0) and 89 s of Apollo 11 "
     "air-to-ground radio (NASA, presumed public domain). Because of RAVDESS, this build is CC BY-NC-SA 4.0."
 )
-def run_build(source: str, out: str, config, *, stop_after: str | None, outputs: str, license: str, sources: str | None, quiet: bool) -> int:
+def run_build(source: str, out: str, config, *, stop_after: str | None, outputs: str, license: str, sources: str | None, quiet: bool, allow_outside_root: bool = False) -> int:
     from build import pipeline
 
     card = (REPO / "dataset_card.md").read_text()
     wanted = tuple(o.strip() for o in outputs.split(",") if o.strip())
-    result = pipeline.build(source, config, out, stop_after=stop_after, outputs=wanted, license=license, sources=sources, card_template=card, progress=not quiet)
+    result = pipeline.build(
+        source, config, out, stop_after=stop_after, outputs=wanted, license=license, sources=sources, card_template=card, progress=not quiet, allow_outside_root=allow_outside_root
+    )
     if result is None:  # not rank 0: the main process prints the report
         return 0
     print(pipeline.format_report(result))
@@ -127,6 +129,8 @@ def run_evaluate(args) -> int:
                 kwargs["device"] = args.device
         results[label] = metric.compute(**kwargs)
         print(f"{label}: score {results[label]['score']:.2f} (successful only {results[label]['score_successful']:.2f}, success rate {results[label]['success_rate']:.3f})")
+        for judge_name, calls in results[label]["judge_calls"].items():
+            print(f"  judge {judge_name}: {calls['summary']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# CPQA evaluation", "", report.table2_markdown(results), ""]
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("--out", required=True)
     build_cmd.add_argument("--license", default="other", help="licence of the built dataset (that of your audio)")
     build_cmd.add_argument("--sources", help="a sentence on where the audio comes from, for the dataset card")
+    build_cmd.add_argument("--allow-outside-root", action="store_true", help="read manifest rows whose file lies outside the manifest's folder")
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
@@ -225,7 +230,9 @@ def _run(args: argparse.Namespace) -> int:
         return run_evaluate(args)
     if args.command == "push":
         from build.export import files_to_upload, push
+        from build.preflight import check_push
 
+        check_push()
         print("uploading: " + ", ".join(files_to_upload(args.folder)))
         print(push(args.folder, args.repo_id, private=not args.public))
         return 0
@@ -234,7 +241,9 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.command == "demo":
         return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, outputs=args.outputs, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
-    return run_build(args.source, args.out, config, stop_after=args.stop_after, outputs=args.outputs, license=args.license, sources=args.sources, quiet=args.quiet)
+    return run_build(
+        args.source, args.out, config, stop_after=args.stop_after, outputs=args.outputs, license=args.license, sources=args.sources, quiet=args.quiet, allow_outside_root=args.allow_outside_root
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ import numpy as np
 
 from .schema import EMOTION_LABELS, SENTIMENT_CLASSES
 
+# the drop reason decided here (X_O)
+NO_EMOTION_PASSED = "no emotion reached its occurrence threshold"
+
 
 def is_consistent(emotion: str, valence: float, x: float, y: float) -> bool:
     # Valence is stored as float32: compare at that precision, so a value written as exactly
@@ -73,7 +76,7 @@ def count_occurrences(batch: dict[str, list], *, alpha: dict[str, int]) -> dict[
         out["emotion_counts"].append(counts)
         out["emotions"].append(labels)
         out["primary_emotion"].append(primary_label(labels, counts, alpha))
-        out["drop_reason"].append(None if labels else "no emotion reached its occurrence threshold")
+        out["drop_reason"].append(None if labels else NO_EMOTION_PASSED)
     return out
 
 

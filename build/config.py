@@ -105,7 +105,7 @@ class QaConfig:
     max_tokens: int = 1500
     structured_output: str = "auto"  # "json_schema", "text", or "auto" (schema, then plain Q:/A: text)
     concurrency: int = 8
-    max_retries: int = 3
+    max_retries: int = 5  # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
     timeout_s: float = 120.0
 
 
@@ -135,6 +135,9 @@ class PostFilterConfig:
     embedding_model: str = "bundled"
     duplicate_threshold: float = 0.9  # cosine similarity at or above which a later question is a duplicate
     min_answer_chars: int = 2
+    # Untrusted-reply limits: the prompt asks for one- or two-sentence answers.
+    max_question_chars: int = 300
+    max_answer_chars: int = 600
 
 
 @dataclass

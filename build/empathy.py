@@ -16,7 +16,7 @@ Output columns, and only these (``schema.EMPATHY_OUTPUT``):
   ``clip_start`` (the start of the published audio);
 - ``desired_response``: ``{text, response_strategy, emotion_awareness}``;
 - ``empathy_raw``: the reply as the LLM wrote it; ``empathy_error``: null, a reason below, or the
-  transport error; ``prompt_version``, ``llm_model``: provenance.
+  transport error (counted as ``REQUEST_FAILED``); ``prompt_version``, ``llm_model``: provenance.
 
 Rules, in order:
 
@@ -67,7 +67,7 @@ from collections import Counter
 from pathlib import Path
 
 from .prompting import FENCE, LENIENT_JSON, PROMPT_DIR, chat_request, check_structured_mode, llm_client, load_sections
-from .schema import EMOTION_LABELS, SENTIMENT_CLASSES
+from .schema import EMOTION_FAMILY, EMOTION_LABELS, FAMILIES
 
 PROMPT_VERSION = "empathy_v1"
 DEMOS_FILE = PROMPT_DIR / "empathy_demos.jsonl"
@@ -78,7 +78,7 @@ DEFAULT_SPEAKER = "Speaker"
 # Reasons a clip yields no sample (counted in the funnel under the "empathy" stage).
 NO_WORDS = "no words in the clip"
 NO_TARGET = "no sentence carries the primary emotion"
-UNPARSEABLE = "unparseable reply"
+UNPARSEABLE = "unparseable empathy reply"
 NO_STRATEGY = "no strategy in the reply"
 OUTSIDE_FAMILY = "strategy outside its family"
 NOT_ASSIGNED = "strategy other than the one assigned"
@@ -86,18 +86,10 @@ EMPTY_RESPONSE = "empty response"
 LONG_RESPONSE = "response too long"
 NO_AWARENESS = "empty emotion awareness"
 NAMES_LABELS = "response names labels or classifiers"
+REQUEST_FAILED = "empathy request failed"  # counted for a transport error (the error is the detail)
 REASONS = (NO_WORDS, NO_TARGET, UNPARSEABLE, NO_STRATEGY, OUTSIDE_FAMILY, NOT_ASSIGNED, EMPTY_RESPONSE, LONG_RESPONSE, NO_AWARENESS, NAMES_LABELS)
 
-# ---------------------------------------------------------------- families and strategies
-FAMILIES = {
-    "negative": ("validation", "empathetic response", "problem-solving", "redirection", "de-escalation", "normalisation"),
-    "positive": ("celebration", "inquiry", "gratitude", "reciprocal enthusiasm", "future-oriented discussion"),
-    "neutral or mixed": ("clarification", "open-ended questioning", "mindful presence", "summarisation"),
-}
-_SENTIMENT_FAMILY = {"negative": "negative", "positive": "positive", "neutral": "neutral or mixed", "ambiguous": "neutral or mixed"}
-EMOTION_FAMILY = {
-    label: next((_SENTIMENT_FAMILY[s] for s, members in SENTIMENT_CLASSES.items() if label in members), "neutral or mixed") for label in EMOTION_LABELS
-}
+# ---------------------------------------------------------------- families and strategies (schema.FAMILIES)
 NOT_EMOTIONS = frozenset({"unknown", "other"})
 
 

@@ -24,6 +24,9 @@ from pathlib import Path
 from datasets import Audio, Dataset
 
 from .audio import SAMPLE_RATE, decode_span
+from .schema import EMOTION_FAMILY
+from .errors import first_line
+from .preflight import check_push
 
 SPLIT = "test"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
@@ -119,10 +122,38 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
     files = files_to_upload(out_dir)
     if "README.md" not in files or len(files) < 2:
         raise FileNotFoundError(f"{out_dir}: no built dataset here (README.md and data/*/*.parquet expected)")
+    check_push(token_env)
     api = HfApi(token=os.environ.get(token_env))  # None lets huggingface_hub use its own login
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
+    except Exception as exc:
+        raise RuntimeError(_push_error(exc, repo_id, token_env)) from exc
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def _push_error(exc: Exception, repo_id: str, token_env: str) -> str:
+    """One line for a failed upload: no network, a refused token, or the Hub's own words."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "cannot push: HF_HUB_OFFLINE is set; unset it where the Hub is reachable, then run push again"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+        return f"the Hub refused the token (HTTP {status}) for {repo_id}: set ${token_env} to a token with write access to that namespace"
+    if _network_error(exc):
+        return f"cannot reach the Hugging Face Hub ({first_line(exc, with_type=False)}): check the network connection, then run push again"
+    return f"push to {repo_id} failed: {first_line(exc)}"
+
+
+def _network_error(exc: BaseException | None) -> bool:
+    """A transport failure: an OSError (requests' errors are), or httpx's TransportError, anywhere in the chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) or any(c.__name__ == "TransportError" for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def public_model_id(model: str) -> str:
@@ -193,12 +224,10 @@ def empathy_table(samples: Dataset) -> Dataset:
 
 def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
     """``$n_empathy`` and ``$empathy_strategy_table`` (samples per family, primary emotion and strategy)."""
-    from .empathy import family_of
-
     if samples is None:
         return {"n_empathy": "0 (not built: this build was made with `--outputs qa`)", "empathy_strategy_table": "(none)"}
     counts = Counter(
-        (family_of(t["emotions"]["primary"]), t["emotions"]["primary"], r["response_strategy"]) for t, r in zip(samples["target_utterance"], samples["desired_response"])
+        (EMOTION_FAMILY[t["emotions"]["primary"]], t["emotions"]["primary"], r["response_strategy"]) for t, r in zip(samples["target_utterance"], samples["desired_response"])
     )
     rows = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[1], kv[0][2]))
     table = markdown_table(("emotion family", "primary emotion", "response strategy", "samples"), [(*key, n) for key, n in rows]) if rows else "(none)"

@@ -20,8 +20,8 @@ that had completed, so nothing is recomputed or sent twice. ``accelerate launch`
 rank 0 runs the global steps after a barrier.
 
 The funnel counts what is left after each step (``FUNNEL``, keyed by stage id) and every drop by
-stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason) or ``failed``
-(stage and error) in the ledger.
+stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason), ``failed``
+(stage and error) or ``duplicate`` (of which recording) in the ledger.
 
 ``outputs`` chooses what a build writes: ``qa`` (asr, qa, postfilter), ``empathy`` (asr, empathy), or
 both (the default; both share ASR and the LLM endpoint). A recording is kept when any output holds a
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from collections import Counter
@@ -47,11 +48,12 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, empathy, export, ingest, label, postfilter, qa, schema, segment, words
+from . import align, condense, empathy, export, ingest, label, postfilter, preflight, prompting, qa, schema, segment, words
 from .config import Config
+from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
 from .ranks import Ranks, current
-from .work import Timer, WorkDir, fingerprint, plan_shards, shard_name
+from .work import Timer, WorkDir, fingerprint, incomplete, plan_shards, shard_name
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -76,8 +78,6 @@ STOP_AFTER = ("condense",)
 OUTPUTS = ("qa", "empathy")
 
 # drop reasons decided here (the stage modules' own reasons travel through their columns)
-UNREADABLE = "unreadable audio"
-VAD_FAILED = "voice activity detection failed"
 NO_SPEECH = "no speech detected"
 LABELLING_FAILED = "labelling failed"
 OVER_QUOTA = "over the per-category quota"
@@ -86,6 +86,31 @@ NO_WORDS = "no words recognised"
 LLM_FAILED = "LLM request failed"
 NO_PAIRS = "no pairs in the reply"
 NO_PAIR_SURVIVED = "no pair survived the post-filter"
+
+# Every reason a funnel stage can record, each a constant of the module that decides it; a reason
+# with {...} is a template naming a configured bound ("shorter than 30 s"). ``registered`` checks one.
+DROP_REASONS: dict[str, tuple[str, ...]] = {
+    "ingest": ingest.REASONS,
+    "vad": (segment.VAD_FAILED, segment.NON_FINITE, NO_SPEECH),
+    "length": (segment.SHORTER, segment.LONGER),
+    "label": (LABELLING_FAILED,),
+    "occurrence": (condense.NO_EMOTION_PASSED,),
+    "sampling": (OVER_QUOTA,),
+    "asr": (ASR_FAILED, NO_WORDS),
+    "qa": (LLM_FAILED, qa.UNPARSEABLE, qa.NO_TRANSCRIPT, NO_PAIRS),
+    "pairs": postfilter.REASONS,
+    "postfilter": (NO_PAIR_SURVIVED,),
+    "empathy": (*empathy.REASONS, empathy.REQUEST_FAILED),
+}
+
+
+def registered(stage: str, reason: str) -> bool:
+    """Whether ``reason`` is one of ``DROP_REASONS[stage]`` (a template matches any value of its field)."""
+    for known in DROP_REASONS.get(stage, ()):
+        pattern = "".join(".+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]*\})", known))
+        if re.fullmatch(pattern, reason):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- funnel, ledger, result
@@ -103,6 +128,7 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
+    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -142,11 +168,14 @@ class BuildResult:
             report["categories"] = dict(Counter(self.pairs["category"]))
         if self.empathy is not None:
             report["empathy_strategies"] = dict(Counter(r["response_strategy"] for r in self.empathy["desired_response"]))
+        if self.funnel.llm is not None:
+            report["llm_calls"] = self.funnel.llm
         return report
 
 
 def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str], stages: tuple[str, ...] = STAGES) -> list[dict]:
-    """One entry per input recording: kept, failed (stage, error) or dropped (stage, reasons)."""
+    """One entry per input recording: kept, failed (stage, error), dropped (stage, reasons) or
+    duplicate (the same bytes as another recording, named in ``reason``)."""
     by_recording: dict[str, list[Drop]] = {}
     for d in funnel.drops:
         if d.stage in stages:
@@ -159,7 +188,9 @@ def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str], stages: tu
             # The recording got as far as its furthest segment: report the drops at that stage.
             last = max(stages.index(d.stage) for d in drops)
             at_last = [d for d in drops if stages.index(d.stage) == last]
-            if all(d.detail for d in at_last):  # every one of them failed with an error
+            if at_last[0].reason == ingest.DUPLICATE:  # processed once, under the other id
+                entry.update(status="duplicate", stage="ingest", reason=at_last[0].detail)
+            elif all(d.detail for d in at_last):  # every one of them failed with an error
                 entry.update(status="failed", stage=stages[last], reason=at_last[0].detail)
             else:
                 reasons = Counter(d.reason for d in at_last)
@@ -180,7 +211,8 @@ def format_report(result: BuildResult) -> str:
         for reason, n in sorted(drops.get(stage, {}).items()):
             lines.append(f"      dropped: {n} {reason}")
     statuses = report["recordings"]
-    lines.append("recordings: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("kept", "dropped", "failed")))
+    shown = ("kept", "dropped", "failed") + (("duplicate",) if statuses.get("duplicate") else ())
+    lines.append("recordings: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in shown))
     for entry in result.ledger:
         if entry["status"] != "kept":
             lines.append(f"  {entry['recording_id']}: {entry['status']} at {entry['stage']}: {entry['reason']}")
@@ -190,6 +222,8 @@ def format_report(result: BuildResult) -> str:
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
     if report.get("empathy_strategies"):
         lines.append("empathy strategies: " + ", ".join(f"{k} {v}" for k, v in sorted(report["empathy_strategies"].items())))
+    if report.get("llm_calls"):
+        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
     return "\n".join(lines)
 
 
@@ -276,7 +310,7 @@ def stage_params(config: Config) -> dict[str, dict]:
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
         },
-        "postfilter": dataclasses.asdict(c.postfilter),
+        "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment},
         "empathy": {
             **dataclasses.asdict(c.empathy),
             "model": c.qa.model,
@@ -308,7 +342,10 @@ class _Run:
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
                 stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
-                self.work.write(stage, shard, fp, columns, features, stats=stats, dropped=dropped)
+                # LLM calls that failed (after their retries) leave the shard unfinished: the next run
+                # redoes it, with every successful reply from the cache, so only the failures are sent.
+                written = incomplete(fp) if counts.get(f"{_LLM}failed") else fp
+                self.work.write(stage, shard, written, columns, features, stats=stats, dropped=dropped)
                 bar.shard_done(audio_s - (bar.bar.n - before))
 
     def table(self, stage: str, shards: list[str], features: Features) -> pa.Table:
@@ -329,11 +366,13 @@ def build(
     progress: bool = True,
     say: Callable[[str], None] = print,
     ranks: Ranks | None = None,
+    allow_outside_root: bool = False,
 ) -> BuildResult | None:
     """Build (or resume) the dataset of ``source`` into ``out_dir``.
 
     Returns the result on rank 0 (None on the others): ``status`` says how far it got. ``say`` receives
-    the lines meant for the user (the embedded server starting); progress bars go to stderr."""
+    the lines meant for the user (the embedded server starting); progress bars go to stderr.
+    ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
     unknown = [o for o in outputs if o not in OUTPUTS]
@@ -345,9 +384,11 @@ def build(
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
     params = stage_params(config)
 
-    # ---- ingest: one plan for every process
+    # ---- preflight (config, output, models, endpoint) on every rank, so none waits at a barrier for
+    # a rank 0 that stopped; then ingest: one plan for every process
+    preflight.check_build(config, out_dir, stop_after=stop_after)
     if ranks.is_main:
-        _plan(run, source)
+        _plan(run, source, allow_outside_root)
     ranks.barrier()
     plan = run.work.read("ingest", "recordings")
     recording_ids = plan["recording_id"]
@@ -396,13 +437,12 @@ def build(
 
     # ---- per sample shard: asr, then qa and postfilter, and empathy (as ``outputs`` asks)
     stages = ("asr", *(("qa", "postfilter") if "qa" in outputs else ()), *(("empathy",) if "empathy" in outputs else ()))
-    upstreams = {"asr": "sample", "qa": "asr", "postfilter": "qa", "empathy": "asr"}
-    for stage in stages:
-        upstream = upstreams[stage]
-        fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
-    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in stages}
-    run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
     llm_stages = [stage for stage in ("qa", "empathy") if stage in stages]
+    for stage in ("asr", *llm_stages):
+        upstream = "sample" if stage == "asr" else "asr"
+        fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
+    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", *llm_stages)}
+    run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
     pending = [t for stage in llm_stages for t in ranks.mine(tasks[stage]) if not run.work.is_done(stage, t[0], t[1])]
     with _llm_endpoint(config, needed=bool(pending), say=say) as (base_url, qa_config):
         cache_dir = str(run.work.root / "llm-cache")
@@ -411,6 +451,9 @@ def build(
         if "empathy" in stages:
             run.stage("empathy", tasks["empathy"], lambda s, bar: _empathy(run.work.read("asr", s), config.empathy, qa_config, base_url, cache_dir, bar))
     if "postfilter" in stages:
+        # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
+        fps["postfilter"] = {s: fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", s), s]) for s in sample_shards}
+        tasks["postfilter"] = [(s, fps["postfilter"][s], seg_audio[s]) for s in sample_shards]
         run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
     ranks.barrier()
     if not ranks.is_main:
@@ -446,35 +489,44 @@ def _pick(columns: dict[str, list], indices: list[int]) -> dict[str, list]:
 
 
 # ---------------------------------------------------------------- ingest (global)
-def _plan(run: _Run, source: str | Path) -> None:
-    """List and probe every recording, sort by id, cut into shards (``OUT/work/ingest/recordings.parquet``)."""
+def _plan(run: _Run, source: str | Path, allow_outside_root: bool = False) -> None:
+    """List and probe every recording, sort by id, cut into shards (``OUT/work/ingest/recordings.parquet``).
+
+    A recording refused at ingest (``build.ingest`` reasons) keeps its row with ``error`` set, so
+    later stages skip it; a duplicate (same sha256 as a recording earlier by id) too."""
     rt = run.config.runtime
-    listed = ingest.list_recordings(source, cache_dir=run.work.root / "cache")
+    listed = ingest.list_recordings(source, cache_dir=run.work.root / "cache", allow_outside_root=allow_outside_root)
     order = sorted(range(len(listed)), key=lambda i: listed["recording_id"][i])
     ids = [listed["recording_id"][i] for i in order]
     paths = [listed["audio_path"][i] for i in order]
+    refused = [listed["error"][i] for i in order]
     listing = [(rid, path, *_file_stamp(path)) for rid, path in zip(ids, paths)]
-    fp = fingerprint("ingest", {"source": str(source), "recordings_per_shard": rt.recordings_per_shard, "hours_per_shard": rt.hours_per_shard}, listing)
+    fp = fingerprint("ingest", {"source": str(source), "recordings_per_shard": rt.recordings_per_shard, "hours_per_shard": rt.hours_per_shard, "allow_outside_root": allow_outside_root}, listing)
     if run.work.is_done("ingest", "recordings", fp):
         return
     timer = Timer()
     with tqdm(total=len(paths), desc="ingest     probing", unit=" files", disable=not run.progress, file=sys.stderr) as bar:
 
-        def probe(path):
-            result = ingest.probe_recordings({"audio_path": [path]})
+        def probe(item):
+            result = ingest.probe_recordings({"audio_path": [item[0]], "error": [item[1]]})
             bar.update()
-            return result["duration"][0], result["error"][0]
+            return {name: values[0] for name, values in result.items()}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            probed = list(pool.map(probe, paths))
-    durations = [d for d, _ in probed]
-    errors = [e for _, e in probed]
+            probed = list(pool.map(probe, zip(paths, refused)))
+    durations = [p["duration"] for p in probed]
+    errors = [p["error"] for p in probed]
+    reasons = [p["drop_reason"] for p in probed]
+    hashes = [p["sha256"] for p in probed]
+    for i, duplicate in enumerate(ingest.mark_duplicates(ids, paths, hashes)):
+        if duplicate is not None:
+            errors[i], reasons[i], durations[i] = duplicate, ingest.DUPLICATE, None
     shard_of = [""] * len(ids)
     for index, members in enumerate(plan_shards(durations, rt.recordings_per_shard, rt.hours_per_shard)):
         for i in members:
             shard_of[i] = shard_name("r", index)
-    columns = {"recording_id": ids, "audio_path": paths, "duration": durations, "error": errors, "shard": shard_of}
-    dropped = [{"stage": "ingest", "recording_id": rid, "reason": UNREADABLE, "detail": e} for rid, e in zip(ids, errors) if e is not None]
+    columns = {"recording_id": ids, "audio_path": paths, "duration": durations, "error": errors, "sha256": hashes, "shard": shard_of}
+    dropped = [{"stage": "ingest", "recording_id": rid, "reason": r, "detail": e} for rid, r, e in zip(ids, reasons, errors) if e is not None]
     stats = {"counts": {"ingest": len(ids)}, "audio_s": round(sum(d or 0.0 for d in durations), 3), "wall_s": timer.seconds, "rank": run.ranks.index}
     run.work.write("ingest", "recordings", fp, columns, schema.PLANNED_RECORDING, stats=stats, dropped=dropped)
 
@@ -502,7 +554,7 @@ def _vad(rows: dict[str, list], config: Config, bar: StageProgress):
         if row["error"] is not None:
             continue  # the ingest step recorded it
         if result["vad_error"][0] is not None:
-            dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": VAD_FAILED, "detail": result["vad_error"][0]})
+            dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": segment.vad_drop_reason(result["vad_error"][0]), "detail": result["vad_error"][0]})
         elif not result["speech"][0]:
             dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": NO_SPEECH})
     columns = {**rows, **out}
@@ -621,11 +673,35 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
         max_retries=q.max_retries, timeout_s=q.timeout_s,
     )  # fmt: skip
+    client = prompting.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    before = client.calls.snapshot()
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])
     reasons = [(e if e in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if e else (None if pairs else NO_PAIRS) for e, pairs in zip(errors, out.get("qa_pairs", []))]
     keep, dropped = _split("qa", segments, reasons, errors)
-    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
+    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep), **_llm_counts(stats_delta(client.calls.snapshot(), before))}, dropped
+
+
+# An LLM stage's call counts ride in its shard's integer counts as "llm:<field>", "llm:retry:<reason>"
+# and "llm:failed:<reason>"; llm_calls() reads them back for the build's summary.
+_LLM = "llm:"
+
+
+def _llm_counts(calls: dict) -> dict[str, int]:
+    counts = {f"{_LLM}{name}": calls[name] for name in CallStats.FIELDS}
+    counts.update({f"{_LLM}retry:{reason}": n for reason, n in calls["retry_reasons"].items()})
+    counts.update({f"{_LLM}failed:{reason}": n for reason, n in calls["failure_reasons"].items()})
+    return counts
+
+
+def llm_calls(counts: dict[str, int]) -> dict | None:
+    """The LLM call counts of a build (summed over its shards), or None when no LLM stage ran."""
+    if f"{_LLM}requests" not in counts:
+        return None
+    calls = {name: counts.get(f"{_LLM}{name}", 0) for name in CallStats.FIELDS}
+    for field, prefix in (("retry_reasons", f"{_LLM}retry:"), ("failure_reasons", f"{_LLM}failed:")):
+        calls[field] = {key[len(prefix) :]: n for key, n in sorted(counts.items()) if key.startswith(prefix)}
+    return calls
 
 
 def _empathy(segments: dict[str, list], empathy_config, qa_config, base_url: str, cache_dir: str, bar: StageProgress):
@@ -637,20 +713,26 @@ def _empathy(segments: dict[str, list], empathy_config, qa_config, base_url: str
         max_response_chars=e.max_response_chars, pause_s=e.pause_s, temperature=e.temperature, max_tokens=e.max_tokens,
         structured_output=e.structured_output, concurrency=q.concurrency, max_retries=q.max_retries, timeout_s=q.timeout_s,
     )  # fmt: skip
+    client = prompting.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    before = client.calls.snapshot()
     out = {name: [] for name in empathy.OUTPUT_COLUMNS}  # a shard that lost every clip at ASR
     out.update(_map_with_progress(segments, empathy.generate_empathy, max(q.concurrency * 4, 16), bar, **kwargs))
     errors = out["empathy_error"]
-    reasons = [(err if err in empathy.REASONS else LLM_FAILED) if err else None for err in errors]
+    reasons = [(err if err in empathy.REASONS else empathy.REQUEST_FAILED) if err else None for err in errors]
     # the audit keeps the transport error, or the rejected reply itself
-    details = [err if reason == LLM_FAILED else raw for err, reason, raw in zip(errors, reasons, out["empathy_raw"])]
+    details = [err if reason == empathy.REQUEST_FAILED else raw for err, reason, raw in zip(errors, reasons, out["empathy_raw"])]
     keep, dropped = _split("empathy", segments, reasons, details)
-    return _pick({**segments, **out}, keep), schema.EMPATHY_SAMPLE, {"empathy": len(keep)}, dropped
+    counts = {"empathy": len(keep), **_llm_counts(stats_delta(client.calls.snapshot(), before))}
+    return _pick({**segments, **out}, keep), schema.EMPATHY_SAMPLE, counts, dropped
 
 
 def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
-    reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
+    reasons = postfilter.filter_reasons(
+        pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars, max_question_chars=pf.max_question_chars,
+        max_answer_chars=pf.max_answer_chars, max_pairs=config.qa.pairs_per_segment, prompt_fragments=qa.prompt_fragments(),
+    )  # fmt: skip
     reasons = postfilter.mark_duplicates({**pairs, **reasons}, ranks.local, model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device)
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
@@ -696,7 +778,7 @@ def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages
         for row in run.work.read_dropped(stage, shard).to_pylist():
             drops.append(Drop(**row))
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops))
+    return Funnel(ordered, tuple(drops), llm_calls(counts))
 
 
 def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> None:
@@ -750,7 +832,7 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     tables = {"segments": segment_rows}
     if result.pairs is not None:
         tables = {"qa": export.qa_table(result.pairs, segment_rows), **tables}
-    if result.empathy is not None:
+    if result.empathy is not None and len(result.empathy):  # none survived: no config, the card says 0
         tables["empathy"] = export.empathy_table(result.empathy)
     for name in set(pipeline_configs()) - set(tables):  # a config an earlier build here wrote, not this one
         shutil.rmtree(out_dir / "data" / name, ignore_errors=True)

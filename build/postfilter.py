@@ -3,8 +3,14 @@
 ``explode_pairs`` (batched map, one row per pair): segment rows with ``qa_pairs`` -> ``segment_id``,
 ``recording_id``, ``pair_index``, ``question``, ``answer``.
 
-``filter_reasons`` (batched map over pair rows): ``question``, ``answer`` -> ``drop_reason`` from the
-first predicate that fires, in this order:
+``filter_reasons`` (batched map over pair rows): ``question``, ``answer``, ``pair_index`` -> ``drop_reason``
+from the first predicate that fires, in this order. First the reply is treated as untrusted input (a
+transcript can carry instructions aimed at the LLM):
+- "beyond the pairs asked for": ``pair_index`` at or past the number of pairs the prompt asked for;
+- "too long": a question over ``max_question_chars`` or an answer over ``max_answer_chars``;
+- "repeats the prompt": eight consecutive words of one of our prompts' fixed text (``prompt_fragments``,
+  from ``qa.prompt_fragments()``) in the question or the answer (a reply that leaks its instructions);
+then the content:
 - "empty": question or answer blank (or the answer shorter than ``min_answer_chars``);
 - "garbled": fewer than half of the characters are letters, a word repeats five times in a row,
   or the answer only repeats the question;
@@ -31,7 +37,18 @@ import re
 
 from .devices import cached, device_for
 
+EXTRA_PAIR = "beyond the pairs asked for"
+TOO_LONG = "too long"
+LEAKS_PROMPT = "repeats the prompt"
+
 CATEGORIES = ("emotion", "speaker", "contextual paralinguistic reasoning", "other")
+# the content reasons, in the order the predicates fire after the untrusted-reply ones above
+EMPTY = "empty"
+GARBLED = "garbled"
+NOT_A_QUESTION = "not a question"
+PRESUPPOSES_TRANSCRIPT = "presupposes a transcript"
+NEAR_DUPLICATE = "near-duplicate question"
+REASONS = (EXTRA_PAIR, TOO_LONG, LEAKS_PROMPT, EMPTY, GARBLED, NOT_A_QUESTION, PRESUPPOSES_TRANSCRIPT, NEAR_DUPLICATE)
 
 _EMOTION_WORDS = (
     r"emotion\w*|feel\w*|felt|mood|tone|"
@@ -73,14 +90,17 @@ def transcript_pattern(words: list[str]) -> str:
 def pair_drop_reason(question: str | None, answer: str | None, transcript_words: list[str], min_answer_chars: int) -> str | None:
     question, answer = (question or "").strip(), (answer or "").strip()
     if not question or len(answer) < max(1, min_answer_chars):
-        return "empty"
+        return EMPTY
     if _garbled(question) or _garbled(answer) or _normal(answer) == _normal(question):
-        return "garbled"
+        return GARBLED
     if not question.rstrip().endswith("?") and not _has(_QUESTION_OPENINGS, question.split()[0]):
-        return "not a question"
+        return NOT_A_QUESTION
     if _has(transcript_pattern(transcript_words), question):
-        return "presupposes a transcript"
+        return PRESUPPOSES_TRANSCRIPT
     return None
+
+
+_FRAGMENT_WORDS = 8  # the length of the runs in qa.prompt_fragments()
 
 
 def _garbled(text: str) -> bool:
@@ -107,12 +127,29 @@ def explode_pairs(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def filter_reasons(batch: dict[str, list], *, transcript_words: list[str], min_answer_chars: int) -> dict[str, list]:
-    return {
-        "drop_reason": [
-            pair_drop_reason(q, a, transcript_words, min_answer_chars) for q, a in zip(batch["question"], batch["answer"])
-        ]
-    }
+def filter_reasons(
+    batch: dict[str, list], *, transcript_words: list[str], min_answer_chars: int, max_question_chars: int, max_answer_chars: int, max_pairs: int,
+    prompt_fragments: frozenset[str],
+) -> dict[str, list]:
+    limits = dict(max_question_chars=max_question_chars, max_answer_chars=max_answer_chars, max_pairs=max_pairs, prompt_fragments=prompt_fragments)
+    rows = zip(batch["question"], batch["answer"], batch["pair_index"])
+    return {"drop_reason": [untrusted_reason(q, a, i, **limits) or pair_drop_reason(q, a, transcript_words, min_answer_chars) for q, a, i in rows]}
+
+
+def untrusted_reason(
+    question: str | None, answer: str | None, pair_index: int, *, max_question_chars: int, max_answer_chars: int, max_pairs: int, prompt_fragments: frozenset[str]
+) -> str | None:
+    """Why an LLM-written pair cannot be trusted as it is, or None."""
+    question, answer = (question or "").strip(), (answer or "").strip()
+    if pair_index >= max_pairs:
+        return EXTRA_PAIR
+    if len(question) > max_question_chars or len(answer) > max_answer_chars:
+        return TOO_LONG
+    for text in (question, answer):
+        words = _normal(text).split()
+        if any(" ".join(words[i : i + _FRAGMENT_WORDS]) in prompt_fragments for i in range(len(words) - _FRAGMENT_WORDS + 1)):
+            return LEAKS_PROMPT
+    return None
 
 
 def categorise(batch: dict[str, list]) -> dict[str, list]:
@@ -156,5 +193,5 @@ def mark_duplicates(batch: dict[str, list], rank: int | None = None, *, model: s
         flags = duplicate_flags([batch["segment_id"][i] for i in alive], vectors, threshold)
         for i, flag in zip(alive, flags):
             if flag:
-                reasons[i] = "near-duplicate question"
+                reasons[i] = NEAR_DUPLICATE
     return {"drop_reason": reasons}

@@ -18,13 +18,14 @@ times relative to the clip. Output columns, and only these:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from string import Template
 
 from .prompting import FENCE as _FENCE
 from .prompting import LENIENT_JSON as _LENIENT_JSON
-from .prompting import chat_request, check_structured_mode, json_schema_format, llm_client, load_sections
+from .prompting import PROMPT_DIR, chat_request, check_structured_mode, json_schema_format, llm_client, load_sections
 
 PROMPT_VERSION = "qa_v1"
 UNPARSEABLE = "unparseable reply"
@@ -35,6 +36,19 @@ NO_TRANSCRIPT = "no transcript"
 def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     """The ``### section`` blocks of ``prompts/<version>.txt`` as templates (text before the first is comment)."""
     return load_sections(version, ("system", "user", "format_text", "format_json"))
+
+
+@functools.lru_cache(maxsize=1)
+def prompt_fragments(n_words: int = 8) -> frozenset[str]:
+    """Every run of ``n_words`` consecutive words (lower case, punctuation dropped) in the fixed text of
+    every prompt version: a pair containing one repeats its instructions instead of answering."""
+    fragments = set()
+    for path in sorted(PROMPT_DIR.glob("*.txt")):
+        for version_text in load_sections(path.stem, ()).values():
+            for literal in re.split(r"\$\w+|\$\{\w+\}", version_text.template):  # placeholders break runs
+                words = re.sub(r"\W+", " ", literal.lower()).split()
+                fragments.update(" ".join(words[i : i + n_words]) for i in range(len(words) - n_words + 1))
+    return frozenset(fragments)
 
 
 def word_spans(words: list[dict], clip_start: float = 0.0) -> list[dict]:

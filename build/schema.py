@@ -26,6 +26,18 @@ SENTIMENT_CLASSES = {
     "ambiguous": frozenset({"surprised"}),
     "negative": frozenset({"angry", "disgusted", "fearful", "sad"}),
 }
+# Response-strategy families of the empathy output (DESIGN.md §5), and the family of every label:
+# negative and positive follow the sentiment classes; neutral, ambiguous (surprised), other and
+# unknown are "neutral or mixed".
+FAMILIES = {
+    "negative": ("validation", "empathetic response", "problem-solving", "redirection", "de-escalation", "normalisation"),
+    "positive": ("celebration", "inquiry", "gratitude", "reciprocal enthusiasm", "future-oriented discussion"),
+    "neutral or mixed": ("clarification", "open-ended questioning", "mindful presence", "summarisation"),
+}
+EMOTION_FAMILY = {
+    label: "negative" if label in SENTIMENT_CLASSES["negative"] else "positive" if label in SENTIMENT_CLASSES["positive"] else "neutral or mixed"
+    for label in EMOTION_LABELS
+}
 GENDER_LABELS = ("female", "male")
 DIMENSIONS = ("arousal", "dominance", "valence")  # audeering MSP-Podcast output order
 
@@ -36,10 +48,11 @@ RECORDING = Features(
         "audio_path": Value("string"),
         "duration": Value("float64"),  # seconds; null when the file could not be probed
         "error": Value("string"),  # null when the file opened
+        "sha256": Value("string"),  # of the file's bytes; null for table references and unreadable files
     }
 )
 
-PROBE_OUTPUT = Features({"duration": RECORDING["duration"], "error": RECORDING["error"]})
+PROBE_OUTPUT = Features({"duration": RECORDING["duration"], "error": RECORDING["error"], "sha256": RECORDING["sha256"], "drop_reason": Value("string")})
 
 # stage 1: VAD -> new columns on the recording rows
 VAD_OUTPUT = Features({"speech": List({"start": Value("float64"), "end": Value("float64")}), "vad_error": Value("string")})

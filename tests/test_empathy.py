@@ -302,3 +302,19 @@ def test_bad_settings_are_named():
         generate_empathy(batch_of([clip_row()]), base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="random", demos_per_sample=1, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1)
     with pytest.raises(ValueError, match="demos_per_sample must be 1, 2 or 3, got 4"):
         generate_empathy(batch_of([clip_row()]), base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="llm", demos_per_sample=4, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1)
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("empathy.strategy=random", "config value empathy.strategy = 'random' is not one of seeded, llm"),
+        ("empathy.demos_per_sample=4", "config value empathy.demos_per_sample = 4 is not 1, 2 or 3"),
+        ("empathy.max_response_chars=0", "config value empathy.max_response_chars = 0 is not a positive number"),
+        ("empathy.structured_output=yaml", "config value empathy.structured_output = 'yaml' is not one of auto, json_schema, text"),
+    ],
+)
+def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem):
+    from build import preflight
+
+    key = override.split("=")[0]
+    assert preflight.check_config(tiny_config.with_overrides([override])) == [f"{problem}: fix it with --set {key}=... or in --config"]

@@ -20,7 +20,7 @@ def test_gitignore_does_not_ignore_the_build_package():
     assert result.returncode == 1  # 1: not ignored
 
 
-SHARED = {"config", "schema", "devices", "audio", "batching", "errors", "models", "llm", "llm_server", "work", "ranks", "progress"}
+SHARED = {"config", "schema", "devices", "audio", "batching", "errors", "models", "llm", "llm_server", "work", "ranks", "progress", "prompting"}
 # pipeline sequences every stage; label runs the three labellers over one decoded segment
 COMPOSERS = {"pipeline", "label"}
 

@@ -29,13 +29,13 @@ def metric():
 def modules(metric):
     """The metric's module and its siblings, as evaluate imported them."""
     package = importlib.import_module(type(metric).__module__).__package__
-    return {name: importlib.import_module(f"{package}.{name}") for name in ("cpqa", "judge", "scores", "speech_llm", "report")}
+    return {name: importlib.import_module(f"{package}.{name}") for name in ("cpqa", "judge", "scores", "speech_llm", "report", "llm_client")}
 
 
 def model_answer(request: dict) -> str:
     """The model answer the judge was asked to grade, cut out of the rendered prompt."""
     content = request["messages"][-1]["content"]
-    return content.split("[Model answer]\n", 1)[1].split("\n\n[Task]", 1)[0]
+    return content.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
 
 
 def is_paralinguistic(request: dict, judge_module) -> bool:
@@ -160,8 +160,8 @@ def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, m
 
     items = results["items"]
     assert items[0]["judgements"]["judge-b"]["audiobench"]["raw"] == "Explanation: mostly right.\n**Rating:** [4]"
-    assert items[1]["judgements"]["judge-b"]["audiobench"]["error"].startswith("InternalServerError")
-    assert items[2]["judgements"]["judge-a"]["audiobench"]["error"].startswith("JSONDecodeError")
+    assert items[1]["judgements"]["judge-b"]["audiobench"]["error"] == "HTTP 500: overloaded (after 2 attempts)"
+    assert items[2]["judgements"]["judge-a"]["audiobench"]["error"].startswith("the server's reply is not a JSON chat completion: ")
     unparsed = items[2]["judgements"]["judge-b"]["paralinguistic"]
     assert unparsed["rating"] is None and unparsed["raw"] == "I think it deserves a four."
     assert unparsed["error"] == 'no "Rating: N" line in the reply'
@@ -170,6 +170,12 @@ def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, m
     assert asked.count("answer three") == 4 and asked.count("answer five") == 2
     assert all(r["temperature"] == 0 for r in requests_b)
     assert [j["name"] for j in results["config"]["judges"]] == ["judge-a", "judge-b"]
+    calls_b = results["judge_calls"]["judge-b"]
+    assert {k: calls_b[k] for k in ("requests", "cached", "sent", "attempts", "retried", "failed")} == {
+        "requests": 6, "cached": 0, "sent": 6, "attempts": 8, "retried": 2, "failed": 2,
+    }  # fmt: skip
+    assert (calls_b["retry_reasons"], calls_b["failure_reasons"]) == ({"HTTP 500": 2}, {"HTTP 500": 2})
+    assert calls_b["summary"] == "6 requests: 0 from cache, 6 sent in 8 attempts; 2 retried (HTTP 500 ×2); 2 failed (HTTP 500 ×2)"
 
 
 def test_api_key_comes_from_the_environment_and_is_never_returned(metric, monkeypatch):
@@ -192,6 +198,7 @@ def test_judge_replies_are_cached_on_disk_and_errors_are_not(metric, modules, tm
     with OpenAIStub(lambda r: rated(2) if model_answer(r) == "one" else Reply(503, "busy")) as stub:
         first = metric.compute(judges=[{"model": "m", "base_url": stub.base_url, "max_retries": 0}], **kwargs)
         assert len(stub.requests) == 2
+    assert len(list(cache.rglob("*.json"))) == 1  # the 503 was not stored
     with OpenAIStub(lambda r: rated(5)) as stub:
         second = metric.compute(judges=[{"model": "m", "base_url": stub.base_url, "max_retries": 0}], **kwargs)
         assert [model_answer(r) for r in stub.requests] == ["two"]  # "one" came from the cache
@@ -200,9 +207,10 @@ def test_judge_replies_are_cached_on_disk_and_errors_are_not(metric, modules, tm
 
     judge = modules["judge"]
     messages = judge.render_messages("audiobench", QUESTIONS[0], REFERENCES[0], "one")
-    key = judge.ReplyCache.key("m", messages, {"temperature": 0.0, "max_tokens": 512})
+    key = modules["llm_client"].cache_key("m", {"messages": messages, "temperature": 0.0, "max_tokens": 512})
     stored = json.loads((cache / key[:2] / f"{key}.json").read_text())
-    assert stored == {"model": "m", "text": rated(2)}
+    assert (stored["model"], stored["text"]) == ("m", rated(2))
+    assert len(list(cache.rglob("*.json"))) == 2  # "two" joined after its retry
 
 
 def test_concurrency_is_bounded_and_identical_requests_are_sent_once(metric):
@@ -243,6 +251,9 @@ def test_parse_rating_accepts_formatting_and_rejects_out_of_range(modules):
     assert parse("Rating: 4.5")[0] is None
     assert parse("Rating: -1")[0] is None  # not read as 1
     assert parse("") == (None, "empty reply")
+    # an answer that smuggles its own verdict into the judge's reply makes the reply untrustworthy
+    assert parse("Rating: 5\nExplanation: the answer demands a 5; it is wrong.\nRating: 1") == (None, "several different ratings in the reply: 5, 1")
+    assert parse("Rating: 4\nExplanation: right.\n**Rating: 4**") == (4, None)
 
 
 def test_bad_arguments_fail_loudly(metric):
@@ -293,7 +304,7 @@ def test_list_predictions_keep_the_best_window(metric):
     got = [(i["judgements"]["j"]["audiobench"]["rating"], i["judgements"]["j"]["audiobench"]["window"]) for i in results["items"]]
     assert got == [(4, "last_30s"), (3, "first_30s"), (2, "last_30s")]  # ties go to the first window
     windows = results["items"][2]["judgements"]["j"]["audiobench"]["windows"]
-    assert windows[0]["rating"] is None and windows[0]["error"].startswith("InternalServerError")
+    assert windows[0]["rating"] is None and windows[0]["error"] == "HTTP 500: down"
 
 
 def silence_then(speech: np.ndarray, seconds: float) -> np.ndarray:
@@ -530,7 +541,7 @@ def two_qa_sets(metric):
     """Two QA sets over the same three clips, judged by one callable judge under both prompts."""
 
     def judge(messages):
-        return rated(int(messages[-1]["content"].split("[Model answer]\n")[1][0]))
+        return rated(int(messages[-1]["content"].split("<answer>\n")[1][0]))
 
     generated = metric.compute(
         questions=["q1", "q2", "q3", "q4"],

@@ -260,7 +260,7 @@ def test_retries_are_bounded_and_errors_are_not_cached(tmp_path):
         client = LlmClient(stub.base_url, "stub-model", KEY_ENV, tmp_path, max_retries=2, backoff_s=0.01)
         result = client.complete({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "max_tokens": 50})
     assert len(stub.requests) == 3
-    assert (result.text, result.error) == (None, "HTTP 500: the model crashed")
+    assert (result.text, result.error) == (None, "HTTP 500: the model crashed (after 3 attempts)")
     assert not list(tmp_path.rglob("*.json"))
 
 

@@ -14,6 +14,7 @@ from .judge import Grade
 from .judge import grade_all
 from .judge import make_judges
 from .judge import require_api_key
+from .llm_client import summary_line
 # re-exported so the copy evaluate makes of this folder includes report.py
 from .report import category_table_markdown
 from .report import clip_correlation
@@ -85,6 +86,8 @@ Returns:
     judges (`dict`): `{judge: {prompt: {score, score_successful, success_rate, n, n_judged, by_category}}}`.
     items (`list`): per question: its predictions (window, text, error) and, per judge and prompt,
         `rating`, `window` (the one that won), `raw` (the judge's reply), `error` and every window's grade.
+    judge_calls (`dict`): per endpoint judge, its calls: `requests`, `cached`, `sent`, `attempts`, `retried`,
+        `failed`, `retry_reasons`, `failure_reasons` and a one-line `summary`.
     config (`dict`): judges (never their keys), prompts, prompt version, speech-LLM, window length.
 Examples:
     A judge may be any callable from chat messages to a reply. This toy one reads the model's answer
@@ -93,7 +96,7 @@ Examples:
     >>> import evaluate
     >>> cpqa = evaluate.load("metrics/cpqa")  # from the repository root
     >>> def toy_judge(messages):
-    ...     answer = messages[-1]["content"].split("[Model answer]")[1].split("[Task]")[0]
+    ...     answer = messages[-1]["content"].split("<answer>")[1].split("</answer>")[0]
     ...     if "angry" in answer:
     ...         return "Explanation: the same emotion as the reference.\\nRating: 5"
     ...     if "calm" in answer:
@@ -180,7 +183,7 @@ class Cpqa(evaluate.Metric):
         _check_lengths(len(questions), categories=categories, clip_ids=clip_ids)
         answers = _answers(predictions, prediction_windows, prediction_errors)
 
-        graded = _grade(judges, prompts, questions, references, answers, cache_dir, max_concurrency)
+        graded, judge_calls = _grade(judges, prompts, questions, references, answers, cache_dir, max_concurrency)
         items = [
             {
                 "question": questions[i],
@@ -201,6 +204,7 @@ class Cpqa(evaluate.Metric):
         return {
             **overall([summary for per_prompt in by_judge.values() for summary in per_prompt.values()]),
             "judges": by_judge,
+            "judge_calls": judge_calls,
             "items": items,
             "config": {
                 "judges": [judge.describe() for judge in judges],
@@ -301,7 +305,8 @@ def _answer(window, text, problem):
 
 
 def _grade(judges, prompts, questions, references, answers, cache_dir, max_concurrency):
-    """``{(judge, item, window, prompt): Grade}`` for every answer that has text."""
+    """``{(judge, item, window, prompt): Grade}`` for every answer that has text, and per endpoint judge
+    its call counts with a one-line summary."""
     requests, slots = [], []
     for item, item_answers in enumerate(answers):
         for window, answer in enumerate(item_answers):
@@ -309,8 +314,9 @@ def _grade(judges, prompts, questions, references, answers, cache_dir, max_concu
                 for prompt in prompts:
                     requests.append((prompt, questions[item], references[item], answer["text"]))
                     slots.append((item, window, prompt))
-    grades = grade_all(judges, requests, cache_dir=cache_dir, max_concurrency=max_concurrency)
-    return {(judge.name, *slot): grades[(judge.name, index)] for judge in judges for index, slot in enumerate(slots)}
+    grades, calls = grade_all(judges, requests, cache_dir=cache_dir, max_concurrency=max_concurrency)
+    graded = {(judge.name, *slot): grades[(judge.name, index)] for judge in judges for index, slot in enumerate(slots)}
+    return graded, {name: {**counts, "summary": summary_line(counts)} for name, counts in calls.items()}
 
 
 def _judgement(item_answers, graded, judge, item, prompt):
