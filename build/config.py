@@ -68,6 +68,9 @@ class CondenseConfig:
     alpha: dict[str, int] = field(default_factory=lambda: dict(PAPER_ALPHA))
     samples_per_category: int = 80
     seed: int = 0
+    # Rounds of replacements for sampled segments lost later (no transcript, no pair survived the
+    # post-filter): each round takes the next unused candidates of the short categories. 0: none (the paper).
+    topup_rounds: int = 3
 
 
 @dataclass
@@ -104,6 +107,8 @@ class QaConfig:
     temperature: float = 0.7
     max_tokens: int = 1500
     structured_output: str = "auto"  # "json_schema", "text", or "auto" (schema, then plain Q:/A: text)
+    prompt_version: str = "qa_v2"  # build/prompts/<version>.txt; qa_v1 lacks two of the paper's instructions
+    word_timing: str = "spans"  # "spans": consecutive words with the same labels merged; "words": every word timed
     concurrency: int = 8
     max_retries: int = 5  # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
     timeout_s: float = 120.0
@@ -138,6 +143,22 @@ class PostFilterConfig:
     # Untrusted-reply limits: the prompt asks for one- or two-sentence answers.
     max_question_chars: int = 300
     max_answer_chars: int = 600
+    # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
+    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
+    categoriser: str = "auto"
+
+
+@dataclass
+class ExportConfig:
+    """How the built tables are published (the global export step; nothing here changes a label)."""
+
+    # "full": the clips' audio embedded; "gated": the same, behind the Hub's access form (terms in
+    # the card); "metadata-only": no audio, only what locates it (source file, content hash, clip
+    # span): users rebuild the audio from their own copy with `cpqa.py rehydrate`.
+    publish: str = "full"
+    splits: dict[str, float] = field(default_factory=lambda: {"test": 1.0})  # name -> fraction of clips
+    split_by: str = "recording"  # "recording" or "speaker" (needs asr.diarize): no group in two splits
+    seed: int = 0  # split assignment
 
 
 @dataclass
@@ -174,6 +195,7 @@ class Config:
     qa: QaConfig = field(default_factory=QaConfig)
     postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
     empathy: EmpathyConfig = field(default_factory=EmpathyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     # ---- thresholds derived from the two knobs -------------------------------------------
@@ -196,7 +218,7 @@ class Config:
     def with_file(self, path: str) -> Config:
         """Values from a YAML or JSON file (any subset of the tree) on top of this config.
 
-        Sections merge key by key, except ``condense.alpha``, which a file replaces whole (so that a
+        Sections merge key by key, except ``condense.alpha`` and ``export.splits``, which a file replaces whole (so that a
         file can also remove a target emotion)."""
         from pathlib import Path
 
@@ -240,7 +262,7 @@ class Config:
 
 def _merge(base: dict, extra: dict) -> None:
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "alpha":
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("alpha", "splits"):
             _merge(base[key], value)
         else:
             base[key] = value
@@ -279,6 +301,7 @@ def _dataclass_type(annotation) -> type | None:
         "QaConfig": QaConfig,
         "PostFilterConfig": PostFilterConfig,
         "EmpathyConfig": EmpathyConfig,
+        "ExportConfig": ExportConfig,
     }.get(str(annotation))
 
 
@@ -306,4 +329,5 @@ def tiny_config(model_dir: str) -> Config:
     config.qa.structured_output = "json_schema"
     config.qa.concurrency = 1
     config.empathy.structured_output = "json_schema"
+    config.postfilter.categoriser = "rules"  # offline: no LLM call for categories
     return config

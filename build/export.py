@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import string
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Audio, Dataset
 
 from .audio import SAMPLE_RATE, decode_span
-from .schema import EMOTION_FAMILY
 from .errors import first_line
-from .preflight import check_push
+from .schema import EMOTION_FAMILY
 
 SPLIT = "test"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
@@ -54,27 +55,49 @@ def with_audio(data: Dataset) -> Dataset:
     return data.cast_column("context", Audio(sampling_rate=SAMPLE_RATE))
 
 
-def configs_yaml(names: list[str]) -> str:
-    """The card's ``configs`` block: one entry per written config, the first one the default."""
-    lines = ["configs:"]
-    for i, name in enumerate(names):
-        lines += [f"- config_name: {name}", *(["  default: true"] if i == 0 else []), "  data_files:", f"  - split: {SPLIT}", f"    path: data/{name}/{SPLIT}-*.parquet"]
-    return "\n".join(lines)
+def write_config(data: Dataset, out_dir: str | Path, config_name: str, splits: list[str] | None = None) -> list[Path]:
+    """Write ``data`` as Parquet shards ``data/<config_name>/<split>-XXXXX-of-YYYYY.parquet``.
 
-
-def write_config(data: Dataset, out_dir: str | Path, config_name: str) -> list[Path]:
-    """Write ``data`` as Parquet shards under ``out_dir/data/<config_name>/``."""
+    ``splits`` names each row's split (all ``test`` when None); splits are written in order of first appearance."""
     folder = Path(out_dir) / "data" / config_name
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.parquet"):
         old.unlink()
-    n_shards = max(1, math.ceil((data.data.nbytes or 1) / MAX_SHARD_BYTES))
+    splits = splits if splits is not None else [SPLIT] * len(data)
     paths = []
-    for index in range(n_shards):
-        path = folder / f"{SPLIT}-{index:05d}-of-{n_shards:05d}.parquet"
-        data.shard(n_shards, index, contiguous=True).to_parquet(str(path))
-        paths.append(path)
+    for split in dict.fromkeys(splits):
+        part = data.select([i for i, s in enumerate(splits) if s == split])
+        n_shards = max(1, math.ceil((part.data.nbytes or 1) / MAX_SHARD_BYTES))
+        for index in range(n_shards):
+            path = folder / f"{split}-{index:05d}-of-{n_shards:05d}.parquet"
+            part.shard(n_shards, index, contiguous=True).to_parquet(str(path))
+            paths.append(path)
     return paths
+
+
+def written_splits(out_dir: str | Path) -> dict[str, dict[str, list[Path]]]:
+    """config -> split -> its Parquet shards, from the files under ``out_dir/data`` (configs sorted, ``qa`` first)."""
+    found: dict[str, dict[str, list[Path]]] = {}
+    root = Path(out_dir) / "data"
+    for path in sorted(root.glob("*/*.parquet")):
+        found.setdefault(path.parent.name, {}).setdefault(path.name.split("-")[0], []).append(path)
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != DEFAULT_CONFIG, kv[0])))
+
+
+DEFAULT_CONFIG = "qa"
+
+
+def configs_yaml(out_dir: str | Path) -> str:
+    """The card's ``configs``: every written config with a ``data_files`` entry per split (``qa`` the default)."""
+    lines = ["configs:"]
+    for name, splits in written_splits(out_dir).items():
+        lines.append(f"- config_name: {name}")
+        if name == DEFAULT_CONFIG:
+            lines.append("  default: true")
+        lines.append("  data_files:")
+        for split in splits:
+            lines += [f"  - split: {split}", f"    path: data/{name}/{split}-*.parquet"]
+    return "\n".join(lines)
 
 
 def render_card(template: str, values: dict[str, str]) -> str:
@@ -91,30 +114,63 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-def dataset_info_yaml(out_dir: str | Path, rows: dict[str, int]) -> str:
-    """The card's ``dataset_info``: rows and Parquet bytes per config.
+def dataset_info_yaml(out_dir: str | Path) -> str:
+    """The card's ``dataset_info``: rows and Parquet bytes per config and split, read from the written shards.
 
     Besides informing the Hub viewer, it makes a rebuild load fresh: ``load_dataset`` on a local
     folder caches under the folder's name and a hash of the card's metadata (not of the data files),
     so without these numbers a rebuild into the same folder would load the previous build's cache.
     """
+    import pyarrow.parquet as pq
+
     lines = ["dataset_info:"]
-    for name, n in rows.items():
-        size = sum(p.stat().st_size for p in (Path(out_dir) / "data" / name).glob("*.parquet"))
-        lines += [f"- config_name: {name}", "  splits:", f"  - name: {SPLIT}", f"    num_bytes: {size}", f"    num_examples: {n}", f"  download_size: {size}", f"  dataset_size: {size}"]
+    for name, splits in written_splits(out_dir).items():
+        lines += [f"- config_name: {name}", "  splits:"]
+        total = 0
+        for split, paths in splits.items():
+            size = sum(p.stat().st_size for p in paths)
+            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+            total += size
+            lines += [f"  - name: {split}", f"    num_bytes: {size}", f"    num_examples: {rows}"]
+        lines += [f"  download_size: {total}", f"  dataset_size: {total}"]
     return "\n".join(lines)
 
 
 def files_to_upload(out_dir: str | Path) -> list[str]:
-    """The card and the Parquet shards, relative to ``out_dir``; work files and reports stay local."""
+    """The card, its plots and the Parquet shards, relative to ``out_dir``; work files and reports stay local.
+
+    A metadata-only build (the card's ``cpqa_publication``) whose shards hold audio (rehydrated from a
+    local copy) is refused: that audio is the user's own copy, not for upload."""
+    import pyarrow.parquet as pq
+
     root = Path(out_dir)
     files = ["README.md"] if (root / "README.md").exists() else []
-    files += sorted(str(p.relative_to(root)) for p in (root / "data").rglob("*.parquet"))
-    return files
+    shards = sorted((root / "data").rglob("*.parquet"))
+    if publication_mode(root) == "metadata-only":
+        for shard in shards:
+            if "context" in pq.read_schema(shard).names:
+                raise ValueError(f"{shard}: holds audio (rehydrated?) but {root} was built metadata-only: refusing to upload audio")
+    files += [str(p.relative_to(root)) for p in shards]
+    return files + sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
 
 
-def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str = "HF_TOKEN") -> str:
-    """Create the dataset repo (private by default) and upload the card and shards; returns its URL."""
+def card_header(out_dir: str | Path) -> dict:
+    """The YAML header of ``out_dir/README.md`` ({} when there is none)."""
+    import yaml
+
+    card = Path(out_dir) / "README.md"
+    text = card.read_text() if card.exists() else ""
+    return (yaml.safe_load(text.split("---")[1]) or {}) if text.startswith("---") else {}
+
+
+def publication_mode(out_dir: str | Path) -> str:
+    """``full``, ``gated`` or ``metadata-only``, as the card records it (``full`` for older builds)."""
+    return card_header(out_dir).get("cpqa_publication", "full")
+
+
+def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str = "HF_TOKEN", dry_run: bool = False) -> str:
+    """Create the dataset repo (private by default), upload exactly ``files_to_upload``, and turn the Hub's
+    access requests on for a gated build; returns its URL. ``dry_run`` contacts nothing."""
     import os
 
     from huggingface_hub import HfApi
@@ -122,20 +178,23 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
     files = files_to_upload(out_dir)
     if "README.md" not in files or len(files) < 2:
         raise FileNotFoundError(f"{out_dir}: no built dataset here (README.md and data/*/*.parquet expected)")
-    check_push(token_env)
+    url = f"https://huggingface.co/datasets/{repo_id}"
+    if dry_run:
+        return url
     api = HfApi(token=os.environ.get(token_env))  # None lets huggingface_hub use its own login
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
+        if publication_mode(out_dir) == "gated":
+            api.update_repo_settings(repo_id, gated="manual", repo_type="dataset")
     except Exception as exc:
         raise RuntimeError(_push_error(exc, repo_id, token_env)) from exc
-    return f"https://huggingface.co/datasets/{repo_id}"
+    return url
 
 
 def _push_error(exc: Exception, repo_id: str, token_env: str) -> str:
     """One line for a failed upload: no network, a refused token, or the Hub's own words."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
 
     if isinstance(exc, OfflineModeIsEnabled):
         return "cannot push: HF_HUB_OFFLINE is set; unset it where the Hub is reachable, then run push again"
@@ -162,25 +221,57 @@ def public_model_id(model: str) -> str:
 
 
 # Columns of the published tables that come from the segment, in order (see dataset_card.md).
-_SEGMENT_COLUMNS = ("segment_id", "recording_id", "source_file", "start", "end", "duration", "primary_emotion", "emotions", "gender", "transcript", "words")
+_SEGMENT_COLUMNS = ("segment_id", "recording_id", "source_file", "source_sha256", "license", "clip_start", "clip_end", "duration", "primary_emotion", "emotions", "gender", "transcript", "words")
 
 
-def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dict[str, int]) -> Dataset:
-    """One row per clip: audio, provenance, labels, words and windows, ``n_pairs`` (pairs kept), model ids."""
-    data = with_audio(segments)
+# Published list columns whose items carry ``start``/``end`` seconds (relative to the clip once exported).
+TIMED_LISTS = ("words", "emotion_windows", "gender_windows")
+
+
+def _clip_seconds(t: float | None, clip_start: float) -> float | None:
+    return None if t is None else round(t - clip_start, 6)  # 1 µs: float noise of the subtraction only
+
+
+def to_clip_time(batch: dict[str, list]) -> dict[str, list]:
+    """Batched map: recording-time ``start``/``end`` and ``TIMED_LISTS`` -> ``clip_start``/``clip_end``
+    (recording time, provenance) and every listed item's ``start``/``end`` in seconds from the clip's
+    first sample (lhotse's convention for a materialised cut). Untimed words (null) stay null."""
+    out: dict[str, list] = {"clip_start": list(batch["start"]), "clip_end": list(batch["end"])}
+    for name in TIMED_LISTS:
+        if name in batch:
+            out[name] = [
+                None if items is None else [{**item, "start": _clip_seconds(item["start"], s), "end": _clip_seconds(item["end"], s)} for item in items]
+                for items, s in zip(batch[name], batch["start"])
+            ]
+    return out
+
+
+def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dict[str, int], *, licences: list[str] | None = None, audio: bool = True) -> Dataset:
+    """One row per clip: audio (unless ``audio`` is False: metadata-only), provenance with the source's
+    sha256 and licence (``licences``, one per row; ``other`` when None), labels, words and windows
+    (clip time), ``n_pairs`` (pairs kept), model ids."""
+    from .publish import source_columns
+
+    data = with_audio(segments) if audio else segments
+    provenance = source_columns(segments["audio_path"], licences if licences is not None else ["other"] * len(segments))
     data = data.map(
-        lambda b: {
+        lambda b, idx: {
             "source_file": [Path(p).name for p in b["audio_path"]],
+            "source_sha256": [provenance["source_sha256"][i] for i in idx],
+            "license": [provenance["license"][i] for i in idx],
             "duration": [round(e - s, 3) for s, e in zip(b["start"], b["end"])],
             "words": b["tagged_words"],
             "n_pairs": [pair_counts.get(sid, 0) for sid in b["segment_id"]],
         },
         batched=True,
+        with_indices=True,
         remove_columns=["tagged_words"],
     )
+    data = data.map(to_clip_time, batched=True, remove_columns=["start", "end"])
     for name, value in models.items():
         data = data.add_column(name, [value] * len(data))
-    keep = ["context", *_SEGMENT_COLUMNS, "emotion_counts", "emotion_windows", "gender_windows", "n_pairs", "language", "aligner", "llm_model", "prompt_version", *models]
+    keep = ["context"] if audio else []
+    keep += [*_SEGMENT_COLUMNS, "emotion_counts", "emotion_windows", "gender_windows", "n_pairs", "language", "aligner", "llm_model", "prompt_version", *models]
     return data.select_columns(keep)
 
 
@@ -199,27 +290,47 @@ def qa_table(pairs: Dataset, segment_rows: Dataset) -> Dataset:
         remove_columns=[c for c in pairs.column_names if c not in ("answer", "category")],
     )
     joined = concatenate_datasets([aligned, own], axis=1)
-    first = ["context", "instruction", "answer", "category", "question_id"]
+    first = [c for c in ("context", "instruction", "answer", "category", "question_id") if c in joined.column_names]
     return joined.select_columns(first + [c for c in joined.column_names if c not in first])
 
 
 _EMPATHY_FIRST = ("id", "audio", "text_context", "target_utterance", "desired_response")
 
 
-def empathy_table(samples: Dataset) -> Dataset:
-    """One row per empathy sample: the sample's columns first, then provenance (source file, clip span in the recording)."""
+def empathy_table(samples: Dataset, audio: bool = True) -> Dataset:
+    """One row per empathy sample: the sample's columns first, then provenance (source file, clip span in
+    the recording). ``audio=False`` (metadata-only publication) leaves the audio out."""
 
     def own(batch: dict[str, list]) -> dict[str, list]:
         ids = [f"{sid}-empathy" for sid in batch["segment_id"]]
-        return {
-            "id": ids,
-            "audio": _embedded(ids, batch["audio_path"], batch["clip_start"], batch["clip_end"]),
-            "source_file": [Path(p).name for p in batch["audio_path"]],
-        }
+        columns = {"id": ids, "source_file": [Path(p).name for p in batch["audio_path"]]}
+        if audio:
+            columns["audio"] = _embedded(ids, batch["audio_path"], batch["clip_start"], batch["clip_end"])
+        return columns
 
-    data = samples.map(own, batched=True, batch_size=16, desc="embed audio").cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
+    data = samples.map(own, batched=True, batch_size=16, desc="embed audio")
+    if audio:
+        data = data.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
     rest = ("segment_id", "recording_id", "source_file", "clip_start", "clip_end", "prompt_version", "llm_model")
-    return data.select_columns([*_EMPATHY_FIRST, *rest])
+    return data.select_columns([c for c in _EMPATHY_FIRST if audio or c != "audio"] + list(rest))
+
+
+def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_recording: dict[str, str], export_config) -> None:
+    """The ``empathy`` config, or none (an earlier build's removed) when there is no sample.
+
+    A sample goes to the split of its recording in the ``segments`` config; recordings found only here
+    are split among themselves by the same rule, so no recording has rows in two splits."""
+    from . import splits
+
+    folder = Path(out_dir) / "data" / "empathy"
+    if samples is None or len(samples) == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    rows = empathy_table(samples, audio=export_config.publish != "metadata-only")
+    others = sorted({rid for rid in rows["recording_id"] if rid not in split_of_recording})
+    assigned = splits.assign_splits(splits.split_keys(others, None, "recording"), export_config.splits, export_config.seed)
+    split_of = {**split_of_recording, **dict(zip(others, assigned))}
+    write_config(rows, out_dir, "empathy", [split_of[rid] for rid in rows["recording_id"]])
 
 
 def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
@@ -251,9 +362,11 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
-def _counts_table(values: list, header: str) -> str:
-    counts = Counter(v if v is not None else "(none)" for v in values)
-    return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
+def _quota_table(quota: dict | None) -> str:
+    if not quota:
+        return "(none)"
+    rows = [(label, q["asked"], q["candidates"], q["sampled"], q["delivered"]) for label, q in quota.items()]
+    return markdown_table(("primary emotion", "asked", "candidates", "sampled (with top-ups)", "delivered"), rows)
 
 
 def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models: dict, *, license: str, sources: str, load_path: str) -> dict[str, str]:
@@ -276,9 +389,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "n_segments": str(len(segment_rows)),
         "n_recordings": str(len(set(segment_rows["recording_id"]))),
         "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
-        "category_table": _counts_table(qa["category"], "category"),
-        "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
-        "gender_table": _counts_table(segment_rows["gender"], "gender"),
+        "quota_table": _quota_table(report.get("quota")),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
         "models_table": markdown_table(("role", "model"), model_rows),
         "merge_gap_s": f"{c.vad.merge_gap_s:g}",
@@ -295,8 +406,62 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "alpha": ", ".join(f"{k} {v}" for k, v in c.condense.alpha.items()),
         "samples_per_category": str(c.condense.samples_per_category),
         "seed": str(c.condense.seed),
+        "topup_rounds": str(c.condense.topup_rounds),
         "pairs_per_segment": str(c.qa.pairs_per_segment),
         "prompt_version": ", ".join(sorted(set(qa["prompt_version"]))) if len(qa) else "(none)",
         "duplicate_threshold": f"{c.postfilter.duplicate_threshold:g}",
         "sources": sources,
     }
+
+
+def publication_values(out_dir: str | Path, mode: str, licence: str, segment_splits: list[str], qa_splits: list[str], export_config) -> dict[str, str]:
+    """The card fields that depend on the written files, the publication mode and the splits (every
+    configured split is listed, an empty one with 0: a recording-disjoint split of few recordings can leave one empty)."""
+    from .publish import gating_yaml, publication_text
+
+    names, split_by = list(export_config.splits), export_config.split_by
+    clips, pairs = Counter(segment_splits), Counter(qa_splits)
+    rule = "one split" if len(names) == 1 else f"{split_by}-disjoint: no {split_by} has clips in two splits"
+    return {
+        "dataset_info": dataset_info_yaml(out_dir),
+        "configs": configs_yaml(out_dir),
+        "publish": mode,
+        "gating": gating_yaml(mode),
+        "publication_note": publication_text(mode, licence),
+        "split_name": next((n for n in names if clips[n]), names[0]),
+        "split_rule": rule,
+        "split_table": markdown_table(("split", "clips", "QA pairs"), [(n, clips[n], pairs[n]) for n in names]),
+    }
+
+
+def write_dataset(
+    segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
+    card_template: str, license: str, sources: str, licences: list[str] | None = None, card_sections: Callable[[Path], dict[str, str]] | None = None,
+    empathy: Dataset | None = None,
+) -> tuple[Dataset, Dataset]:
+    """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
+
+    ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
+    most restrictive. ``card_sections(out_dir)`` adds card fields computed from the written tables (the
+    statistics). Returns the (qa, segments) tables as written (before the split into files)."""
+    from . import splits
+    from .publish import most_restrictive
+
+    e = config.export
+    licences = licences if licences is not None else [license] * len(segments)
+    segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only")
+    qa_rows = qa_table(pairs, segment_rows)
+    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], None, e.split_by), e.splits, e.seed)
+    split_of = dict(zip(segment_rows["segment_id"], segment_splits))
+    qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
+    write_config(qa_rows, out_dir, "qa", qa_splits)
+    write_config(segment_rows, out_dir, "segments", segment_splits)
+    write_empathy(empathy, out_dir, dict(zip(segment_rows["recording_id"], segment_splits)), e)
+    licence = most_restrictive(licences)
+    values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
+    values.update(empathy_card_values(empathy))
+    values.update(publication_values(out_dir, e.publish, licence, segment_splits, qa_splits, e))
+    if card_sections is not None:
+        values.update(card_sections(Path(out_dir)))
+    (Path(out_dir) / "README.md").write_text(render_card(card_template, values))
+    return qa_rows, segment_rows

@@ -10,6 +10,11 @@
     asr              per sample shard: WhisperX transcript and word times
     qa               per sample shard: word labels, LLM-written pairs (replies cached by request hash)
     postfilter       per sample shard: drops and categories of the pairs
+    top-up (global)  up to ``condense.topup_rounds`` rounds: a primary emotion with fewer delivered
+                     segments (at least one pair kept) than its quota gets the next never-sampled
+                     candidates of its draw order (``work/sample/topup-<k>.parquet``, shards
+                     t<k>s00000, ...), which go through asr, qa and postfilter in turn; a round that
+                     picks nothing ends them. Over-quota drops of candidates taken later are not counted.
     empathy          per sample shard: word labels, one empathetic-response sample per clip (build.empathy)
     export (global)  Parquet + dataset card, report.json, recordings.jsonl, work/dropped/<stage>.parquet
 
@@ -23,10 +28,11 @@ The funnel counts what is left after each step (``FUNNEL``, keyed by stage id) a
 stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason), ``failed``
 (stage and error) or ``duplicate`` (of which recording) in the ledger.
 
-``outputs`` chooses what a build writes: ``qa`` (asr, qa, postfilter), ``empathy`` (asr, empathy), or
-both (the default; both share ASR and the LLM endpoint). A recording is kept when any output holds a
-row of it; with ``qa`` built, a recording in neither output is reported at the QA stages (its empathy
-drops are counted in the funnel and kept in ``work/dropped/empathy.parquet``).
+``outputs`` chooses what a build writes: ``qa`` or ``qa,empathy`` (the default). The empathy stage runs
+after the top-up rounds over every sample shard and shares ASR and the LLM endpoint with QA (QA is
+always built: its deliveries decide the top-ups). A recording is kept when either output holds a row
+of it; a recording in neither is reported at the QA stages (its empathy drops are counted in the
+funnel and kept in ``work/dropped/empathy.parquet``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ import contextlib
 import dataclasses
 import json
 import re
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,7 +53,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, empathy, export, ingest, label, postfilter, preflight, prompting, qa, schema, segment, words
+from . import align, categories, condense, empathy, export, ingest, label, postfilter, preflight, prompting, publish, qa, schema, segment, splits, stats, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -73,7 +78,6 @@ FUNNEL = {
 }
 # Stages at which a recording can end (QA pair drops never end a recording), in order.
 STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "qa", "postfilter")
-EMPATHY_ONLY_STAGES = (*STAGES[: STAGES.index("qa")], "empathy")  # the same, for a build without QA
 STOP_AFTER = ("condense",)
 OUTPUTS = ("qa", "empathy")
 
@@ -146,16 +150,15 @@ class BuildResult:
     funnel: Funnel
     segments: Dataset  # condensed segments; after QA, the segments in the benchmark
     pairs: Dataset | None = None  # kept QA pairs, once the QA stages ran
-    status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs", "no samples"
+    status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs"
     out_dir: Path | None = None
+    quota: dict[str, dict[str, int]] | None = None  # per primary emotion: asked, candidates, sampled, delivered
     empathy: Dataset | None = None  # empathy samples (schema.EMPATHY_SAMPLE), once that stage ran
 
     @property
     def ledger(self) -> list[dict]:
         finals = [d for d in (self.pairs, self.empathy) if d is not None] or [self.segments]
-        kept = {rid for d in finals for rid in d["recording_id"]}
-        stages = EMPATHY_ONLY_STAGES if self.pairs is None and self.empathy is not None else STAGES
-        return _ledger(self.recording_ids, self.funnel, kept, stages)
+        return _ledger(self.recording_ids, self.funnel, {rid for d in finals for rid in d["recording_id"]})
 
     def report(self) -> dict:
         report = {
@@ -170,15 +173,17 @@ class BuildResult:
             report["empathy_strategies"] = dict(Counter(r["response_strategy"] for r in self.empathy["desired_response"]))
         if self.funnel.llm is not None:
             report["llm_calls"] = self.funnel.llm
+        if self.quota is not None:
+            report["quota"] = self.quota
         return report
 
 
-def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str], stages: tuple[str, ...] = STAGES) -> list[dict]:
+def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str]) -> list[dict]:
     """One entry per input recording: kept, failed (stage, error), dropped (stage, reasons) or
     duplicate (the same bytes as another recording, named in ``reason``)."""
     by_recording: dict[str, list[Drop]] = {}
     for d in funnel.drops:
-        if d.stage in stages:
+        if d.stage in STAGES:
             by_recording.setdefault(d.recording_id, []).append(d)
     ledger = []
     for rid in recording_ids:
@@ -186,15 +191,15 @@ def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str], stages: tu
         drops = by_recording.get(rid, [])
         if rid not in kept and drops:
             # The recording got as far as its furthest segment: report the drops at that stage.
-            last = max(stages.index(d.stage) for d in drops)
-            at_last = [d for d in drops if stages.index(d.stage) == last]
+            last = max(STAGES.index(d.stage) for d in drops)
+            at_last = [d for d in drops if STAGES.index(d.stage) == last]
             if at_last[0].reason == ingest.DUPLICATE:  # processed once, under the other id
                 entry.update(status="duplicate", stage="ingest", reason=at_last[0].detail)
             elif all(d.detail for d in at_last):  # every one of them failed with an error
-                entry.update(status="failed", stage=stages[last], reason=at_last[0].detail)
+                entry.update(status="failed", stage=STAGES[last], reason=at_last[0].detail)
             else:
                 reasons = Counter(d.reason for d in at_last)
-                entry.update(status="dropped", stage=stages[last], reason="; ".join(f"{r} (x{n})" if n > 1 else r for r, n in sorted(reasons.items())))
+                entry.update(status="dropped", stage=STAGES[last], reason="; ".join(f"{r} (x{n})" if n > 1 else r for r, n in sorted(reasons.items())))
         elif rid not in kept:
             entry.update(status="dropped", stage="segments", reason="no segment")
         ledger.append(entry)
@@ -218,6 +223,8 @@ def format_report(result: BuildResult) -> str:
             lines.append(f"  {entry['recording_id']}: {entry['status']} at {entry['stage']}: {entry['reason']}")
     if report["primary_emotions"]:
         lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
+    if report.get("quota"):
+        lines.append("quota per primary emotion (delivered/asked): " + ", ".join(f"{k} {v['delivered']}/{v['asked']}" for k, v in report["quota"].items()))
     if report.get("categories"):
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
     if report.get("empathy_strategies"):
@@ -304,13 +311,14 @@ def stage_params(config: Config) -> dict[str, dict]:
         "asr": {k: v for k, v in dataclasses.asdict(c.asr).items() if k != "batch_size"},
         "qa": {
             "model": c.qa.model,
-            "prompt_version": qa.PROMPT_VERSION,
+            "prompt_version": c.qa.prompt_version,
+            "word_timing": c.qa.word_timing,
             "pairs_per_segment": c.qa.pairs_per_segment,
             "temperature": c.qa.temperature,
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
         },
-        "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment},
+        "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment, "categoriser_model": categories.llm_model(c.postfilter.categoriser, c.qa)},
         "empathy": {
             **dataclasses.asdict(c.empathy),
             "model": c.qa.model,
@@ -375,10 +383,12 @@ def build(
     ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
-    unknown = [o for o in outputs if o not in OUTPUTS]
-    if unknown or not outputs:
-        raise ValueError(f"outputs must name one or more of {', '.join(OUTPUTS)}, got {', '.join(outputs) or 'none'}")
-    outputs = tuple(o for o in OUTPUTS if o in outputs)
+    if "qa" not in outputs or any(o not in OUTPUTS for o in outputs):
+        # QA is always built: its deliveries decide the top-up rounds that both outputs draw from
+        raise ValueError(f"outputs must be qa or qa,empathy, got {','.join(outputs) or 'none'}")
+    publish.check_mode(config.export.publish)  # before any audio is read
+    splits.check_splits(config.export.splits)
+    splits.check_split_by(config.export.split_by, diarize=False)
     out_dir = Path(out_dir)
     ranks = ranks or current()
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
@@ -413,17 +423,16 @@ def build(
     if ranks.is_main and not run.work.is_done("sample", "manifest", fps["sample"]):
         _sample(run, shards, fps["sample"])
     ranks.barrier()
+    manifests = ["manifest"]  # then "topup-1", "topup-2", ... (rounds of replacements)
     manifest = run.work.read("sample", "manifest")
     sample_shards = sorted(set(manifest["shard"]))
-    seg_audio = Counter()
-    for shard, start, end in zip(manifest["shard"], manifest["start"], manifest["end"]):
-        seg_audio[shard] += end - start
 
     def finish(segments: Dataset, pairs: Dataset | None, status: str, extra_stages: tuple[str, ...]) -> BuildResult:
         """Rank 0 only: the funnel and ledger from every task's files, the audit files merged."""
-        funnel = _funnel(run, shards, sample_shards, extra_stages)
-        result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir)
-        _merge_dropped(run, shards, sample_shards, extra_stages)
+        funnel = _funnel(run, shards, sample_shards, extra_stages, manifests)
+        quota = _quota(run, shards, sample_shards, config) if extra_stages else None
+        result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir, quota)
+        _merge_dropped(run, shards, sample_shards, extra_stages, manifests)
         return result
 
     if stop_after == "condense" or not sample_shards:
@@ -435,53 +444,74 @@ def build(
         write_report(result, out_dir)
         return result
 
-    # ---- per sample shard: asr, then qa and postfilter, and empathy (as ``outputs`` asks)
-    stages = ("asr", *(("qa", "postfilter") if "qa" in outputs else ()), *(("empathy",) if "empathy" in outputs else ()))
-    llm_stages = [stage for stage in ("qa", "empathy") if stage in stages]
-    for stage in ("asr", *llm_stages):
-        upstream = "sample" if stage == "asr" else "asr"
-        fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
-    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", *llm_stages)}
-    run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
-    pending = [t for stage in llm_stages for t in ranks.mine(tasks[stage]) if not run.work.is_done(stage, t[0], t[1])]
-    with _llm_endpoint(config, needed=bool(pending), say=say) as (base_url, qa_config):
-        cache_dir = str(run.work.root / "llm-cache")
-        if "qa" in stages:
-            run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
-        if "empathy" in stages:
-            run.stage("empathy", tasks["empathy"], lambda s, bar: _empathy(run.work.read("asr", s), config.empathy, qa_config, base_url, cache_dir, bar))
-    if "postfilter" in stages:
+    # ---- per sample shard: asr, qa, postfilter; then top-up rounds for segments lost on the way
+    def postfilter_fp(shard: str) -> str:
         # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
-        fps["postfilter"] = {s: fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", s), s]) for s in sample_shards}
-        tasks["postfilter"] = [(s, fps["postfilter"][s], seg_audio[s]) for s in sample_shards]
-        run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
-    ranks.barrier()
+        return fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", shard), shard])
+
+    def after_sampling(round_shards: list[str], round_manifest: dict[str, list], upstream: str) -> list[str]:
+        """ASR, QA and the post-filter over one round's sample shards; returns the post-filter fingerprints."""
+        seg_audio = Counter()
+        for shard, start, end in zip(round_manifest["shard"], round_manifest["start"], round_manifest["end"]):
+            seg_audio[shard] += end - start
+        for stage, before in (("asr", "sample"), ("qa", "asr")):
+            fps[stage] = {**fps.get(stage, {}), **{s: fingerprint(stage, params[stage], [upstream if before == "sample" else fps[before][s], s]) for s in round_shards}}
+        tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in round_shards] for stage in ("asr", "qa")}
+        run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
+        pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
+        with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
+            cache_dir = str(run.work.root / "llm-cache")
+            run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
+        categoriser = categories.client_for(config.postfilter.categoriser, config.qa, str(run.work.root / "llm-cache"))
+        tasks["postfilter"] = [(s, postfilter_fp(s), seg_audio[s]) for s in round_shards]  # this rank's qa shards are written
+        run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks, categoriser))
+        ranks.barrier()
+        return [postfilter_fp(s) for s in round_shards]  # after the barrier: every rank's qa shards are written
+
+    upstream = after_sampling(sample_shards, manifest, fps["sample"])
+    for round_no in range(1, config.condense.topup_rounds + 1):
+        name = f"topup-{round_no}"
+        fp = fingerprint("sample", {**params["sample"], "topup_round": round_no}, [fps["sample"], *upstream])
+        if ranks.is_main and not run.work.is_done("sample", name, fp):
+            _topup(run, shards, sample_shards, name, round_no, fp)
+        ranks.barrier()
+        manifests.append(name)
+        round_manifest = run.work.read("sample", name)
+        round_shards = sorted(set(round_manifest["shard"]))
+        if not round_shards:
+            break
+        upstream = after_sampling(round_shards, round_manifest, fp)
+        sample_shards = sample_shards + round_shards
+    if "empathy" in outputs:  # over every sample shard, top-ups included: one sample per transcribed clip
+        _empathy_stage(run, sample_shards, fps, params, say)
     if not ranks.is_main:
         return None
 
-    samples = _dataset(run.table("empathy", sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE) if "empathy" in stages else None
-    if "qa" in stages:
-        pairs = _dataset(run.table("postfilter", sample_shards, schema.QA_PAIR), schema.QA_PAIR)
-        segments = _dataset(run.table("qa", sample_shards, QA_SEGMENT), QA_SEGMENT)
-        published = set(pairs["segment_id"])
-        status = "no pairs" if len(pairs) == 0 else "built"
-    else:
-        pairs = None
-        segments = _dataset(run.table("asr", sample_shards, ASR_SEGMENT), ASR_SEGMENT)
-        model_of = dict(zip(samples["segment_id"], samples["llm_model"]))
-        segments = segments.map(
-            lambda b: {**words.tag_words(b), "llm_model": [model_of.get(sid) for sid in b["segment_id"]], "prompt_version": [empathy.PROMPT_VERSION] * len(b["segment_id"])},
-            batched=True,
-        )
-        published = set(samples["segment_id"])
-        status = "no samples" if len(samples) == 0 else "built"
-    segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in published])
-    result = dataclasses.replace(finish(segments, pairs, status, stages), empathy=samples)
-    if status != "built":
+    pairs = _dataset(run.table("postfilter", sample_shards, schema.QA_PAIR), schema.QA_PAIR)
+    segments = _dataset(run.table("qa", sample_shards, QA_SEGMENT), QA_SEGMENT)
+    with_pairs = set(pairs["segment_id"])
+    segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in with_pairs])
+    stages = ("asr", "qa", "postfilter", *(("empathy",) if "empathy" in outputs else ()))
+    samples = _dataset(run.table("empathy", sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE) if "empathy" in outputs else None
+    if len(pairs) == 0:
+        result = dataclasses.replace(finish(segments, pairs, "no pairs", stages), empathy=samples)
         write_report(result, out_dir)
         return result
+    result = dataclasses.replace(finish(segments, pairs, "built", stages), empathy=samples)
     export_dataset(result, config, out_dir, license=license, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
     return result
+
+
+def _empathy_stage(run: _Run, sample_shards: list[str], fps: dict, params: dict, say: Callable[[str], None]) -> None:
+    """The empathy task of every sample shard, chained to its ASR output; a barrier after it."""
+    fps["empathy"] = {s: fingerprint("empathy", params["empathy"], [fps["asr"][s], s]) for s in sample_shards}
+    audio = {s: sum(e - b for b, e in zip(*run.work.read_table("sample", s).select(["start", "end"]).to_pydict().values())) for s in sample_shards}
+    tasks = [(s, fps["empathy"][s], audio[s]) for s in sample_shards]
+    pending = [t for t in run.ranks.mine(tasks) if not run.work.is_done("empathy", t[0], t[1])]
+    with _llm_endpoint(run.config, needed=bool(pending), say=say) as (base_url, qa_config):
+        cache_dir = str(run.work.root / "llm-cache")
+        run.stage("empathy", tasks, lambda s, bar: _empathy(run.work.read("asr", s), run.config.empathy, qa_config, base_url, cache_dir, bar))
+    run.ranks.barrier()
 
 
 def _pick(columns: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -632,11 +662,32 @@ def _sample(run: _Run, shards: list[str], fp: str) -> None:
     kept = condense.balanced_sample(ids, candidates.column("primary_emotion").to_pylist(), run.config.condense.samples_per_category, run.config.condense.seed)
     rids = candidates.column("recording_id").to_pylist()
     dropped = [{"stage": "sampling", "recording_id": rid, "segment_id": sid, "reason": OVER_QUOTA} for sid, rid in zip(ids, rids) if sid not in kept]
+    _write_sample(run, candidates, kept, "s", "manifest", fp, dropped, timer)
+
+
+def _topup(run: _Run, shards: list[str], sample_shards: list[str], name: str, round_no: int, fp: str) -> None:
+    """One top-up round: for each primary emotion short of its quota (sampled segments without a surviving
+    pair), the next never-sampled candidates of its draw order, in shards ``t<round>s00000``, ..."""
+    timer = Timer()
+    c = run.config.condense
+    candidates = run.table("condense", shards, schema.CONDENSED_SEGMENT)
+    orders = condense.sampling_order(candidates.column("segment_id").to_pylist(), candidates.column("primary_emotion").to_pylist(), c.seed)
+    sampled = run.table("sample", sample_shards, schema.CONDENSED_SEGMENT)
+    delivered = set(run.table("postfilter", sample_shards, schema.QA_PAIR).column("segment_id").to_pylist())
+    have = Counter(label for sid, label in zip(sampled.column("segment_id").to_pylist(), sampled.column("primary_emotion").to_pylist()) if sid in delivered)
+    missing = {label: c.samples_per_category - have[label] for label in orders}
+    picks = set(condense.topup_picks(orders, set(sampled.column("segment_id").to_pylist()), missing))
+    _write_sample(run, candidates, picks, f"t{round_no}s", name, fp, [], timer)
+
+
+def _write_sample(run: _Run, candidates: pa.Table, kept: set[str], prefix: str, name: str, fp: str, dropped: list[dict], timer: Timer) -> None:
+    """The ``kept`` candidates in shards ``<prefix>00000``, ... (sorted by id) and the manifest ``name``."""
+    ids = candidates.column("segment_id").to_pylist()
     order = sorted((sid, i) for i, sid in enumerate(ids) if sid in kept)
     size = run.config.runtime.segments_per_shard
     manifest: dict[str, list] = {"segment_id": [], "shard": [], "start": [], "end": []}
     for n, lo in enumerate(range(0, len(order), size)):
-        shard = shard_name("s", n)
+        shard = shard_name(prefix, n)
         indices = [i for _, i in order[lo : lo + size]]
         part = candidates.take(indices)
         run.work.write("sample", shard, fp, part.to_pydict(), schema.CONDENSED_SEGMENT, stats={"counts": {}, "rank": run.ranks.index})
@@ -645,7 +696,20 @@ def _sample(run: _Run, shards: list[str], fp: str) -> None:
         manifest["start"] += part.column("start").to_pylist()
         manifest["end"] += part.column("end").to_pylist()
     stats = {"counts": {"sampling": len(order)}, "wall_s": timer.seconds, "rank": run.ranks.index}
-    run.work.write("sample", "manifest", fp, manifest, SAMPLE_MANIFEST, stats=stats, dropped=dropped)
+    run.work.write("sample", name, fp, manifest, SAMPLE_MANIFEST, stats=stats, dropped=dropped)
+
+
+def _quota(run: _Run, shards: list[str], sample_shards: list[str], config: Config) -> dict[str, dict[str, int]]:
+    """Per primary emotion: the quota asked for, the candidates, the segments sampled (top-ups included)
+    and those delivered (with at least one pair after the post-filter)."""
+    candidates = Counter(run.table("condense", shards, schema.CONDENSED_SEGMENT).column("primary_emotion").to_pylist())
+    sampled = run.table("sample", sample_shards, schema.CONDENSED_SEGMENT)
+    delivered = set(run.table("postfilter", sample_shards, schema.QA_PAIR).column("segment_id").to_pylist())
+    labels = sampled.column("primary_emotion").to_pylist()
+    sampled_n = Counter(labels)
+    delivered_n = Counter(label for sid, label in zip(sampled.column("segment_id").to_pylist(), labels) if sid in delivered)
+    asked = config.condense.samples_per_category
+    return {label: {"asked": asked, "candidates": candidates[label], "sampled": sampled_n[label], "delivered": delivered_n[label]} for label in sorted(candidates)}
 
 
 SAMPLE_MANIFEST = Features({"segment_id": schema.SEGMENT["segment_id"], "shard": schema.PLANNED_RECORDING["shard"], "start": schema.SEGMENT["start"], "end": schema.SEGMENT["end"]})
@@ -671,7 +735,7 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     kwargs = dict(
         base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, pairs_per_segment=q.pairs_per_segment,
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
-        max_retries=q.max_retries, timeout_s=q.timeout_s,
+        max_retries=q.max_retries, timeout_s=q.timeout_s, prompt_version=q.prompt_version, word_timing=q.word_timing,
     )  # fmt: skip
     client = prompting.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
     before = client.calls.snapshot()
@@ -726,7 +790,7 @@ def _empathy(segments: dict[str, list], empathy_config, qa_config, base_url: str
     return _pick({**segments, **out}, keep), schema.EMPATHY_SAMPLE, counts, dropped
 
 
-def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
+def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks, categoriser=None):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
     reasons = postfilter.filter_reasons(
@@ -737,7 +801,7 @@ def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
     kept = _pick(pairs, keep)
-    kept = {**kept, **postfilter.categorise(kept)}
+    kept = {**kept, **postfilter.categorise(kept, categoriser)}
     with_pairs = set(kept["segment_id"])
     dropped += _split("postfilter", segments, [None if sid in with_pairs else NO_PAIR_SURVIVED for sid in segments["segment_id"]])[1]
     counts = {"generated": len(pairs["segment_id"]), "pairs": len(keep), "postfilter": len(with_pairs)}
@@ -762,29 +826,37 @@ def _llm_endpoint(config: Config, *, needed: bool, say: Callable[[str], None]):
 
 
 # ---------------------------------------------------------------- funnel and audit files
-def _tasks(shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> list[tuple[str, str]]:
+def _tasks(shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> list[tuple[str, str]]:
     tasks = [("ingest", "recordings")]
     tasks += [(stage, s) for stage in ("vad", "label", "condense") for s in shards]
-    tasks += [("sample", "manifest")]
+    tasks += [("sample", m) for m in manifests]
     tasks += [(stage, s) for stage in extra_stages for s in sample_shards]
     return tasks
 
 
-def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> Funnel:
+def _dropped_rows(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> pa.Table:
+    """Every task's dropped rows, less the over-quota drops of candidates that a top-up round took later."""
+    tables = [run.work.read_dropped(stage, shard) for stage, shard in _tasks(shards, sample_shards, extra_stages, manifests)]
+    table = pa.concat_tables(tables) if tables else schema.DROPPED.arrow_schema.empty_table()
+    rescued = {sid for m in manifests[1:] for sid in run.work.read("sample", m)["segment_id"]}
+    if not rescued:
+        return table
+    keep = [i for i, (stage, sid) in enumerate(zip(table.column("stage").to_pylist(), table.column("segment_id").to_pylist())) if not (stage == "sampling" and sid in rescued)]
+    return table.take(keep)
+
+
+def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> Funnel:
     counts: Counter = Counter()
-    drops: list[Drop] = []
-    for stage, shard in _tasks(shards, sample_shards, extra_stages):
+    for stage, shard in _tasks(shards, sample_shards, extra_stages, manifests):
         counts.update(run.work.read_stats(stage, shard)["counts"])
-        for row in run.work.read_dropped(stage, shard).to_pylist():
-            drops.append(Drop(**row))
+    drops = [Drop(**row) for row in _dropped_rows(run, shards, sample_shards, extra_stages, manifests).to_pylist()]
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
     return Funnel(ordered, tuple(drops), llm_calls(counts))
 
 
-def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> None:
+def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> None:
     """Every dropped row of the build in ``OUT/work/dropped/<stage>.parquet``, one file per funnel stage."""
-    tables = [run.work.read_dropped(stage, shard) for stage, shard in _tasks(shards, sample_shards, extra_stages)]
-    table = pa.concat_tables(tables) if tables else schema.DROPPED.arrow_schema.empty_table()
+    table = _dropped_rows(run, shards, sample_shards, extra_stages, manifests)
     folder = run.work.root / "dropped"
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.parquet"):
@@ -817,32 +889,14 @@ def model_ids(config: Config) -> dict[str, object]:
     }
 
 
-def pipeline_configs() -> tuple[str, ...]:
-    """Every config a build can publish."""
-    return ("qa", "segments", "empathy")
-
-
 def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None) -> Path:
     """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the reports."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
-    models = model_ids(config)
-    segment_rows = export.segment_table(result.segments, models, Counter(result.pairs["segment_id"] if result.pairs is not None else []))
-    tables = {"segments": segment_rows}
-    if result.pairs is not None:
-        tables = {"qa": export.qa_table(result.pairs, segment_rows), **tables}
-    if result.empathy is not None and len(result.empathy):  # none survived: no config, the card says 0
-        tables["empathy"] = export.empathy_table(result.empathy)
-    for name in set(pipeline_configs()) - set(tables):  # a config an earlier build here wrote, not this one
-        shutil.rmtree(out_dir / "data" / name, ignore_errors=True)
-    for name, table in tables.items():
-        export.write_config(table, out_dir, name)
-    qa_rows = tables.get("qa", Dataset.from_dict({"category": []}))
-    values = export.card_values(config, qa_rows, segment_rows, result.report(), models, license=license, sources=sources, load_path=str(out_dir))
-    values.update(export.empathy_card_values(result.empathy))
-    values["configs"] = export.configs_yaml(list(tables))
-    values["dataset_info"] = export.dataset_info_yaml(out_dir, {name: len(table) for name, table in tables.items()})
-    (out_dir / "README.md").write_text(export.render_card(card_template, values))
+    export.write_dataset(
+        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
+        card_sections=lambda folder: {"stats_section": stats.card_section(folder)}, empathy=result.empathy,
+    )  # fmt: skip
     write_report(result, out_dir)
     return out_dir

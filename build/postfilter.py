@@ -24,24 +24,23 @@ sentence-embedding cosine similarity to an earlier surviving question of the sam
 threshold is a "near-duplicate question". Only pairs of one segment are compared: the same question
 asked of two different clips is a benchmark feature, not a duplicate.
 
-``categorise`` (batched map): ``question`` -> ``category``, by keyword rules checked in this order:
-- "contextual paralinguistic reasoning": an emotion word together with a why/cause/reason word;
-- "emotion": an emotion or tone word;
-- "speaker": gender, number or identity of speakers, speaker changes;
-- "other": everything else (content questions).
+``categorise`` (batched map): ``question`` -> ``category``, one of the paper's Table 1 categories
+(``build.categories``: an LLM with the definitions when a client is given, its rules otherwise).
 """
 
 from __future__ import annotations
 
 import re
 
+from .categories import has_words as _has
+from .categories import categorise as categorise_questions
 from .devices import cached, device_for
+from .llm import LlmClient
 
 EXTRA_PAIR = "beyond the pairs asked for"
 TOO_LONG = "too long"
 LEAKS_PROMPT = "repeats the prompt"
 
-CATEGORIES = ("emotion", "speaker", "contextual paralinguistic reasoning", "other")
 # the content reasons, in the order the predicates fire after the untrusted-reply ones above
 EMPTY = "empty"
 GARBLED = "garbled"
@@ -50,37 +49,11 @@ PRESUPPOSES_TRANSCRIPT = "presupposes a transcript"
 NEAR_DUPLICATE = "near-duplicate question"
 REASONS = (EXTRA_PAIR, TOO_LONG, LEAKS_PROMPT, EMPTY, GARBLED, NOT_A_QUESTION, PRESUPPOSES_TRANSCRIPT, NEAR_DUPLICATE)
 
-_EMOTION_WORDS = (
-    r"emotion\w*|feel\w*|felt|mood|tone|"
-    r"angry|anger|annoyed|frustrat\w*|irritat\w*|disgust\w*|fear\w*|afraid|scared|anxious|nervous|worried|"
-    r"happy|happiness|joy\w*|cheerful|excite\w*|enthusias\w*|sad|sadness|upset|unhappy|disappoint\w*|"
-    r"surpris\w*|shock\w*|astonish\w*|neutral|calm|attitude|sentiment|valence|arousal"
-)
-_REASON_WORDS = r"why|reason\w*|cause\w*|because|explain\w*|what (?:made|makes|might make)|suggest\w*|indicat\w*|contribut\w*|lead to|led to"
-_SPEAKER_WORDS = (
-    r"gender|male|female|man|men|woman|women|speakers?|voices?|who (?:is|was) (?:speaking|talking)|"
-    r"how many (?:people|persons|speakers|voices)|change of speaker|speaker change"
-)
-
 
 _QUESTION_OPENINGS = (
     r"what|who|whom|whose|why|how|when|where|which|is|are|was|were|does|do|did|can|could|would|will|"
     r"should|has|have|had|describe|name|identify|list|explain|tell|compare|summari[sz]e|give|state"
 )
-
-
-def _has(alternatives: str, text: str) -> bool:
-    return re.search(r"\b(?:" + alternatives + r")\b", text, flags=re.IGNORECASE) is not None
-
-
-def categorise_question(question: str) -> str:
-    if _has(_EMOTION_WORDS, question) and _has(_REASON_WORDS, question):
-        return "contextual paralinguistic reasoning"
-    if _has(_EMOTION_WORDS, question):
-        return "emotion"
-    if _has(_SPEAKER_WORDS, question):
-        return "speaker"
-    return "other"
 
 
 def transcript_pattern(words: list[str]) -> str:
@@ -152,8 +125,8 @@ def untrusted_reason(
     return None
 
 
-def categorise(batch: dict[str, list]) -> dict[str, list]:
-    return {"category": [categorise_question(q) for q in batch["question"]]}
+def categorise(batch: dict[str, list], client: LlmClient | None = None) -> dict[str, list]:
+    return {"category": categorise_questions(batch["question"], client)}
 
 
 def _load_embedder(model: str, device: str):

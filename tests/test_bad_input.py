@@ -5,7 +5,6 @@ encoder). With the paper's τ = 30 s, a file whose speech is found ends "dropped
 reaches the labelling models, so the whole matrix runs VAD only.
 """
 
-import os
 import shutil
 
 import numpy as np

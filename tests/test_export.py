@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from build import export, pipeline
+from build import export, pipeline, stats
 from build.audio import decode_span
 from build.config import paper_config
 from build.schema import EMOTION_LABELS
@@ -16,7 +16,10 @@ SPANS = [(2.0, 34.0), (20.5, 55.0)]
 def _segments() -> Dataset:
     rows = []
     for i, (start, end) in enumerate(SPANS):
-        word = {"word": "menu", "start": start + 1.0, "end": start + 1.4, "score": 0.9, "emotion": "happy", "gender": "female"}
+        words = [
+            {"word": w, "start": start + lo, "end": start + hi, "score": 0.9, "emotion": "happy", "gender": "female"}
+            for w, lo, hi in (("menu", 1.0, 1.4), ("on", 7.25, 7.5), ("the", 15.02, 15.31), ("remote", 29.4, 31.95))
+        ] + [{"word": "uh", "start": None, "end": None, "score": None, "emotion": None, "gender": None}]  # left untimed by the aligner
         rows.append(
             {
                 "segment_id": f"ami-{i:04d}",
@@ -33,7 +36,7 @@ def _segments() -> Dataset:
                 "transcript": "a menu display on the remote",
                 "language": "en",
                 "aligner": "faster-whisper",
-                "tagged_words": [word],
+                "tagged_words": words,
                 "qa_pairs": [{"question": "How does the speaker feel?", "answer": "Pleased."}, {"question": "What is discussed?", "answer": "A menu."}][: 2 - i],
                 "llm_model": "stub-model",
                 "prompt_version": "qa_v1",
@@ -51,21 +54,21 @@ def _pairs(segments: Dataset) -> Dataset:
     return Dataset.from_list(rows)
 
 
+REPORT = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
+
+
+def write(out, config=None, segments=None, **kwargs):
+    """The export step of a build over ``segments`` (default ``_segments()``) into ``out`` (what ``pipeline.export_dataset`` does)."""
+    segments = segments if segments is not None else _segments()
+    config = config or paper_config()
+    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", **kwargs}
+    return export.write_dataset(segments, _pairs(segments), config, out, models=pipeline.model_ids(config), report=REPORT, card_template=(REPO / "dataset_card.md").read_text(), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    segments = _segments()
-    models = pipeline.model_ids(paper_config())
-    pairs = _pairs(segments)
-    segment_rows = export.segment_table(segments, models, {"ami-0000": 2, "ami-0001": 1})
-    qa_rows = export.qa_table(pairs, segment_rows)
-    export.write_config(qa_rows, out, "qa")
-    export.write_config(segment_rows, out, "segments")
-    report = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
-    values = export.card_values(paper_config(), qa_rows, segment_rows, report, models, license="cc-by-4.0", sources="AMI excerpt.", load_path="you/cpqa")
-    values["dataset_info"] = export.dataset_info_yaml(out, {"qa": len(qa_rows), "segments": len(segment_rows)})
-    values.update(export.empathy_card_values(None), configs=export.configs_yaml(["qa", "segments"]))
-    (out / "README.md").write_text(export.render_card((REPO / "dataset_card.md").read_text(), values))
+    write(out, card_sections=lambda folder: {"stats_section": stats.card_section(folder)})
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
     (out / "report.json").write_text("{}")
@@ -84,7 +87,9 @@ def test_load_dataset_gives_qa_rows_with_decoded_audio_equal_to_the_source_span(
     assert qa["source_file"] == ["ami_es2004_excerpt.flac"] * 3
     assert qa["duration"] == [32.0, 32.0, 34.5]
     assert qa["emotion_models"][0] == ["iic/emotion2vec_plus_large", "iic/emotion2vec_plus_base", "iic/emotion2vec_plus_seed"]
-    assert qa["words"][0] == [{"word": "menu", "start": 3.0, "end": 3.4, "score": 0.9, "emotion": "happy", "gender": "female"}]
+    assert qa["words"][0][0] == {"word": "menu", "start": 1.0, "end": 1.4, "score": 0.9, "emotion": "happy", "gender": "female"}  # clip time
+    assert qa["words"][0][-1]["start"] is None  # untimed words stay untimed
+    assert [(r["clip_start"], r["clip_end"]) for r in qa] == [SPANS[0], SPANS[0], SPANS[1]]  # recording time, provenance
     assert "audio_path" not in qa.column_names  # no local paths are published
     for row, (start, end) in zip(qa.select([0, 2]), SPANS):
         audio = row["context"]
@@ -94,6 +99,40 @@ def test_load_dataset_gives_qa_rows_with_decoded_audio_equal_to_the_source_span(
         expected = decode_span(str(AMI), start, end)
         assert rate == 16_000 and len(array) == len(expected)
         assert np.abs(array - expected).max() <= 1 / 32768 + 1e-6  # 16-bit FLAC: lossless up to quantisation
+
+
+def _samples(audio) -> tuple[np.ndarray, int]:
+    samples = audio.get_all_samples() if hasattr(audio, "get_all_samples") else None
+    if samples is not None:
+        return samples.data.numpy()[0], samples.sample_rate
+    return np.asarray(audio["array"]), audio["sampling_rate"]
+
+
+def test_every_time_column_is_clip_time_so_slicing_the_clip_by_a_word_gives_that_word(built):
+    """Each timed word, cut from the decoded clip by its own times, lies inside the clip and holds the
+    recording's samples at clip_start + t (lhotse's convention when a cut is materialised)."""
+    from datasets import load_dataset
+
+    segments = load_dataset(str(built), "segments", split="test")
+    source_words = {row["segment_id"]: row["tagged_words"] for row in _segments()}  # recording time
+    recording = decode_span(str(AMI))
+    rate = 16_000
+    checked = 0
+    for row in segments:
+        clip, sr = _samples(row["context"])
+        assert sr == rate
+        offset = int(round(row["clip_start"] * rate))
+        for word, source in zip(row["words"], source_words[row["segment_id"]], strict=True):
+            if word["start"] is None:
+                continue
+            assert (row["clip_start"] + word["start"], row["clip_start"] + word["end"]) == pytest.approx((source["start"], source["end"]), abs=1e-6)
+            lo, hi = int(round(word["start"] * rate)), int(round(word["end"] * rate))
+            assert 0 <= lo < hi <= len(clip), (row["segment_id"], word)
+            assert np.abs(clip[lo:hi] - recording[offset + lo : offset + hi]).max() <= 1 / 32768 + 1e-6
+            checked += 1
+        for name in ("emotion_windows", "gender_windows"):
+            assert [(w["start"], w["end"]) for w in row[name]] == [(0.0, 2.0)]
+    assert checked == 2 * 4  # every timed word of both clips
 
 
 def test_segments_config_loads_with_windows_and_pair_counts(built):
@@ -111,7 +150,7 @@ def test_card_has_configs_and_real_statistics(built):
     assert "config_name: qa\n  default: true" in card and "path: data/segments/test-*.parquet" in card
     assert "license: cc-by-4.0" in card
     assert "| QA pairs | 3 |" in card and "| clips (segments) | 2 |" in card
-    assert "| emotion | 2 |" in card and "| other | 1 |" in card
+    assert "| emotion | 2 | 66.7 |" in card and "| other | 1 | 33.3 |" in card and "![QA pairs per category (Table 1)](stats/categories.png)" in card
     assert "| dropped at length: shorter than 30 s | 4 |" in card
     assert "angry 10, disgusted 10, fearful 4, happy 4, sad 2, surprised 3" in card
     import yaml
@@ -136,7 +175,7 @@ def test_a_rebuild_into_the_same_folder_loads_fresh(tmp_path):
         rows = export.segment_table(segments, models, counts)
         export.write_config(rows, out, "segments")
         export.write_config(rows.select([0]), out, "qa")
-        info = export.dataset_info_yaml(out, {"qa": 1, "segments": 2})
+        info = export.dataset_info_yaml(out)
         (out / "README.md").write_text("---\n" + info + "\nconfigs:\n- config_name: segments\n  data_files:\n  - split: test\n    path: data/segments/test-*.parquet\n---\n")
         loaded.append(load_dataset(str(out), "segments", split="test")["n_pairs"][:])
     assert loaded == [[2, 1], [0, 0]]
@@ -147,6 +186,7 @@ def test_files_to_upload_is_exactly_the_card_and_the_shards(built):
         "README.md",
         "data/qa/test-00000-of-00001.parquet",
         "data/segments/test-00000-of-00001.parquet",
+        *(f"stats/{name}.png" for name in sorted(stats.PLOTS)),
     ]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -192,8 +193,10 @@ def test_a_removed_config_key_names_its_replacement(tiny_config):
 
 
 def _empathy_reply(request):
-    """The loopback LLM: a valid empathetic reply that uses the strategy the prompt assigns."""
+    """The loopback LLM: one QA pair for a QA request; for an empathy request a valid reply that uses the strategy the prompt assigns."""
     user = request["messages"][-1]["content"]
+    if 'Response strategy: use "' not in user:
+        return "Q: How does the speaker sound?\nA: Calm and steady."
     strategy = user.split('Response strategy: use "')[1].split('"')[0]
     return f"Strategy: {strategy}\nAwareness: They sound caught up in what they describe.\nResponse: I hear you, and that makes sense."
 
@@ -205,9 +208,11 @@ def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_co
     from openai_stub import OpenAIStub
 
     with OpenAIStub(_empathy_reply) as stub:
-        config = _config(tiny_config).with_overrides(["runtime.recordings_per_shard=2", "empathy.structured_output=text", f"qa.base_url={stub.base_url}"])
-        result = pipeline.build(source, config, out, outputs=("empathy",), progress=False)
-        first_requests = len(stub.requests)
+        config = _config(tiny_config).with_overrides(
+            ["runtime.recordings_per_shard=2", "qa.structured_output=text", "qa.pairs_per_segment=1", "empathy.structured_output=text", f"qa.base_url={stub.base_url}"]
+        )
+        result = pipeline.build(source, config, out, progress=False)  # default outputs: qa and empathy
+        first_requests = sum('Response strategy: use "' in r["messages"][-1]["content"] for r in stub.requests)
     # what the stage should keep follows from the transcribed clips and the target-span rule
     asr = pq.read_table(out / "work" / "asr" / "s00000.parquet").to_pydict()
     asr = {**asr, **words.tag_words(asr)}
@@ -217,12 +222,12 @@ def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_co
     assert first_requests == len(expected)
     written = pq.read_table(out / "work" / "empathy" / "s00000.parquet").to_pydict()
     assert sorted(written["segment_id"]) == expected
-    assert result.status == "built" and result.pairs is None and result.funnel.counts["empathy"] == len(expected)
+    assert result.status == "built" and result.funnel.counts["empathy"] == len(expected)
+    assert result.report()["empathy_strategies"] == dict(Counter(r["response_strategy"] for r in result.empathy["desired_response"]))
     no_target = sorted(sid for sid, (_, reason) in prepared.items() if reason == empathy.NO_TARGET)
     assert result.funnel.drop_counts().get("empathy", {}) == ({empathy.NO_TARGET: len(no_target)} if no_target else {})
     if no_target:
         assert sorted(r["segment_id"] for r in pq.read_table(out / "work" / "dropped" / "empathy.parquet").to_pylist()) == no_target
-    assert not (out / "data" / "qa").exists()
 
     loaded = load_dataset(str(out), "empathy", split="test")
     assert loaded.column_names[:5] == ["id", "audio", "text_context", "target_utterance", "desired_response"]
@@ -244,21 +249,23 @@ def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_co
         assert row["target_utterance"]["end"] <= row["clip_end"] - row["clip_start"] + 1e-6
     card = (out / "README.md").read_text()
     assert f"Samples: {len(expected)}." in card and "| emotion family | primary emotion | response strategy | samples |" in card
-    assert "config_name: empathy" in card and "config_name: qa" not in card
+    assert "config_name: empathy" in card and "config_name: qa" in card
 
     # a rerun sends nothing and rewrites nothing; another strategy mode recomputes the empathy stage only
-    before = {stage: (out / "work" / stage / "s00000.parquet").stat().st_mtime_ns for stage in ("asr", "empathy")}
+    before = {stage: (out / "work" / stage / "s00000.parquet").stat().st_mtime_ns for stage in ("asr", "qa", "empathy")}
     with OpenAIStub(_empathy_reply) as stub:
         config = config.with_overrides([f"qa.base_url={stub.base_url}"])
-        pipeline.build(source, config, out, outputs=("empathy",), progress=False)
+        pipeline.build(source, config, out, progress=False)
         assert stub.requests == []
         assert {stage: (out / "work" / stage / "s00000.parquet").stat().st_mtime_ns for stage in before} == before
-        pipeline.build(source, config.with_overrides(["empathy.demos_per_sample=1"]), out, outputs=("empathy",), progress=False)
+        pipeline.build(source, config.with_overrides(["empathy.demos_per_sample=1"]), out, progress=False)
         assert len(stub.requests) == len(expected)
-    assert (out / "work" / "asr" / "s00000.parquet").stat().st_mtime_ns == before["asr"]
+    assert all((out / "work" / stage / "s00000.parquet").stat().st_mtime_ns == before[stage] for stage in ("asr", "qa"))
     assert (out / "work" / "empathy" / "s00000.parquet").stat().st_mtime_ns != before["empathy"]
 
 
-def test_unknown_outputs_are_named(source, tiny_config, tmp_path):
-    with pytest.raises(ValueError, match="outputs must name one or more of qa, empathy, got qa, speech"):
+def test_outputs_other_than_qa_and_empathy_are_refused(source, tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="outputs must be qa or qa,empathy, got qa,speech"):
         pipeline.build(source, tiny_config, tmp_path, outputs=("qa", "speech"), progress=False)
+    with pytest.raises(ValueError, match="outputs must be qa or qa,empathy, got empathy"):
+        pipeline.build(source, tiny_config, tmp_path, outputs=("empathy",), progress=False)

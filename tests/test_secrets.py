@@ -1,8 +1,8 @@
 """Secrets come from the environment and go nowhere else.
 
-A key is planted in an environment variable; a build (QA through a loopback endpoint that requires the
-key) and an evaluation (a judge behind the same kind of endpoint) run through the CLI with debug
-logging, and every file they write, and everything they print, is scanned for the key.
+A key is planted in an environment variable (and a Hub token in $HF_TOKEN); a build (QA through a
+loopback endpoint), a push dry run and an evaluation (a judge behind a loopback endpoint) run through
+the CLI with debug logging, and every file they write, and everything they print, is scanned for both.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from conftest import REPO, ravdess_recording
 from openai_stub import OpenAIStub, Reply
 
 SECRET = "sk-planted-9f8e7d6c5b4a3210fedcba"
+HUB_TOKEN = "hf_plantedTOKEN0123456789abcdefABCDEF"
 KEY_ENV = "CPQA_PLANTED_KEY"
 ALPHA = json.dumps({label: 1 for label in ("angry", "disgusted", "fearful", "happy", "sad", "surprised")})
 PAIRS = {"pairs": [{"question": "How does the speaker feel?", "answer": "Calm."}, {"question": "Is the speaker a man or a woman?", "answer": "A man."}]}
 
 
 def cli(args: list[str], log) -> int:
-    env = {**os.environ, KEY_ENV: SECRET, "CPQA_LOG": "DEBUG", "OPENAI_LOG": "debug", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, KEY_ENV: SECRET, "HF_TOKEN": HUB_TOKEN, "CPQA_LOG": "DEBUG", "OPENAI_LOG": "debug", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(REPO / "cpqa.py"), *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
@@ -47,6 +48,7 @@ def test_a_planted_key_reaches_the_endpoints_and_no_file_or_log(tmp_path):
             sets = ["condense.x=0", "condense.y=0", f"condense.alpha={ALPHA}", f"qa.base_url={qa_server.base_url}", f"qa.api_key_env={KEY_ENV}", "qa.max_retries=0"]
             code = cli(["build", str(source), "--out", str(out), "--profile", "tiny", "--quiet", *[a for s in sets for a in ("--set", s)]], log)
         assert code == 0, log_path.read_text()[-3000:]
+        assert cli(["push", str(out), "--repo-id", "someone/cpqa-test", "--dry-run"], log) == 0
         predictions = tmp_path / "predictions.jsonl"
         ids = [row["question_id"] for f in sorted((out / "data" / "qa").glob("*.parquet")) for row in pq.read_table(f, columns=["question_id"]).to_pylist()]
         predictions.write_text("".join(json.dumps({"question_id": q, "prediction": "Calm."}) + "\n" for q in ids))
@@ -61,6 +63,9 @@ def test_a_planted_key_reaches_the_endpoints_and_no_file_or_log(tmp_path):
         assert server.headers and all({k.lower(): v for k, v in h.items()}["authorization"] == f"Bearer {SECRET}" for h in server.headers)
     # ... and is nowhere else
     assert ids and (out / "work" / "llm-cache").is_dir() and (results / "judge-cache").is_dir()
-    assert files_containing(out, SECRET) == []
-    assert files_containing(results, SECRET) == []
-    assert SECRET not in log_path.read_text()
+    log = log_path.read_text()
+    assert "would upload" in log and "data/qa/" in log  # the dry run listed the files
+    for secret in (SECRET, HUB_TOKEN):
+        assert files_containing(out, secret) == []
+        assert files_containing(results, secret) == []
+        assert secret not in log

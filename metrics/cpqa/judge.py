@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import openai
+
 from .llm_client import LlmClient
 from .llm_client import LlmResult
 
@@ -146,17 +148,31 @@ class Judge:
     timeout: float = 120.0
     params: Mapping = field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 512})
     call: Callable[[list[dict]], str] | None = None
+    samples: int = 1  # ratings per answer, averaged (each sample its own seed)
 
     def describe(self) -> dict:
         """What the results may say about this judge (never the key)."""
         if self.call is not None:
-            return {"name": self.name, "kind": "callable"}
-        return {"name": self.name, "model": self.model, "base_url": self.base_url, "params": dict(self.params)}
+            return {"name": self.name, "kind": "callable", "samples": self.samples}
+        return {"name": self.name, "model": self.model, "base_url": self.base_url, "params": dict(self.params), "samples": self.samples}
+
+
+# The paper's two judges. The AWQ Llama-3-70B-Instruct runs on your own vLLM server
+# (`vllm serve casperhansen/llama-3-70b-instruct-awq --quantization awq`); its URL comes from the spec's
+# base_url, else $CPQA_LLAMA3_BASE_URL, else http://localhost:8000/v1.
+JUDGE_PRESETS: dict[str, dict] = {
+    "llama3-70b-awq": {"name": "llama3-70b-awq", "model": "casperhansen/llama-3-70b-instruct-awq", "base_url_env": "CPQA_LLAMA3_BASE_URL",
+                       "base_url": "http://localhost:8000/v1"},
+    "gpt-4o": {"name": "gpt-4o", "model": "gpt-4o", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+}
+SAMPLED_TEMPERATURE = 0.7  # the temperature of --judge-samples K > 1 unless one is given
 
 
 def make_judges(specs: Sequence[Mapping | Callable] | Mapping | Callable) -> list[Judge]:
     """Judges from dicts (``model``, ``base_url``, ``api_key_env``, optional ``name``, ``max_retries``,
-    ``timeout``, ``max_tokens``), callables, or dicts ``{"name", "call"}``; names must be unique."""
+    ``timeout``, ``max_tokens``, ``temperature``, ``samples``; or ``preset`` naming one of
+    ``JUDGE_PRESETS``, which the other keys override), callables, or dicts ``{"name", "call",
+    "samples"?}``; names must be unique."""
     if isinstance(specs, Mapping) or callable(specs):
         specs = [specs]
     judges = [_make_judge(spec) for spec in specs]
@@ -172,16 +188,24 @@ def make_judges(specs: Sequence[Mapping | Callable] | Mapping | Callable) -> lis
 def _make_judge(spec: Mapping | Callable) -> Judge:
     if callable(spec):
         return Judge(name=getattr(spec, "__name__", "callable"), call=spec)
-    spec = dict(spec)
+    spec = _with_preset(dict(spec))
+    samples = int(spec.get("samples", 1))
+    if samples < 1:
+        raise ValueError(f"judge samples must be at least 1, not {samples}")
     if spec.get("call") is not None:
-        return Judge(name=spec.get("name") or getattr(spec["call"], "__name__", "callable"), call=spec["call"])
+        name = spec.get("name") or getattr(spec["call"], "__name__", "callable")
+        return Judge(name=name, call=spec["call"], samples=samples)
     if not spec.get("model"):
         raise ValueError(f"a judge needs a 'model' (or a 'call'); got keys {sorted(spec)}")
-    unknown = set(spec) - {"name", "model", "base_url", "api_key_env", "max_retries", "timeout", "max_tokens", "temperature"}
+    unknown = set(spec) - {"name", "model", "base_url", "api_key_env", "max_retries", "timeout", "max_tokens", "temperature", "samples"}
     if unknown:
         raise ValueError(f"unknown judge settings {sorted(unknown)}")
-    params = {"temperature": float(spec.get("temperature", 0.0)), "max_tokens": int(spec.get("max_tokens", 512))}
+    temperature = float(spec.get("temperature", SAMPLED_TEMPERATURE if samples > 1 else 0.0))
+    if samples > 1 and temperature == 0:
+        raise ValueError(f"judge {spec.get('name') or spec['model']!r}: {samples} samples at temperature 0 would be one rating repeated")
+    params = {"temperature": temperature, "max_tokens": int(spec.get("max_tokens", 512))}
     return Judge(
+        samples=samples,
         name=spec.get("name") or spec["model"],
         model=spec["model"],
         base_url=spec.get("base_url"),
@@ -192,6 +216,20 @@ def _make_judge(spec: Mapping | Callable) -> Judge:
     )
 
 
+def _with_preset(spec: dict) -> dict:
+    """The preset's settings under the spec's own (``base_url_env`` resolved to a URL)."""
+    name = spec.pop("preset", None)
+    if name is None:
+        return spec
+    if name not in JUDGE_PRESETS:
+        raise ValueError(f"unknown judge preset {name!r}; known: {sorted(JUDGE_PRESETS)}")
+    preset = dict(JUDGE_PRESETS[name])
+    url_variable = preset.pop("base_url_env", None)
+    if url_variable and os.environ.get(url_variable):
+        preset["base_url"] = os.environ[url_variable]
+    return {**preset, **{key: value for key, value in spec.items() if value is not None}}
+
+
 def require_api_key(judge: Judge) -> str:
     """The judge's key from its environment variable ("EMPTY" for keyless local servers)."""
     if not judge.api_key_env:
@@ -200,6 +238,23 @@ def require_api_key(judge: Judge) -> str:
     if not api_key:
         raise ValueError(f"judge {judge.name!r}: environment variable {judge.api_key_env} is not set")
     return api_key
+
+
+def check_endpoint(what: str, base_url: str | None, api_key_env: str | None) -> None:
+    """One cheap request (GET /models) so that a wrong URL or a stopped server is one line now, not
+    thousands of failed requests later. A server without /models (HTTP 404) counts as reachable."""
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
+        raise ValueError(f"{what}: environment variable {api_key_env} is not set")
+    client = openai.OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0, timeout=15.0)
+    try:
+        client.models.list()
+    except openai.APIConnectionError as error:
+        raise ValueError(f"{what}: cannot reach {base_url or 'https://api.openai.com/v1'} ({error.__cause__ or error}); start the server or fix base_url") from error
+    except openai.AuthenticationError as error:
+        raise ValueError(f"{what}: {base_url} rejects the key in {api_key_env} (HTTP 401)") from error
+    except openai.APIStatusError:
+        pass
 
 
 def _client(judge: Judge, cache_dir, concurrency: int) -> LlmClient:
@@ -225,9 +280,10 @@ def _ask_callable(judge: Judge, messages: list[dict]) -> LlmResult:
 class Grade:
     """One judgement of one answer: the rating (None when it failed), the raw reply and the error."""
 
-    rating: int | None
+    rating: float | None  # an integer 0..5; with several samples, the mean of those that gave one
     raw: str | None
     error: str | None
+    samples: tuple = ()  # with several samples: each one's rating (None where it failed)
 
 
 def grade_all(
@@ -248,15 +304,19 @@ def grade_all(
         unique.setdefault(_fingerprint(m), m)
     grades, calls = {}, {}
     for judge in judges:
+        # K samples of one request differ by seed, so each is sent (and cached) on its own
+        jobs = [(m, k) for m in unique.values() for k in range(judge.samples)]
         if judge.call is not None:
             with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
-                replies = list(pool.map(lambda m: _ask_callable(judge, m), unique.values()))
+                replies = list(pool.map(lambda job: _ask_callable(judge, job[0]), jobs))
         else:
             client = _client(judge, cache_dir, max_concurrency)
-            requests_out = [{"messages": m, **judge.params} for m in unique.values()]
+            seeded = judge.samples > 1
+            requests_out = [{"messages": m, **judge.params, **({"seed": k} if seeded else {})} for m, k in jobs]
             replies = client.complete_many(requests_out)
             calls[judge.name] = client.calls.snapshot()
-        by_fingerprint = dict(zip(unique, replies))
+        per_request = [replies[i : i + judge.samples] for i in range(0, len(replies), judge.samples)]
+        by_fingerprint = dict(zip(unique, per_request))
         for index, m in enumerate(messages):
             grades[(judge.name, index)] = _grade(by_fingerprint[_fingerprint(m)])
     return grades, calls
@@ -266,7 +326,19 @@ def _fingerprint(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _grade(reply: LlmResult) -> Grade:
+def _grade(replies: list[LlmResult]) -> Grade:
+    """One sample: its rating. Several: the mean of the ratings given (failed samples left out), every
+    reply kept, and an error only when no sample gave a rating."""
+    graded = [_grade_one(reply) for reply in replies]
+    if len(graded) == 1:
+        return graded[0]
+    ratings = [g.rating for g in graded if g.rating is not None]
+    raw = "\n\n".join(f"[sample {k}] {g.raw}" for k, g in enumerate(graded))
+    error = None if ratings else "; ".join(f"sample {k}: {g.error}" for k, g in enumerate(graded))
+    return Grade(sum(ratings) / len(ratings) if ratings else None, raw, error, tuple(g.rating for g in graded))
+
+
+def _grade_one(reply: LlmResult) -> Grade:
     if reply.error is not None:
         return Grade(None, reply.text, reply.error)
     rating, problem = parse_rating(reply.text)

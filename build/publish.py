@@ -1,0 +1,198 @@
+"""Publication modes, per-source licences, and ``rehydrate`` (the audio rebuilt from the user's own copy).
+
+Modes (``export.publish``):
+- ``full``: the clip's audio is embedded (``context``), as before;
+- ``gated``: the same, and the card's YAML carries the Hub's gating fields (``extra_gated_prompt``,
+  ``extra_gated_fields``) with the terms, so the Hub asks each user to accept them before download;
+- ``metadata-only``: no audio column; each row keeps what locates its audio: ``source_file`` (the
+  file name, or the reference of a Hub/Arrow cell), ``source_sha256`` (content hash of the source),
+  ``clip_start``/``clip_end`` (recording time), besides its labels, words and QA.
+
+Columns this module adds to the published rows: ``source_sha256`` (sha256 of the source file's bytes;
+for an ``arrow:``/``parquet:`` reference, of the referenced cell's audio bytes) and ``license`` (the
+source's licence). The card states the most restrictive licence (``most_restrictive``).
+
+``rehydrate(out_dir, audio_root)`` finds each source by file name under ``audio_root``, checks its
+sha256, and writes the ``context`` column back into every Parquet shard of ``out_dir``: rows whose
+source is missing or whose content changed since the build are left out and reported (never decoded
+from a changed file). The card's ``dataset_info`` is updated to the rewritten shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from datasets import Audio, Dataset, Features, concatenate_datasets
+
+from . import audio
+
+MODES = ("full", "gated", "metadata-only")
+
+# Licences from least to most restrictive; anything not listed ranks as "other" (most restrictive:
+# its terms are unknown to cpqa).
+LICENCE_ORDER = (
+    "cc0-1.0",
+    "pddl",
+    "public-domain",
+    "cc-by-4.0",
+    "cc-by-3.0",
+    "cc-by-sa-4.0",
+    "cc-by-sa-3.0",
+    "cc-by-nc-4.0",
+    "cc-by-nc-3.0",
+    "cc-by-nc-sa-4.0",
+    "cc-by-nc-sa-3.0",
+    "cc-by-nd-4.0",
+    "cc-by-nc-nd-4.0",
+    "cc-by-nc-nd-3.0",
+    "other",
+)
+
+GATED_PROMPT = (
+    "The audio in this dataset comes from sources whose licences restrict redistribution and use. "
+    "Access is granted for research on speech and paralinguistics only. By requesting access you agree "
+    "not to redistribute the audio, not to try to identify the people speaking, and to follow the "
+    "licence of each source recording (the `license` column)."
+)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"export.publish {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def most_restrictive(licences: list[str]) -> str:
+    """The licence that restricts most (``LICENCE_ORDER``; an unlisted one counts as ``other``)."""
+    rank = {name: i for i, name in enumerate(LICENCE_ORDER)}
+    worst = max(licences, key=lambda name: rank.get(name.lower(), len(LICENCE_ORDER) - 1), default="other")
+    return worst if worst.lower() in rank else "other"
+
+
+def source_sha256(path: str) -> str:
+    """sha256 of a source file's bytes, or of the referenced cell's audio bytes (``build.audio`` references)."""
+    digest = hashlib.sha256()
+    if audio.is_reference(path):
+        cell = audio._cell(audio.parse_reference(path))
+        if cell.get("bytes") is not None:
+            digest.update(cell["bytes"])
+            return digest.hexdigest()
+        path = cell["path"]
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_columns(paths: list[str], licences: list[str]) -> dict[str, list]:
+    """``source_sha256`` (each distinct source hashed once) and ``license`` per row."""
+    hashes = {p: source_sha256(p) for p in sorted(set(paths))}
+    return {"source_sha256": [hashes[p] for p in paths], "license": list(licences)}
+
+
+def gating_yaml(mode: str) -> str:
+    """The card header's gating fields (empty unless ``gated``)."""
+    if mode != "gated":
+        return ""
+    import yaml
+
+    fields = {"extra_gated_prompt": GATED_PROMPT, "extra_gated_fields": {"Name": "text", "Affiliation": "text", "Intended use": "text", "I agree to use this dataset for non-commercial research only": "checkbox"}}
+    return yaml.safe_dump(fields, sort_keys=False, width=10_000).rstrip("\n")
+
+
+def publication_text(mode: str, licence: str) -> str:
+    """The card's paragraph on what is published and how to get the audio."""
+    if mode == "metadata-only":
+        return (
+            "**Metadata only.** The audio is not redistributed here (its licence does not allow it). Each row "
+            "names its source (`source_file`), the sha256 of the source's content (`source_sha256`) and the "
+            "clip's span in it (`clip_start`, `clip_end`). With your own copy of the sources, rebuild the "
+            "`context` audio column with\n\n```bash\npython cpqa.py rehydrate <this folder> --audio-root <your copy>\n```\n\n"
+            "which checks every source by its hash and reports any that is missing or differs from the one used here."
+        )
+    if mode == "gated":
+        return f"**Gated.** The audio is embedded; the Hub grants access to those who accept these terms: {GATED_PROMPT}"
+    return f"The audio is embedded. Most restrictive source licence: {licence}."
+
+
+@dataclass
+class RehydrateReport:
+    rows: int = 0  # rows written with their audio
+    missing: dict[str, int] = field(default_factory=dict)  # source file -> rows left out
+    changed: dict[str, int] = field(default_factory=dict)  # source file whose content hash differs -> rows left out
+
+    def lines(self) -> list[str]:
+        out = [f"rehydrated {self.rows} rows"]
+        out += [f"  missing: {name} ({n} rows left out)" for name, n in sorted(self.missing.items())]
+        out += [f"  changed since the build (sha256 differs): {name} ({n} rows left out)" for name, n in sorted(self.changed.items())]
+        return out
+
+
+def _index(audio_root: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in audio_root.rglob("*"):
+        if path.is_file():
+            found.setdefault(path.name, []).append(path)
+    return found
+
+
+def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
+    """Write ``context`` back into every shard of a metadata-only build from the sources under ``audio_root``."""
+    from .export import dataset_info_yaml, embed_segment_audio
+    from .audio import SAMPLE_RATE
+
+    out_dir, audio_root = Path(out_dir), Path(audio_root)
+    shards = sorted((out_dir / "data").rglob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{out_dir}: no built dataset here (data/*/*.parquet expected)")
+    if not audio_root.is_dir():
+        raise FileNotFoundError(f"{audio_root}: no such folder (--audio-root names your copy of the source audio)")
+    index = _index(audio_root)
+    verdict: dict[tuple[str, str], Path | str] = {}  # (name, sha256) -> the verified file, or "missing"/"changed"
+    report = RehydrateReport()
+    for shard in shards:
+        table = pq.read_table(shard)
+        if "context" in table.column_names:
+            raise ValueError(f"{shard}: already has audio (context): rehydrate reads metadata-only builds")
+        for column in ("source_file", "source_sha256", "clip_start", "clip_end", "segment_id"):
+            if column not in table.column_names:
+                raise ValueError(f"{shard}: no {column} column: not a cpqa metadata-only build")
+        data = Dataset(table)
+        located = []
+        for name, sha in zip(data["source_file"], data["source_sha256"]):
+            key = (name, sha)
+            if key not in verdict:
+                candidates = index.get(name, [])
+                match = next((p for p in candidates if source_sha256(str(p)) == sha), None)
+                verdict[key] = match if match is not None else ("changed" if candidates else "missing")
+            located.append(verdict[key])
+        keep = [i for i, v in enumerate(located) if isinstance(v, Path)]
+        for name, v in zip(data["source_file"], located):
+            if not isinstance(v, Path):
+                bucket = report.missing if v == "missing" else report.changed
+                bucket[name] = bucket.get(name, 0) + 1
+        data = data.select(keep)
+        paths = [str(located[i]) for i in keep]
+        contexts = embed_segment_audio({"segment_id": data["segment_id"], "audio_path": paths, "start": data["clip_start"], "end": data["clip_end"]})["context"]
+        audio_column = Dataset.from_dict({"context": contexts}, features=Features({"context": Audio(sampling_rate=SAMPLE_RATE)}))
+        data = concatenate_datasets([audio_column, data.flatten_indices()], axis=1)
+        tmp = shard.with_name(shard.name + ".tmp")
+        data.to_parquet(str(tmp))
+        os.replace(tmp, shard)
+        report.rows += len(data)
+    card = out_dir / "README.md"
+    if card.exists():
+        card.write_text(replace_dataset_info(card.read_text(), dataset_info_yaml(out_dir)))
+    return report
+
+
+def replace_dataset_info(card: str, info_yaml: str) -> str:
+    """The card with its YAML header's ``dataset_info`` block replaced by ``info_yaml``."""
+    lines = card.split("\n")
+    start = lines.index("dataset_info:")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "-")))
+    return "\n".join(lines[:start] + info_yaml.split("\n") + lines[end:])

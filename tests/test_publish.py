@@ -1,0 +1,187 @@
+"""Publication modes: metadata-only + rehydrate gives back the full build; changed or missing sources are
+reported, never used; gated cards and pushes; per-row licences and the most restrictive one."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import yaml
+
+from build import export, publish
+from build.audio import decode_span
+from build.config import paper_config
+from conftest import AMI
+from test_export import write
+
+N_PAIRS, N_CLIPS = 3, 2  # test_export's two AMI clips, with 2 + 1 QA pairs
+
+
+def _config(mode):
+    return paper_config().with_overrides([f"export.publish={mode}"])
+
+
+def _shards(out):
+    return {str(p.relative_to(out)): pq.read_table(p) for p in sorted((out / "data").rglob("*.parquet"))}
+
+
+def _audio_hashes(table):
+    return [hashlib.sha256(cell["bytes"]).hexdigest() for cell in table.column("context").to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    write(out, _config("full"))
+    return out
+
+
+@pytest.fixture
+def metadata_only(tmp_path):
+    out = tmp_path / "meta"
+    write(out, _config("metadata-only"))
+    return out
+
+
+def test_metadata_only_tables_carry_no_audio_but_what_locates_it(metadata_only):
+    shards = _shards(metadata_only)
+    assert sorted(shards) == ["data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet"]
+    digest = hashlib.sha256(AMI.read_bytes()).hexdigest()
+    for table in shards.values():
+        assert "context" not in table.column_names
+        assert set(table.column("source_file").to_pylist()) == {AMI.name}
+        assert set(table.column("source_sha256").to_pylist()) == {digest}
+        assert set(table.column("license").to_pylist()) == {"cc-by-4.0"}
+    segments = shards["data/segments/test-00000-of-00001.parquet"]
+    assert list(zip(segments.column("clip_start").to_pylist(), segments.column("clip_end").to_pylist())) == [(2.0, 34.0), (20.5, 55.0)]
+    card = (metadata_only / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["cpqa_publication"] == "metadata-only" and "extra_gated_prompt" not in header
+    assert "cpqa.py rehydrate" in card
+    sizes = sum(p.stat().st_size for p in (metadata_only / "data").rglob("*.parquet"))
+    assert sizes < 100_000  # ~65 s of 16-bit FLAC would be ~1.5 MB
+
+
+def test_metadata_only_plus_rehydrate_equals_the_full_build(full, metadata_only, tmp_path):
+    copy = tmp_path / "my-copy" / "nested"
+    copy.mkdir(parents=True)
+    shutil.copy(AMI, copy / AMI.name)
+    report = publish.rehydrate(metadata_only, tmp_path / "my-copy")
+    assert (report.rows, report.missing, report.changed) == (N_PAIRS + N_CLIPS, {}, {})
+    want, got = _shards(full), _shards(metadata_only)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].column_names == want[name].column_names, name
+        assert _audio_hashes(got[name]) == _audio_hashes(want[name]), name  # byte-identical FLAC
+        for column in want[name].column_names:
+            if column != "context":
+                assert got[name].column(column).to_pylist() == want[name].column(column).to_pylist(), (name, column)
+    from datasets import load_dataset
+
+    qa = load_dataset(str(metadata_only), split="test")
+    assert len(qa) == N_PAIRS and qa[0]["context"] is not None
+
+
+def test_a_source_changed_after_the_build_is_reported_and_not_used(metadata_only, tmp_path):
+    root = tmp_path / "changed"
+    root.mkdir()
+    audio = decode_span(str(AMI))
+    audio[16_000 * 10] += 0.01  # one sample of the recording differs
+    sf.write(root / AMI.name, audio, 16_000, format="FLAC")
+    report = publish.rehydrate(metadata_only, root)
+    assert report.rows == 0
+    assert report.changed == {AMI.name: N_PAIRS + N_CLIPS} and report.missing == {}
+    assert report.lines()[1] == f"  changed since the build (sha256 differs): {AMI.name} (5 rows left out)"
+    for table in _shards(metadata_only).values():
+        assert table.num_rows == 0 and "context" in table.column_names
+
+
+def test_a_missing_source_is_reported(metadata_only, tmp_path):
+    (tmp_path / "empty").mkdir()
+    report = publish.rehydrate(metadata_only, tmp_path / "empty")
+    assert report.rows == 0 and report.missing == {AMI.name: N_PAIRS + N_CLIPS}
+
+
+def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
+    with pytest.raises(ValueError, match=r"already has audio \(context\)"):
+        publish.rehydrate(full, AMI.parent)
+
+
+def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
+    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet"]
+    publish.rehydrate(metadata_only, AMI.parent)
+    with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
+        export.files_to_upload(metadata_only)
+
+
+def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
+    out = tmp_path / "gated"
+    write(out, _config("gated"))
+    header = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert header["cpqa_publication"] == "gated"
+    assert header["extra_gated_prompt"] == publish.GATED_PROMPT
+    assert header["extra_gated_fields"]["I agree to use this dataset for non-commercial research only"] == "checkbox"
+    assert "context" in pq.read_schema(out / "data" / "qa" / "test-00000-of-00001.parquet").names
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id))
+
+        def upload_folder(self, allow_patterns, **kwargs):
+            calls.append(("upload", sorted(allow_patterns)))
+
+        def update_repo_settings(self, repo_id, gated, repo_type):
+            calls.append(("settings", repo_id, gated, repo_type))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    export.push(out, "you/cpqa")
+    assert calls == [("create", "you/cpqa"), ("upload", export.files_to_upload(out)), ("settings", "you/cpqa", "manual", "dataset")]
+
+
+def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only, monkeypatch, capsys):
+    import huggingface_hub
+
+    import cpqa
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any contact would raise
+    (metadata_only / "work").mkdir()
+    (metadata_only / "work" / "local.parquet").write_bytes(b"x")
+    assert cpqa.main(["push", str(metadata_only), "--repo-id", "you/cpqa", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "would upload (metadata-only, private):",
+        "  README.md",
+        "  data/qa/test-00000-of-00001.parquet",
+        "  data/segments/test-00000-of-00001.parquet",
+        "would create https://huggingface.co/datasets/you/cpqa",
+    ]
+
+
+def test_licences_travel_per_row_and_the_card_states_the_most_restrictive(tmp_path):
+    out = tmp_path / "licences"
+    write(out, _config("metadata-only"), licences=["cc-by-4.0", "cc-by-nc-sa-4.0"])
+    qa = pq.read_table(out / "data" / "qa" / "test-00000-of-00001.parquet")
+    assert qa.column("license").to_pylist() == ["cc-by-4.0", "cc-by-4.0", "cc-by-nc-sa-4.0"]  # pairs of clip 0, then clip 1
+    card = (out / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["license"] == "cc-by-nc-sa-4.0"
+    assert "the most restrictive one, which the dataset as a\nwhole inherits, is **cc-by-nc-sa-4.0**" in card
+
+
+def test_most_restrictive_licence():
+    assert publish.most_restrictive(["cc0-1.0", "cc-by-4.0"]) == "cc-by-4.0"
+    assert publish.most_restrictive(["cc-by-nc-sa-4.0", "CC-BY-4.0"]) == "cc-by-nc-sa-4.0"
+    assert publish.most_restrictive(["cc-by-4.0", "my-own-terms"]) == "other"  # unknown terms restrict most
+
+
+def test_an_unknown_mode_is_refused_before_any_audio_is_read(tmp_path):
+    from build import pipeline
+
+    with pytest.raises(ValueError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
+        pipeline.build(tmp_path / "nothing-here", _config("public"), tmp_path / "out", progress=False)
