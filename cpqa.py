@@ -6,6 +6,7 @@
                                               #   save_to_disk folder, or hf://owner/name[:split]
     python cpqa.py build SOURCE --out DIR --profile tiny --set condense.x=0.6 --set runtime.device=cuda
     python cpqa.py build SOURCE --out DIR --stop-after condense   # labels and condensation only
+    python cpqa.py build SOURCE --out DIR --outputs qa           # QA pairs only (default: qa,empathy)
     accelerate launch --multi_gpu --num_processes 8 cpqa.py build SOURCE --out DIR   # 8 GPUs, same output
                                               # rerun the same command after a crash: it resumes
     python cpqa.py build SOURCE --out DIR --publish metadata-only --splits train=0.8,test=0.2
@@ -74,12 +75,13 @@ DEMO_SOURCES = (
     "a one-minute AMI Meeting Corpus excerpt (Carletta et al. 2005; CC BY 4.0) and 89 s of Apollo 11 "
     "air-to-ground radio (NASA, presumed public domain). Because of RAVDESS, this build is CC BY-NC-SA 4.0."
 )
-def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool, allow_outside_root: bool = False) -> int:
+def run_build(source: str, out: str, config, *, stop_after: str | None, outputs: str, license: str, sources: str | None, quiet: bool, allow_outside_root: bool = False) -> int:
     from build import pipeline
 
     card = (REPO / "dataset_card.md").read_text()
+    wanted = tuple(o.strip() for o in outputs.split(",") if o.strip())
     result = pipeline.build(
-        source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet, allow_outside_root=allow_outside_root
+        source, config, out, stop_after=stop_after, outputs=wanted, license=license, sources=sources, card_template=card, progress=not quiet, allow_outside_root=allow_outside_root
     )
     if result is None:  # not rank 0: the main process prints the report
         return 0
@@ -91,7 +93,8 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, license:
     if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or load_dataset("{out_dir}", "segments")')
+    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in ("segments", "empathy") if name != "empathy" or result.empathy is not None)
+    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or {others}')
     return 0
 
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
+        p.add_argument("--outputs", default="qa,empathy", help="what to build: qa,empathy (default) or qa")
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
         p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
         p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
@@ -304,9 +308,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "calibrate":
         return run_calibrate(args, config)
     if args.command == "demo":
-        return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
+        return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, outputs=args.outputs, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
     return run_build(
-        args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet, allow_outside_root=args.allow_outside_root
+        args.source, args.out, config, stop_after=args.stop_after, outputs=args.outputs, license=args.license, sources=args.sources, quiet=args.quiet, allow_outside_root=args.allow_outside_root
     )
 
 

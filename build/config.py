@@ -116,6 +116,20 @@ class QaConfig:
 
 
 @dataclass
+class EmpathyConfig:
+    """Empathetic-response samples (build.empathy). Endpoint, model, key, concurrency, retries and
+    timeout are those of ``qa``."""
+
+    strategy: str = "seeded"  # "seeded": drawn from the emotion's family by clip id; "llm": the LLM chooses from it
+    demos_per_sample: int = 2  # bundled demonstrations of the same emotion in each prompt (1-3)
+    max_response_chars: int = 400  # a longer desired response is rejected
+    pause_s: float = 0.7  # sentence split at pauses this long, for clips whose words carry no punctuation
+    temperature: float = 0.7
+    max_tokens: int = 400
+    structured_output: str = "auto"  # as qa.structured_output
+
+
+@dataclass
 class PostFilterConfig:
     """Post-filter of generated pairs."""
 
@@ -181,6 +195,7 @@ class Config:
     asr: AsrConfig = field(default_factory=AsrConfig)
     qa: QaConfig = field(default_factory=QaConfig)
     postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
+    empathy: EmpathyConfig = field(default_factory=EmpathyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -286,6 +301,7 @@ def _dataclass_type(annotation) -> type | None:
         "AsrConfig": AsrConfig,
         "QaConfig": QaConfig,
         "PostFilterConfig": PostFilterConfig,
+        "EmpathyConfig": EmpathyConfig,
         "ExportConfig": ExportConfig,
     }.get(str(annotation))
 
@@ -313,5 +329,6 @@ def tiny_config(model_dir: str) -> Config:
     config.qa.model = "bundled:smollm2-135m-instruct"
     config.qa.structured_output = "json_schema"
     config.qa.concurrency = 1
+    config.empathy.structured_output = "json_schema"
     config.postfilter.categoriser = "rules"  # offline: no LLM call for categories
     return config

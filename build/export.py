@@ -3,7 +3,11 @@
 ``embed_segment_audio`` (batched map over segment rows): ``audio_path``, ``start``, ``end`` -> ``context``
 (the span as 16 kHz FLAC bytes; an Audio column once cast).
 
-``write_config`` writes one config (``qa`` or ``segments``) as ``data/<config>/test-XXXXX-of-YYYYY.parquet``;
+``empathy_table``: one row per empathy sample (``schema.EMPATHY_SAMPLE``) -> ``id``, ``audio`` (the span
+``clip_start``-``clip_end`` as FLAC bytes), ``text_context``, ``target_utterance``, ``desired_response``,
+then provenance; every time in a row is relative to its ``audio``.
+
+``write_config`` writes one config (``qa``, ``segments`` or ``empathy``) as ``data/<config>/test-XXXXX-of-YYYYY.parquet``;
 ``render_card`` fills ``dataset_card.md`` into the output's ``README.md`` with YAML ``configs`` so
 that ``load_dataset(out_dir)`` gives the ``qa`` config and ``load_dataset(out_dir, "segments")`` the
 segments. ``push`` uploads exactly ``files_to_upload(out_dir)`` with the token from the environment.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import string
 from collections import Counter
 from pathlib import Path
@@ -21,6 +26,7 @@ from datasets import Audio, Dataset
 
 from .audio import SAMPLE_RATE, decode_span
 from .errors import first_line
+from .schema import EMOTION_FAMILY
 
 SPLIT = "test"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
@@ -34,11 +40,12 @@ def flac_bytes(audio) -> bytes:
     return buffer.getvalue()
 
 
+def _embedded(names: list[str], paths: list[str], starts: list[float], ends: list[float]) -> list[dict]:
+    return [{"bytes": flac_bytes(decode_span(path, start, end)), "path": f"{name}.flac"} for name, path, start, end in zip(names, paths, starts, ends)]
+
+
 def embed_segment_audio(batch: dict[str, list]) -> dict[str, list]:
-    contexts = []
-    for sid, path, start, end in zip(batch["segment_id"], batch["audio_path"], batch["start"], batch["end"]):
-        contexts.append({"bytes": flac_bytes(decode_span(path, start, end)), "path": f"{sid}.flac"})
-    return {"context": contexts}
+    return {"context": _embedded(batch["segment_id"], batch["audio_path"], batch["start"], batch["end"])}
 
 
 def with_audio(data: Dataset) -> Dataset:
@@ -286,6 +293,57 @@ def qa_table(pairs: Dataset, segment_rows: Dataset) -> Dataset:
     return joined.select_columns(first + [c for c in joined.column_names if c not in first])
 
 
+_EMPATHY_FIRST = ("id", "audio", "text_context", "target_utterance", "desired_response")
+
+
+def empathy_table(samples: Dataset, audio: bool = True) -> Dataset:
+    """One row per empathy sample: the sample's columns first, then provenance (source file, clip span in
+    the recording). ``audio=False`` (metadata-only publication) leaves the audio out."""
+
+    def own(batch: dict[str, list]) -> dict[str, list]:
+        ids = [f"{sid}-empathy" for sid in batch["segment_id"]]
+        columns = {"id": ids, "source_file": [Path(p).name for p in batch["audio_path"]]}
+        if audio:
+            columns["audio"] = _embedded(ids, batch["audio_path"], batch["clip_start"], batch["clip_end"])
+        return columns
+
+    data = samples.map(own, batched=True, batch_size=16, desc="embed audio")
+    if audio:
+        data = data.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
+    rest = ("segment_id", "recording_id", "source_file", "clip_start", "clip_end", "prompt_version", "llm_model")
+    return data.select_columns([c for c in _EMPATHY_FIRST if audio or c != "audio"] + list(rest))
+
+
+def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_recording: dict[str, str], export_config) -> None:
+    """The ``empathy`` config, or none (an earlier build's removed) when there is no sample.
+
+    A sample goes to the split of its recording in the ``segments`` config; recordings found only here
+    are split among themselves by the same rule, so no recording has rows in two splits."""
+    from . import splits
+
+    folder = Path(out_dir) / "data" / "empathy"
+    if samples is None or len(samples) == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    rows = empathy_table(samples, audio=export_config.publish != "metadata-only")
+    others = sorted({rid for rid in rows["recording_id"] if rid not in split_of_recording})
+    assigned = splits.assign_splits(splits.split_keys(others, None, "recording"), export_config.splits, export_config.seed)
+    split_of = {**split_of_recording, **dict(zip(others, assigned))}
+    write_config(rows, out_dir, "empathy", [split_of[rid] for rid in rows["recording_id"]])
+
+
+def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
+    """``$n_empathy`` and ``$empathy_strategy_table`` (samples per family, primary emotion and strategy)."""
+    if samples is None:
+        return {"n_empathy": "0 (not built: this build was made with `--outputs qa`)", "empathy_strategy_table": "(none)"}
+    counts = Counter(
+        (EMOTION_FAMILY[t["emotions"]["primary"]], t["emotions"]["primary"], r["response_strategy"]) for t, r in zip(samples["target_utterance"], samples["desired_response"])
+    )
+    rows = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[1], kv[0][2]))
+    table = markdown_table(("emotion family", "primary emotion", "response strategy", "samples"), [(*key, n) for key, n in rows]) if rows else "(none)"
+    return {"n_empathy": str(len(samples)), "empathy_strategy_table": table}
+
+
 PROFILE_NOTES = {
     "paper": "",
     "tiny": (
@@ -377,7 +435,7 @@ def publication_values(out_dir: str | Path, mode: str, licence: str, segment_spl
 
 def write_dataset(
     segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
-    card_template: str, license: str, sources: str, licences: list[str] | None = None,
+    card_template: str, license: str, sources: str, licences: list[str] | None = None, empathy: Dataset | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
 
@@ -397,8 +455,10 @@ def write_dataset(
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)
     write_config(segment_rows, out_dir, "segments", segment_splits)
+    write_empathy(empathy, out_dir, dict(zip(segment_rows["recording_id"], segment_splits)), e)
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
+    values.update(empathy_card_values(empathy))
     values.update(publication_values(out_dir, e.publish, licence, segment_splits, qa_splits, e))
     values["stats_section"] = card_section(out_dir)
     (Path(out_dir) / "README.md").write_text(render_card(card_template, values))

@@ -15,6 +15,7 @@
                      candidates of its draw order (``work/sample/topup-<k>.parquet``, shards
                      t<k>s00000, ...), which go through asr, qa and postfilter in turn; a round that
                      picks nothing ends them. Over-quota drops of candidates taken later are not counted.
+    empathy          per sample shard: word labels, one empathetic-response sample per clip (build.empathy)
     export (global)  Parquet + dataset card, report.json, recordings.jsonl, work/dropped/<stage>.parquet
 
 Every task is a file under ``OUT/work`` (``build.work``): rerunning the same command after a crash
@@ -26,6 +27,12 @@ rank 0 runs the global steps after a barrier.
 The funnel counts what is left after each step (``FUNNEL``, keyed by stage id) and every drop by
 stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason), ``failed``
 (stage and error) or ``duplicate`` (of which recording) in the ledger.
+
+``outputs`` chooses what a build writes: ``qa`` or ``qa,empathy`` (the default). The empathy stage runs
+after the top-up rounds over every sample shard and shares ASR and the LLM endpoint with QA (QA is
+always built: its deliveries decide the top-ups). A recording is kept when either output holds a row
+of it; a recording in neither is reported at the QA stages (its empathy drops are counted in the
+funnel and kept in ``work/dropped/empathy.parquet``).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, categories, condense, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, words
+from . import align, categories, condense, empathy, export, ingest, label, postfilter, preflight, prompting, publish, qa, schema, segment, splits, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -67,10 +74,12 @@ FUNNEL = {
     "generated": "QA pairs generated",
     "pairs": "QA pairs kept",
     "postfilter": "segments in the benchmark",
+    "empathy": "empathy samples",
 }
 # Stages at which a recording can end (QA pair drops never end a recording), in order.
 STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "qa", "postfilter")
 STOP_AFTER = ("condense",)
+OUTPUTS = ("qa", "empathy")
 
 # drop reasons decided here (the stage modules' own reasons travel through their columns)
 NO_SPEECH = "no speech detected"
@@ -95,6 +104,7 @@ DROP_REASONS: dict[str, tuple[str, ...]] = {
     "qa": (LLM_FAILED, qa.UNPARSEABLE, qa.NO_TRANSCRIPT, NO_PAIRS),
     "pairs": postfilter.REASONS,
     "postfilter": (NO_PAIR_SURVIVED,),
+    "empathy": (*empathy.REASONS, empathy.REQUEST_FAILED),
 }
 
 
@@ -143,11 +153,12 @@ class BuildResult:
     status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs"
     out_dir: Path | None = None
     quota: dict[str, dict[str, int]] | None = None  # per primary emotion: asked, candidates, sampled, delivered
+    empathy: Dataset | None = None  # empathy samples (schema.EMPATHY_SAMPLE), once that stage ran
 
     @property
     def ledger(self) -> list[dict]:
-        final = self.pairs if self.pairs is not None else self.segments
-        return _ledger(self.recording_ids, self.funnel, set(final["recording_id"]))
+        finals = [d for d in (self.pairs, self.empathy) if d is not None] or [self.segments]
+        return _ledger(self.recording_ids, self.funnel, {rid for d in finals for rid in d["recording_id"]})
 
     def report(self) -> dict:
         report = {
@@ -158,6 +169,8 @@ class BuildResult:
         }
         if self.pairs is not None:
             report["categories"] = dict(Counter(self.pairs["category"]))
+        if self.empathy is not None:
+            report["empathy_strategies"] = dict(Counter(r["response_strategy"] for r in self.empathy["desired_response"]))
         if self.funnel.llm is not None:
             report["llm_calls"] = self.funnel.llm
         if self.quota is not None:
@@ -214,6 +227,8 @@ def format_report(result: BuildResult) -> str:
         lines.append("quota per primary emotion (delivered/asked): " + ", ".join(f"{k} {v['delivered']}/{v['asked']}" for k, v in report["quota"].items()))
     if report.get("categories"):
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
+    if report.get("empathy_strategies"):
+        lines.append("empathy strategies: " + ", ".join(f"{k} {v}" for k, v in sorted(report["empathy_strategies"].items())))
     if report.get("llm_calls"):
         lines.append("LLM calls: " + summary_line(report["llm_calls"]))
     return "\n".join(lines)
@@ -304,6 +319,12 @@ def stage_params(config: Config) -> dict[str, dict]:
             "structured_output": c.qa.structured_output,
         },
         "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment, "categoriser_model": categories.llm_model(c.postfilter.categoriser, c.qa)},
+        "empathy": {
+            **dataclasses.asdict(c.empathy),
+            "model": c.qa.model,
+            "prompt_version": empathy.PROMPT_VERSION,
+            "demos": empathy.DEMOS_FILE.read_text(),
+        },
     }
 
 
@@ -346,6 +367,7 @@ def build(
     out_dir: str | Path,
     *,
     stop_after: str | None = None,
+    outputs: tuple[str, ...] = OUTPUTS,
     license: str = "other",
     sources: str | None = None,
     card_template: str | None = None,
@@ -361,6 +383,9 @@ def build(
     ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
+    if "qa" not in outputs or any(o not in OUTPUTS for o in outputs):
+        # QA is always built: its deliveries decide the top-up rounds that both outputs draw from
+        raise ValueError(f"outputs must be qa or qa,empathy, got {','.join(outputs) or 'none'}")
     publish.check_mode(config.export.publish)  # before any audio is read
     splits.check_splits(config.export.splits)
     splits.check_split_by(config.export.split_by, diarize=False)
@@ -457,6 +482,8 @@ def build(
             break
         upstream = after_sampling(round_shards, round_manifest, fp)
         sample_shards = sample_shards + round_shards
+    if "empathy" in outputs:  # over every sample shard, top-ups included: one sample per transcribed clip
+        _empathy_stage(run, sample_shards, fps, params, say)
     if not ranks.is_main:
         return None
 
@@ -464,14 +491,27 @@ def build(
     segments = _dataset(run.table("qa", sample_shards, QA_SEGMENT), QA_SEGMENT)
     with_pairs = set(pairs["segment_id"])
     segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in with_pairs])
-    stages = ("asr", "qa", "postfilter")
+    stages = ("asr", "qa", "postfilter", *(("empathy",) if "empathy" in outputs else ()))
+    samples = _dataset(run.table("empathy", sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE) if "empathy" in outputs else None
     if len(pairs) == 0:
-        result = finish(segments, pairs, "no pairs", stages)
+        result = dataclasses.replace(finish(segments, pairs, "no pairs", stages), empathy=samples)
         write_report(result, out_dir)
         return result
-    result = finish(segments, pairs, "built", stages)
+    result = dataclasses.replace(finish(segments, pairs, "built", stages), empathy=samples)
     export_dataset(result, config, out_dir, license=license, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
     return result
+
+
+def _empathy_stage(run: _Run, sample_shards: list[str], fps: dict, params: dict, say: Callable[[str], None]) -> None:
+    """The empathy task of every sample shard, chained to its ASR output; a barrier after it."""
+    fps["empathy"] = {s: fingerprint("empathy", params["empathy"], [fps["asr"][s], s]) for s in sample_shards}
+    audio = {s: sum(e - b for b, e in zip(*run.work.read_table("sample", s).select(["start", "end"]).to_pydict().values())) for s in sample_shards}
+    tasks = [(s, fps["empathy"][s], audio[s]) for s in sample_shards]
+    pending = [t for t in run.ranks.mine(tasks) if not run.work.is_done("empathy", t[0], t[1])]
+    with _llm_endpoint(run.config, needed=bool(pending), say=say) as (base_url, qa_config):
+        cache_dir = str(run.work.root / "llm-cache")
+        run.stage("empathy", tasks, lambda s, bar: _empathy(run.work.read("asr", s), run.config.empathy, qa_config, base_url, cache_dir, bar))
+    run.ranks.barrier()
 
 
 def _pick(columns: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -697,7 +737,7 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
         max_retries=q.max_retries, timeout_s=q.timeout_s, prompt_version=q.prompt_version, word_timing=q.word_timing,
     )  # fmt: skip
-    client = qa.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    client = prompting.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
     before = client.calls.snapshot()
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])
@@ -726,6 +766,28 @@ def llm_calls(counts: dict[str, int]) -> dict | None:
     for field, prefix in (("retry_reasons", f"{_LLM}retry:"), ("failure_reasons", f"{_LLM}failed:")):
         calls[field] = {key[len(prefix) :]: n for key, n in sorted(counts.items()) if key.startswith(prefix)}
     return calls
+
+
+def _empathy(segments: dict[str, list], empathy_config, qa_config, base_url: str, cache_dir: str, bar: StageProgress):
+    """One empathetic-response sample per clip; clips without one are dropped with the reason."""
+    segments = {**segments, **words.tag_words(segments)}
+    e, q = empathy_config, qa_config
+    kwargs = dict(
+        base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, strategy=e.strategy, demos_per_sample=e.demos_per_sample,
+        max_response_chars=e.max_response_chars, pause_s=e.pause_s, temperature=e.temperature, max_tokens=e.max_tokens,
+        structured_output=e.structured_output, concurrency=q.concurrency, max_retries=q.max_retries, timeout_s=q.timeout_s,
+    )  # fmt: skip
+    client = prompting.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    before = client.calls.snapshot()
+    out = {name: [] for name in empathy.OUTPUT_COLUMNS}  # a shard that lost every clip at ASR
+    out.update(_map_with_progress(segments, empathy.generate_empathy, max(q.concurrency * 4, 16), bar, **kwargs))
+    errors = out["empathy_error"]
+    reasons = [(err if err in empathy.REASONS else empathy.REQUEST_FAILED) if err else None for err in errors]
+    # the audit keeps the transport error, or the rejected reply itself
+    details = [err if reason == empathy.REQUEST_FAILED else raw for err, reason, raw in zip(errors, reasons, out["empathy_raw"])]
+    keep, dropped = _split("empathy", segments, reasons, details)
+    counts = {"empathy": len(keep), **_llm_counts(stats_delta(client.calls.snapshot(), before))}
+    return _pick({**segments, **out}, keep), schema.EMPATHY_SAMPLE, counts, dropped
 
 
 def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks, categoriser=None):
@@ -828,10 +890,13 @@ def model_ids(config: Config) -> dict[str, object]:
 
 
 def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None) -> Path:
-    """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports."""
+    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the reports."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
-    export.write_dataset(result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources)
+    export.write_dataset(
+        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
+        empathy=result.empathy,
+    )  # fmt: skip
     write_report(result, out_dir)
     return out_dir

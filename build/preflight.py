@@ -99,6 +99,7 @@ def check_config(config: Config) -> list[str]:
             problems.append(_bad(f"condense.alpha.{label}", alpha, "an integer >= 1 (1 disables the occurrence filter)"))
     from .align import ALIGNERS
     from .categories import MODES as CATEGORISERS
+    from .empathy import STRATEGY_MODES
     from .models import PRECISIONS
     from .qa import WORD_TIMINGS, prompt_versions
 
@@ -108,6 +109,8 @@ def check_config(config: Config) -> list[str]:
         ("qa.prompt_version", c.qa.prompt_version, prompt_versions()),
         ("qa.word_timing", c.qa.word_timing, WORD_TIMINGS),
         ("postfilter.categoriser", c.postfilter.categoriser, CATEGORISERS),
+        ("empathy.structured_output", c.empathy.structured_output, STRUCTURED_OUTPUTS),
+        ("empathy.strategy", c.empathy.strategy, STRATEGY_MODES),
         ("runtime.precision", c.runtime.precision, PRECISIONS),
     ):
         if value not in allowed:
@@ -117,6 +120,11 @@ def check_config(config: Config) -> list[str]:
     if not _DEVICE.match(c.runtime.device):
         problems.append(_bad("runtime.device", c.runtime.device, "auto, cpu, mps, cuda or cuda:N"))
     for key, value in (("min_segment_s", c.min_segment_s), ("max_segment_s", c.max_segment_s), ("runtime.recordings_per_shard", c.runtime.recordings_per_shard), ("runtime.segments_per_shard", c.runtime.segments_per_shard), ("qa.pairs_per_segment", c.qa.pairs_per_segment)):
+        if value <= 0:
+            problems.append(_bad(key, value, "a positive number"))
+    if c.empathy.demos_per_sample not in (1, 2, 3):
+        problems.append(_bad("empathy.demos_per_sample", c.empathy.demos_per_sample, "1, 2 or 3"))
+    for key, value in (("empathy.max_response_chars", c.empathy.max_response_chars), ("empathy.pause_s", c.empathy.pause_s)):
         if value <= 0:
             problems.append(_bad(key, value, "a positive number"))
     if not problems and c.min_segment_s > c.max_segment_s:

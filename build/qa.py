@@ -26,24 +26,22 @@ from __future__ import annotations
 import functools
 import json
 import re
-from pathlib import Path
 from string import Template
 
-from . import devices
-from .llm import LlmClient
+from .prompting import FENCE as _FENCE
+from .prompting import LENIENT_JSON as _LENIENT_JSON
+from .prompting import PROMPT_DIR, chat_request, check_structured_mode, json_schema_format, llm_client, load_sections
 
 PROMPT_VERSION = "qa_v2"  # the default of qa.prompt_version
 WORD_TIMINGS = ("spans", "words")
-PROMPT_DIR = Path(__file__).with_name("prompts")
-STRUCTURED_MODES = ("auto", "json_schema", "text")
 UNPARSEABLE = "unparseable reply"
 NO_TRANSCRIPT = "no transcript"
 
 
 # ---------------------------------------------------------------- prompt
 def prompt_versions() -> list[str]:
-    """The prompt files of ``build/prompts`` by version name."""
-    return sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+    """The QA prompt files of ``build/prompts`` by version name."""
+    return sorted(p.stem for p in PROMPT_DIR.glob("qa_*.txt"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,17 +50,7 @@ def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     path = PROMPT_DIR / f"{version}.txt"
     if not path.is_file():
         raise ValueError(f"qa.prompt_version {version!r}: no prompt file {path.name} (known: {', '.join(prompt_versions())})")
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in path.read_text().splitlines():
-        if line.startswith("### "):
-            current = sections.setdefault(line[4:].strip(), [])
-        elif current is not None:
-            current.append(line)
-    missing = {"system", "user", "format_text", "format_json"} - sections.keys()
-    if missing:
-        raise ValueError(f"prompt {version} lacks the sections {sorted(missing)}")
-    return {name: Template("\n".join(lines).strip()) for name, lines in sections.items()}
+    return load_sections(version, ("system", "user", "format_text", "format_json"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +59,7 @@ def prompt_fragments(n_words: int = 8) -> frozenset[str]:
     every prompt version: a pair containing one repeats its instructions instead of answering."""
     fragments = set()
     for path in sorted(PROMPT_DIR.glob("*.txt")):
-        for version_text in load_prompt(path.stem).values():
+        for version_text in load_sections(path.stem, ()).values():
             for literal in re.split(r"\$\w+|\$\{\w+\}", version_text.template):  # placeholders break runs
                 words = re.sub(r"\W+", " ", literal.lower()).split()
                 fragments.update(" ".join(words[i : i + n_words]) for i in range(len(words) - n_words + 1))
@@ -178,14 +166,11 @@ def qa_schema(n_pairs: int) -> dict:
 
 
 def response_format(n_pairs: int) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "qa_pairs", "strict": True, "schema": qa_schema(n_pairs)}}
+    return json_schema_format("qa_pairs", qa_schema(n_pairs))
 
 
 # ---------------------------------------------------------------- parse
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 _JSON_PAIR = re.compile(r'\{\s*"question"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"answer"\s*:\s*("(?:[^"\\]|\\.)*")\s*\}', re.S)
-# strict=False: small models put raw newlines and tabs inside JSON strings
-_LENIENT_JSON = json.JSONDecoder(strict=False)
 _MARK = r"(?:\*\*|__)?"
 # "Q:", "Question:", "Q1:", "Question 2:", "1. Q:", "- Q:", "**Q1:**" at the start of a line
 _LABEL = re.compile(rf"^\s*(?:[-*•]\s+)?(?:\d+\s*[.)]\s*)?{_MARK}(?P<kind>question|answer|q|a)\s*\d*\s*{_MARK}\s*:\s*{_MARK}\s*", re.I)
@@ -310,10 +295,7 @@ def generate_qa(
     word_timing: str = "spans",
 ) -> dict[str, list]:
     """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
-    if structured_output not in STRUCTURED_MODES:
-        raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
-    if not base_url:
-        raise ValueError("generate_qa needs a base_url: start build.llm_server.embedded_server() or configure qa.base_url")
+    check_structured_mode(structured_output)
     client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
@@ -338,20 +320,8 @@ def generate_qa(
     return out
 
 
-def llm_client(base_url: str, model: str, api_key_env: str, cache_dir: str | None, concurrency: int, max_retries: int, timeout_s: float) -> LlmClient:
-    """The process's client for these settings (one per process, so its call counts cover the run)."""
-    return devices.cached(
-        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-    )
-
-
 def qa_request(
     row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, prompt_version: str = PROMPT_VERSION, word_timing: str = "spans"
 ) -> dict:
-    structured = structured_output != "text"
-    request = {"messages": render_messages(row, n_pairs, structured, prompt_version, word_timing), "temperature": temperature, "max_tokens": max_tokens}
-    if structured:
-        request["response_format"] = response_format(n_pairs)
-        request["fallback_to_text"] = structured_output == "auto"
-    return request
+    messages = render_messages(row, n_pairs, structured_output != "text", prompt_version, word_timing)
+    return chat_request(messages, temperature=temperature, max_tokens=max_tokens, structured_output=structured_output, schema_name="qa_pairs", schema=qa_schema(n_pairs))

@@ -26,6 +26,18 @@ SENTIMENT_CLASSES = {
     "ambiguous": frozenset({"surprised"}),
     "negative": frozenset({"angry", "disgusted", "fearful", "sad"}),
 }
+# Response-strategy families of the empathy output (DESIGN.md §5), and the family of every label:
+# negative and positive follow the sentiment classes; neutral, ambiguous (surprised), other and
+# unknown are "neutral or mixed".
+FAMILIES = {
+    "negative": ("validation", "empathetic response", "problem-solving", "redirection", "de-escalation", "normalisation"),
+    "positive": ("celebration", "inquiry", "gratitude", "reciprocal enthusiasm", "future-oriented discussion"),
+    "neutral or mixed": ("clarification", "open-ended questioning", "mindful presence", "summarisation"),
+}
+EMOTION_FAMILY = {
+    label: "negative" if label in SENTIMENT_CLASSES["negative"] else "positive" if label in SENTIMENT_CLASSES["positive"] else "neutral or mixed"
+    for label in EMOTION_LABELS
+}
 GENDER_LABELS = ("female", "male")
 DIMENSIONS = ("arousal", "dominance", "valence")  # audeering MSP-Podcast output order
 
@@ -179,6 +191,34 @@ PAIR = Features(
 DROP_REASON = Features({"drop_reason": Value("string")})
 CATEGORY = Features({"category": Value("string")})
 QA_PAIR = Features({**PAIR, **CATEGORY})
+
+# empathy output: one sample per condensed clip (build.empathy); times relative to clip_start
+EMPATHY_OUTPUT = Features(
+    {
+        "clip_start": Value("float64"),  # the published audio, in recording time
+        "clip_end": Value("float64"),
+        "text_context": List({"speaker": Value("string"), "text": Value("string")}),
+        "target_utterance": {
+            "text": Value("string"),
+            "start": Value("float64"),
+            "end": Value("float64"),
+            "emotions": {"primary": Value("string"), "secondary": Value("string")},
+        },
+        "desired_response": {"text": Value("string"), "response_strategy": Value("string"), "emotion_awareness": Value("string")},
+        "empathy_raw": Value("string"),  # the LLM's reply as received
+        "empathy_error": Value("string"),
+        "prompt_version": Value("string"),
+        "llm_model": Value("string"),
+    }
+)
+EMPATHY_SAMPLE = Features(
+    {
+        "segment_id": SEGMENT["segment_id"],
+        "recording_id": SEGMENT["recording_id"],
+        "audio_path": SEGMENT["audio_path"],
+        **{k: v for k, v in EMPATHY_OUTPUT.items() if k != "empathy_error"},
+    }
+)
 
 # every dropped recording, segment or QA pair, with why (OUT/work/<stage>/<shard>.dropped.parquet,
 # merged into OUT/work/dropped/<stage>.parquet at the end of a build)

@@ -17,10 +17,22 @@ PAIRS = [
 ]
 
 
+def is_empathy(request):
+    return request.get("response_format", {}).get("json_schema", {}).get("name") == "empathetic_response"
+
+
+def reply(request):
+    """QA pairs for QA requests; for empathy requests a reply that uses the strategy the schema allows."""
+    if not is_empathy(request):
+        return json.dumps({"pairs": PAIRS})
+    strategy = request["response_format"]["json_schema"]["schema"]["properties"]["strategy"]["enum"][0]
+    return json.dumps({"strategy": strategy, "emotion_awareness": "They sound tense about it.", "response": "That sounds like a lot to deal with."})
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    with OpenAIStub(lambda request: json.dumps({"pairs": PAIRS})) as stub, pytest.MonkeyPatch.context() as mp:
+    with OpenAIStub(reply) as stub, pytest.MonkeyPatch.context() as mp:
         mp.setenv("OPENAI_BASE_URL", stub.base_url)
         mp.setenv("OPENAI_API_KEY", SECRET)
         import io
@@ -29,12 +41,13 @@ def demo(tmp_path_factory):
         printed = io.StringIO()
         with redirect_stdout(printed):
             assert cpqa.main(["demo", "--out", str(out)]) == 0
-        requests = list(stub.requests)
-    return out, printed.getvalue(), requests
+        requests = [r for r in stub.requests if not is_empathy(r)]  # QA requests
+        empathy_requests = [r for r in stub.requests if is_empathy(r)]
+    return out, printed.getvalue(), requests, empathy_requests
 
 
 def test_demo_prints_the_funnel_and_how_to_open_the_result(demo):
-    out, printed, requests = demo
+    out, printed, requests, _ = demo
     lines = printed.splitlines()
     assert lines[0] == "cpqa build: 8 recordings in"
     assert "      dropped: 4 shorter than 30 s" in lines  # the Apollo radio excerpt
@@ -52,7 +65,7 @@ def test_demo_prints_the_funnel_and_how_to_open_the_result(demo):
 def test_demo_dataset_loads_with_exact_rows(demo):
     from datasets import load_dataset
 
-    out, _, requests = demo
+    out, _, requests, empathy_requests = demo
     qa = load_dataset(str(out), split="test")
     segments = load_dataset(str(out), "segments", split="test")
     assert len(segments) == len(requests) == 7
@@ -65,20 +78,24 @@ def test_demo_dataset_loads_with_exact_rows(demo):
     first = segments[0]
     assert first["n_pairs"] == 3 and first["transcript"].strip()
     assert all(w["emotion"] is not None for w in first["words"] if w["start"] is not None)
+    empathy = load_dataset(str(out), "empathy", split="test")
+    assert len(empathy) == len(empathy_requests) and 0 < len(empathy) <= len(segments)  # clips without a target send nothing
+    assert set(empathy["prompt_version"]) == {"empathy_v1"}
+    assert {r["text"] for r in empathy["desired_response"]} == {"That sounds like a lot to deal with."}
     ledger = [json.loads(line) for line in (out / "recordings.jsonl").read_text().splitlines()]
     assert len(ledger) == 8 and sum(e["status"] == "kept" for e in ledger) == 7
 
 
 def test_the_api_key_never_reaches_outputs_or_the_cache(demo):
-    out, _, _ = demo
+    out, *_ = demo
     for path in out.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_rerun_pays_for_no_llm_request(demo, tmp_path):
-    out, _, _ = demo
-    with OpenAIStub(lambda request: json.dumps({"pairs": PAIRS})) as stub, pytest.MonkeyPatch.context() as mp:
+    out, *_ = demo
+    with OpenAIStub(reply) as stub, pytest.MonkeyPatch.context() as mp:
         mp.setenv("OPENAI_BASE_URL", stub.base_url)
         import io
         from contextlib import redirect_stdout
@@ -89,7 +106,7 @@ def test_rerun_pays_for_no_llm_request(demo, tmp_path):
 
 
 def test_evaluate_judges_given_predictions_and_writes_table2(demo, tmp_path):
-    out, _, _ = demo
+    out, *_ = demo
     from datasets import load_dataset
 
     qa = load_dataset(str(out), split="test")
@@ -114,7 +131,7 @@ def test_evaluate_judges_given_predictions_and_writes_table2(demo, tmp_path):
 
 
 def test_evaluate_two_qa_sets_reports_their_per_clip_correlation(demo, tmp_path):
-    out, _, _ = demo
+    out, *_ = demo
     from datasets import load_dataset
 
     qa = load_dataset(str(out), split="test")

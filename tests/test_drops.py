@@ -23,7 +23,8 @@ def test_the_registry_holds_each_module_constant_once():
 
 def test_every_reason_in_the_funnel_and_the_audit_files_is_registered(audited_build):
     drops = audited_build.result.funnel.drop_counts()
-    assert set(drops) == {"ingest", "vad", "length", "pairs"}
+    # empathy: the loopback LLM answers every request with QA pairs, so the one clip yields no sample
+    assert set(drops) == {"ingest", "vad", "length", "pairs", "empathy"}
     for stage, reasons in drops.items():
         for reason in reasons:
             assert pipeline.registered(stage, reason), (stage, reason)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -152,7 +153,7 @@ def test_qa_failures_are_counted_and_recorded_per_recording(source, tiny_config,
 
     with OpenAIStub(reply) as stub:
         config = _config(tiny_config).with_overrides(["qa.max_retries=0", "qa.structured_output=text", f"qa.base_url={stub.base_url}"])
-        result = pipeline.build(source, config, tmp_path, progress=False)
+        result = pipeline.build(source, config, tmp_path, outputs=("qa",), progress=False)  # QA calls only
     assert result.status == "no pairs"
     assert result.funnel.drop_counts()["qa"] == {"LLM request failed": 1, "unparseable reply": 1}
     assert result.funnel.counts["qa"] == 0 and len(result.pairs) == 0
@@ -169,7 +170,7 @@ def test_qa_failures_are_counted_and_recorded_per_recording(source, tiny_config,
 
     # The rerun sends the one request that failed; the other reply comes from the cache.
     with OpenAIStub(lambda request: "I am not sure what you want me to write here.") as stub:
-        rerun = pipeline.build(source, config.with_overrides([f"qa.base_url={stub.base_url}"]), tmp_path, progress=False)
+        rerun = pipeline.build(source, config.with_overrides([f"qa.base_url={stub.base_url}"]), tmp_path, outputs=("qa",), progress=False)
     assert len(stub.requests) == 1 and "by the door" in stub.requests[0]["messages"][-1]["content"]
     assert rerun.funnel.drop_counts()["qa"] == {"unparseable reply": 2}
     assert rerun.report()["llm_calls"]["failed"] == 0
@@ -189,3 +190,82 @@ def test_a_build_where_nothing_survives_still_accounts_for_everything(tmp_path, 
 def test_a_removed_config_key_names_its_replacement(tiny_config):
     with pytest.raises(ValueError, match="accelerate launch --num_processes N"):
         tiny_config.with_overrides(["runtime.num_proc=2"])
+
+
+def _empathy_reply(request):
+    """The loopback LLM: one QA pair for a QA request; for an empathy request a valid reply that uses the strategy the prompt assigns."""
+    user = request["messages"][-1]["content"]
+    if 'Response strategy: use "' not in user:
+        return "Q: How does the speaker sound?\nA: Calm and steady."
+    strategy = user.split('Response strategy: use "')[1].split('"')[0]
+    return f"Strategy: {strategy}\nAwareness: They sound caught up in what they describe.\nResponse: I hear you, and that makes sense."
+
+
+def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_config, out):
+    from datasets import load_dataset
+
+    from build import empathy, words
+    from openai_stub import OpenAIStub
+
+    with OpenAIStub(_empathy_reply) as stub:
+        config = _config(tiny_config).with_overrides(
+            ["runtime.recordings_per_shard=2", "qa.structured_output=text", "qa.pairs_per_segment=1", "empathy.structured_output=text", f"qa.base_url={stub.base_url}"]
+        )
+        result = pipeline.build(source, config, out, progress=False)  # default outputs: qa and empathy
+        first_requests = sum('Response strategy: use "' in r["messages"][-1]["content"] for r in stub.requests)
+    # what the stage should keep follows from the transcribed clips and the target-span rule
+    asr = pq.read_table(out / "work" / "asr" / "s00000.parquet").to_pydict()
+    asr = {**asr, **words.tag_words(asr)}
+    prepared = {sid: empathy.prepare_sample(row, config.empathy.pause_s) for sid, row in zip(asr["segment_id"], pipeline._rows(asr))}
+    expected = sorted(sid for sid, (sample, _) in prepared.items() if sample is not None)
+    assert expected, "the bundled clips should yield at least one target utterance"
+    assert first_requests == len(expected)
+    written = pq.read_table(out / "work" / "empathy" / "s00000.parquet").to_pydict()
+    assert sorted(written["segment_id"]) == expected
+    assert result.status == "built" and result.funnel.counts["empathy"] == len(expected)
+    assert result.report()["empathy_strategies"] == dict(Counter(r["response_strategy"] for r in result.empathy["desired_response"]))
+    no_target = sorted(sid for sid, (_, reason) in prepared.items() if reason == empathy.NO_TARGET)
+    assert result.funnel.drop_counts().get("empathy", {}) == ({empathy.NO_TARGET: len(no_target)} if no_target else {})
+    if no_target:
+        assert sorted(r["segment_id"] for r in pq.read_table(out / "work" / "dropped" / "empathy.parquet").to_pylist()) == no_target
+
+    loaded = load_dataset(str(out), "empathy", split="test")
+    assert loaded.column_names[:5] == ["id", "audio", "text_context", "target_utterance", "desired_response"]
+    assert sorted(loaded["segment_id"]) == expected
+    for row in loaded:
+        sample, _ = prepared[row["segment_id"]]
+        assert row["id"] == f"{row['segment_id']}-empathy"
+        assert row["text_context"] == sample["text_context"] and row["target_utterance"] == sample["target_utterance"]
+        assert (row["clip_start"], row["clip_end"]) == (sample["clip_start"], sample["clip_end"])
+        assert row["desired_response"] == {
+            "text": "I hear you, and that makes sense.",
+            "response_strategy": empathy.seeded_strategy(row["segment_id"], sample["target_utterance"]["emotions"]["primary"]),
+            "emotion_awareness": "They sound caught up in what they describe.",
+        }
+        decoded = row["audio"].get_all_samples()
+        path = source / f"{row['recording_id']}.flac"
+        reference = decode_span(str(path), row["clip_start"], row["clip_end"])
+        assert decoded.sample_rate == 16_000 and abs(decoded.data.shape[-1] - len(reference)) <= 1
+        assert row["target_utterance"]["end"] <= row["clip_end"] - row["clip_start"] + 1e-6
+    card = (out / "README.md").read_text()
+    assert f"Samples: {len(expected)}." in card and "| emotion family | primary emotion | response strategy | samples |" in card
+    assert "config_name: empathy" in card and "config_name: qa" in card
+
+    # a rerun sends nothing and rewrites nothing; another strategy mode recomputes the empathy stage only
+    before = {stage: (out / "work" / stage / "s00000.parquet").stat().st_mtime_ns for stage in ("asr", "qa", "empathy")}
+    with OpenAIStub(_empathy_reply) as stub:
+        config = config.with_overrides([f"qa.base_url={stub.base_url}"])
+        pipeline.build(source, config, out, progress=False)
+        assert stub.requests == []
+        assert {stage: (out / "work" / stage / "s00000.parquet").stat().st_mtime_ns for stage in before} == before
+        pipeline.build(source, config.with_overrides(["empathy.demos_per_sample=1"]), out, progress=False)
+        assert len(stub.requests) == len(expected)
+    assert all((out / "work" / stage / "s00000.parquet").stat().st_mtime_ns == before[stage] for stage in ("asr", "qa"))
+    assert (out / "work" / "empathy" / "s00000.parquet").stat().st_mtime_ns != before["empathy"]
+
+
+def test_outputs_other_than_qa_and_empathy_are_refused(source, tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="outputs must be qa or qa,empathy, got qa,speech"):
+        pipeline.build(source, tiny_config, tmp_path, outputs=("qa", "speech"), progress=False)
+    with pytest.raises(ValueError, match="outputs must be qa or qa,empathy, got empathy"):
+        pipeline.build(source, tiny_config, tmp_path, outputs=("empathy",), progress=False)

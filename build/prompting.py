@@ -1,0 +1,74 @@
+"""What every LLM-writing stage shares: prompt files, chat requests with structured output, the client.
+
+- ``load_sections(version, required)``: the ``### name`` blocks of ``build/prompts/<version>.txt`` as
+  ``string.Template`` objects (lines before the first block are comments).
+- ``chat_request(messages, ...)``: one request for ``LlmClient.complete_many``; with
+  ``structured_output`` ``"json_schema"`` it carries OpenAI's ``response_format``, with ``"auto"`` it
+  also asks the client to retry as plain text on a server that refuses the schema, with ``"text"``
+  it carries no schema.
+- ``llm_client(...)``: one cached ``LlmClient`` per process and endpoint (map functions get names and
+  numbers, never client objects).
+- ``FENCE`` / ``LENIENT_JSON``: how replies are searched for JSON (fenced blocks; raw newlines and tabs
+  inside strings allowed, which small models write).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+from string import Template
+
+from . import devices
+from .llm import LlmClient
+
+PROMPT_DIR = Path(__file__).with_name("prompts")
+STRUCTURED_MODES = ("auto", "json_schema", "text")
+FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+LENIENT_JSON = json.JSONDecoder(strict=False)
+
+
+@functools.lru_cache(maxsize=None)
+def load_sections(version: str, required: tuple[str, ...]) -> dict[str, Template]:
+    """The ``### section`` blocks of ``prompts/<version>.txt`` as templates; a missing required one is an error."""
+    path = PROMPT_DIR / f"{version}.txt"
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in path.read_text().splitlines():
+        if line.startswith("### "):
+            current = sections.setdefault(line[4:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    missing = set(required) - sections.keys()
+    if missing:
+        raise ValueError(f"{path}: prompt {version} lacks the sections {sorted(missing)}")
+    return {name: Template("\n".join(lines).strip()) for name, lines in sections.items()}
+
+
+def check_structured_mode(structured_output: str) -> None:
+    if structured_output not in STRUCTURED_MODES:
+        raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
+
+
+def json_schema_format(name: str, schema: dict) -> dict:
+    """OpenAI's strict ``response_format`` for ``schema`` (the client translates it for llama.cpp)."""
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+
+
+def chat_request(messages: list[dict], *, temperature: float, max_tokens: int, structured_output: str, schema_name: str, schema: dict) -> dict:
+    request = {"messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+    if structured_output != "text":
+        request["response_format"] = json_schema_format(schema_name, schema)
+        request["fallback_to_text"] = structured_output == "auto"
+    return request
+
+
+def llm_client(base_url: str, model: str, api_key_env: str, cache_dir: str | None, concurrency: int, max_retries: int, timeout_s: float) -> LlmClient:
+    """The process's client for this endpoint and cache (built on first use)."""
+    if not base_url:
+        raise ValueError("LLM generation needs a base_url: start build.llm_server.embedded_server() or configure qa.base_url")
+    return devices.cached(
+        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+    )
