@@ -4,7 +4,10 @@
 ``start``, ``end`` (seconds in the recording). Output columns, and only these:
 
 - ``transcript``: the segment's text (null when the item failed);
-- ``language``: the language transcribed (the configured one, or the detected one);
+- ``language``: the language transcribed: the configured one (``asr.language``), or with ``auto``
+  Whisper's language identification on the segment's first 30 s (each segment on its own, whichever
+  aligner; an English-only model always says ``en``). The segment is transcribed in that language and
+  aligned with WhisperX's align model for it, or by faster-whisper where none exists;
 - ``words``: ``{word, start, end, score}`` in spoken order; times are seconds from the start of the
   RECORDING (the segment start is added) and lie within the segment; ``start``/``end``/``score`` are
   null for a word the aligner could not time (WhisperX leaves digits and symbols untimed);
@@ -111,6 +114,11 @@ def _pyannote_checkpoint_globals() -> list:
         dict,
         list,
     ]
+
+
+def fixed_language(language: str | None) -> str | None:
+    """``asr.language``: a Whisper language code, or ``auto``/None (identified per segment) -> the code or None."""
+    return None if language in (None, "auto") else language
 
 
 def _ctranslate2_device(device: str) -> tuple[str, int]:
@@ -237,8 +245,8 @@ def _to_recording_time(words: list[dict], start: float, end: float) -> list[dict
 
 
 def _transcribe_segment(pipeline, audio: np.ndarray, *, aligner: str, language: str | None, batch_size: int, device: str) -> tuple[str, str, list[dict], str]:
+    language = language or _detect_language(pipeline, audio)  # one language id per segment, whichever aligner
     if aligner == "whisperx":
-        language = language or _detect_language(pipeline, audio)
         align_model = _align_model(language, device)
         if align_model is not None:
             transcript, words = _whisperx_words(pipeline, align_model, audio, language, batch_size, device)
@@ -261,8 +269,11 @@ def transcribe_and_align(
 ) -> dict[str, list]:
     if aligner not in ALIGNERS:
         raise ValueError(f"unknown aligner {aligner!r}; expected one of {ALIGNERS}")
+    language = fixed_language(language)
     device = device_for(rank, device)
     pipeline = _whisperx_pipeline(model, device, compute_type, language)
+    if language not in (None, "en") and not pipeline.model.model.is_multilingual:
+        raise ValueError(f"asr.model {model!r} is English-only: asr.language must be en or auto, not {language!r}")
     out = {"transcript": [], "language": [], "words": [], "aligner": [], "asr_error": []}
     for path, start, end in zip(batch["audio_path"], batch["start"], batch["end"]):
         try:

@@ -85,7 +85,9 @@ class AsrConfig:
     # "whisperx": WhisperX's wav2vec2 forced alignment (downloads an align model per language);
     # "faster-whisper": Whisper's own word timestamps (offline, any language).
     aligner: str = "whisperx"
-    language: str | None = "en"  # None: detect per segment
+    # a Whisper language code ("en", "zh", ...), or "auto": Whisper's language id per segment, each
+    # segment transcribed in its language and aligned with WhisperX's model for it (None = "auto")
+    language: str | None = "en"
     # CTranslate2 precision: "default" keeps the checkpoint's (float16 for large-v3) where the device
     # supports it and converts where not (float32 on CPU); "int8" is the fast choice on CPU.
     compute_type: str = "default"
@@ -107,6 +109,7 @@ class QaConfig:
     concurrency: int = 8
     max_retries: int = 3
     timeout_s: float = 120.0
+    language: str = "en"  # "en": pairs in English; "segment": in the language of the segment's speech
 
 
 @dataclass

@@ -291,7 +291,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
     c = config
     return {
         "license": license,
-        "language": c.asr.language or "multilingual",
+        "language": "\n- ".join(sorted({l for l in segment_rows["language"] if l})) or "multilingual",  # YAML list items
         "pretty_name": "CPQA: contextual paralinguistic QA" + (" (demo build)" if c.profile == "tiny" else ""),
         "size_category": _size_category(len(qa)),
         "profile_note": PROFILE_NOTES.get(c.profile, ""),
@@ -303,6 +303,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "category_table": _counts_table(qa["category"], "category"),
         "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
         "gender_table": _counts_table(segment_rows["gender"], "gender"),
+        "language_table": _counts_table(segment_rows["language"], "language"),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
         "models_table": markdown_table(("role", "model"), model_rows),
         "merge_gap_s": f"{c.vad.merge_gap_s:g}",

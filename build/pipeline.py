@@ -258,6 +258,7 @@ def stage_params(config: Config) -> dict[str, dict]:
             "temperature": c.qa.temperature,
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
+            "language": c.qa.language,
         },
         "postfilter": dataclasses.asdict(c.postfilter),
     }
@@ -575,7 +576,7 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     kwargs = dict(
         base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, pairs_per_segment=q.pairs_per_segment,
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
-        max_retries=q.max_retries, timeout_s=q.timeout_s,
+        max_retries=q.max_retries, timeout_s=q.timeout_s, language=q.language,
     )  # fmt: skip
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])

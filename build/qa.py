@@ -81,8 +81,12 @@ def _seconds(value: float | None) -> str:
     return "?" if value is None else f"{value:.1f}"
 
 
-def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION) -> list[dict]:
-    """System and user messages for one segment row."""
+QA_LANGUAGES = ("en", "segment")
+
+
+def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION, language: str = "en") -> list[dict]:
+    """System and user messages for one segment row; with ``language="segment"`` the pairs of a segment
+    whose speech is not English are asked for in its language (the row's ``language``)."""
     prompt = load_prompt(version)
     words = row.get("tagged_words") or []
     clip_start = row.get("start") or 0.0
@@ -96,9 +100,14 @@ def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PR
         "n_pairs": n_pairs,
         "output_format": prompt["format_json" if structured else "format_text"].substitute(),
     }
+    user = prompt["user"].substitute(fields)
+    if language == "segment" and row.get("language") not in (None, "en"):
+        from whisperx.utils import LANGUAGES
+
+        user += f"\nWrite the questions and answers in {LANGUAGES.get(row['language'], row['language']).title()}, the language spoken in the recording."
     return [
         {"role": "system", "content": prompt["system"].substitute(fields)},
-        {"role": "user", "content": prompt["user"].substitute(fields)},
+        {"role": "user", "content": user},
     ]
 
 
@@ -257,8 +266,11 @@ def generate_qa(
     concurrency: int,
     max_retries: int,
     timeout_s: float,
+    language: str = "en",
 ) -> dict[str, list]:
     """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
+    if language not in QA_LANGUAGES:
+        raise ValueError(f"qa.language must be one of {QA_LANGUAGES}, got {language!r}")
     if structured_output not in STRUCTURED_MODES:
         raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
     if not base_url:
@@ -269,7 +281,7 @@ def generate_qa(
     )
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
-    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output) for i in askable]
+    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, language) for i in askable]
     results = dict(zip(askable, client.complete_many(requests)))
 
     out: dict[str, list] = {"qa_pairs": [], "qa_raw": [], "qa_error": [], "prompt_version": [], "llm_model": []}
@@ -290,9 +302,9 @@ def generate_qa(
     return out
 
 
-def qa_request(row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str) -> dict:
+def qa_request(row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, language: str = "en") -> dict:
     structured = structured_output != "text"
-    request = {"messages": render_messages(row, n_pairs, structured), "temperature": temperature, "max_tokens": max_tokens}
+    request = {"messages": render_messages(row, n_pairs, structured, language=language), "temperature": temperature, "max_tokens": max_tokens}
     if structured:
         request["response_format"] = response_format(n_pairs)
         request["fallback_to_text"] = structured_output == "auto"
