@@ -12,8 +12,13 @@
                                               # no audio in the tables; recording-disjoint splits
     python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
     python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
-    python cpqa.py evaluate DATASET --judge model=gpt-4o [--judge model=...,base_url=...] --out results/
+    python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
+                                              # Figure 3 (UWA over x, y) and the SER table on labelled speech
+    python cpqa.py stats DIR [DIR2 ...] --out stats/   # Table 1 (pairs per category, sets side by side), distributions, plots
+    python cpqa.py evaluate DATASET --judge gpt-4o [--judge model=...,base_url=...] --out results/
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
+    python cpqa.py evaluate DATASET --backend openai --base-url http://localhost:8000/v1 --judge ...
+                                              # any served audio model (vllm serve Qwen/Qwen2-Audio-7B-Instruct)
 
 Options shared by the build commands: ``--config FILE`` (YAML or JSON, any subset of the config tree),
 ``--set key=value`` (repeatable, dotted keys, JSON values), ``--profile paper|tiny``, ``--quiet`` (no
@@ -23,7 +28,6 @@ progress lines), ``--debug`` (tracebacks instead of one-line errors).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -50,7 +54,7 @@ def load_config(args: argparse.Namespace):
     if args.config:
         config = config.with_file(args.config)
     config = config.with_overrides(args.set or [])
-    return with_export_options(config, args)
+    return with_export_options(config, args) if hasattr(args, "publish") else config  # calibrate publishes nothing
 
 
 def with_export_options(config, args: argparse.Namespace):
@@ -70,11 +74,13 @@ DEMO_SOURCES = (
     "a one-minute AMI Meeting Corpus excerpt (Carletta et al. 2005; CC BY 4.0) and 89 s of Apollo 11 "
     "air-to-ground radio (NASA, presumed public domain). Because of RAVDESS, this build is CC BY-NC-SA 4.0."
 )
-def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool) -> int:
+def run_build(source: str, out: str, config, *, stop_after: str | None, license: str, sources: str | None, quiet: bool, allow_outside_root: bool = False) -> int:
     from build import pipeline
 
     card = (REPO / "dataset_card.md").read_text()
-    result = pipeline.build(source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet)
+    result = pipeline.build(
+        source, config, out, stop_after=stop_after, license=license, sources=sources, card_template=card, progress=not quiet, allow_outside_root=allow_outside_root
+    )
     if result is None:  # not rank 0: the main process prints the report
         return 0
     print(pipeline.format_report(result))
@@ -89,87 +95,90 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, license:
     return 0
 
 
+JUDGE_KEYS = ("preset", "model", "base_url", "api_key_env", "name", "max_tokens", "timeout", "max_retries", "temperature", "samples")
+
+
 def parse_judge(spec: str) -> dict:
-    """``model=gpt-4o,base_url=http://...,api_key_env=OPENAI_API_KEY,name=gpt4o`` -> a judge dict."""
+    """``model=gpt-4o,base_url=http://...,api_key_env=OPENAI_API_KEY,name=gpt4o`` -> a judge dict; a bare
+    word is a preset (``gpt-4o``, ``llama3-70b-awq``), and ``preset=...,base_url=...`` overrides one."""
+    if "=" not in spec:
+        return {"preset": spec}
     judge = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("model", "base_url", "api_key_env", "name", "max_tokens", "timeout", "max_retries"):
-            raise SystemExit(f"--judge {spec!r}: expected comma-separated model=..., base_url=..., api_key_env=..., name=...")
-        judge[key] = int(value) if key in ("max_tokens", "max_retries") else float(value) if key == "timeout" else value
-    if "model" not in judge:
-        raise SystemExit(f"--judge {spec!r}: model=... is required")
-    judge.setdefault("api_key_env", "OPENAI_API_KEY" if "base_url" not in judge else None)
+        if not sep or key not in JUDGE_KEYS:
+            raise SystemExit(f"--judge {spec!r}: expected comma-separated key=value with keys {', '.join(JUDGE_KEYS)}, or a preset name")
+        judge[key] = int(value) if key in ("max_tokens", "max_retries", "samples") else float(value) if key in ("timeout", "temperature") else value
+    if "model" not in judge and "preset" not in judge:
+        raise SystemExit(f"--judge {spec!r}: model=... (or preset=...) is required")
+    if "preset" not in judge:
+        judge.setdefault("api_key_env", "OPENAI_API_KEY" if "base_url" not in judge else None)
     return judge
 
 
 def run_evaluate(args) -> int:
-    """Score a speech-LLM on built QA sets; write results.json and a Table-2 style results.md."""
-    import evaluate
-    from datasets import load_dataset
+    """Score a speech-LLM on QA sets (build/evaluate.py); write predictions.jsonl, results.json and results.md."""
+    from build.evaluate import EvaluateOptions, evaluate_sets
 
-    from metrics.cpqa import report
-
-    metric = evaluate.load(str(REPO / "metrics" / "cpqa"))
     judges = [parse_judge(spec) for spec in args.judge]
-    predictions = _read_predictions(args.predictions) if args.predictions else None
-    results = {}
-    for label, source in zip(args.labels or [Path(d).name for d in args.dataset], args.dataset):
-        data = load_dataset(source, args.name, split=args.split)
-        if args.limit:
-            data = data.select(range(min(args.limit, len(data))))
-        kwargs = dict(
-            questions=data["instruction"],
-            references=data["answer"],
-            categories=data["category"],
-            clip_ids=data["segment_id"],
-            judges=judges,
-            prompts=args.prompts,
-            cache_dir=str(Path(args.out) / "judge-cache"),
-        )
-        if predictions is not None:
-            missing = [q for q in data["question_id"] if q not in predictions]
-            if missing:
-                raise SystemExit(f"{args.predictions}: no prediction for {len(missing)} question(s), e.g. {missing[0]}")
-            kwargs["predictions"] = [predictions[q] for q in data["question_id"]]
-        else:
-            kwargs.update(audio=data["context"], model=args.model, batch_size=args.batch_size)
-            if args.device:
-                kwargs["device"] = args.device
-        results[label] = metric.compute(**kwargs)
-        print(f"{label}: score {results[label]['score']:.2f} (successful only {results[label]['score_successful']:.2f}, success rate {results[label]['success_rate']:.3f})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["# CPQA evaluation", "", report.table2_markdown(results), ""]
-    for label, res in results.items():
-        lines += [f"## {label}: by QA category", "", report.category_table_markdown(res), ""]
-    if len(results) == 2:
-        (a, res_a), (b, res_b) = results.items()
-        lines += [f"## Per-clip correlation, {a} vs {b}", "", "| judge | prompt | clips | Pearson | Spearman |", "|---|---|---|---|---|"]
-        for judge_name, by_prompt in res_a["judges"].items():
-            for prompt in by_prompt:
-                c = report.clip_correlation(res_a, res_b, judge_name, prompt)
-                lines.append(f"| {judge_name} | {prompt} | {c['n_clips']} | {_fmt(c['pearson'])} | {_fmt(c['spearman'])} |")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    if args.judge_samples:
+        judges = [{**judge, "samples": judge.get("samples", args.judge_samples)} for judge in judges]
+    options = EvaluateOptions(
+        datasets=args.dataset,
+        judges=judges,
+        out=args.out,
+        labels=args.labels,
+        name=args.name,
+        split=args.split,
+        limit=args.limit,
+        prompts=tuple(args.prompts),
+        backend=args.backend or ("predictions" if args.predictions else "transformers"),
+        model=args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        predictions=args.predictions,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        device=args.device,
+        window_s=None if args.whole_clip else args.window_s,
+        controls=args.controls,
+        control_model=parse_judge(args.control_model) if args.control_model else None,
+        quiet=args.quiet,
+    )
+    evaluate_sets(options)
     return 0
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def run_calibrate(args, config) -> int:
+    from build import calibrate
+
+    result = calibrate.calibrate(
+        args.source, corpus=args.corpus, config=config, out_dir=args.out, labels_file=args.labels,
+        xs=calibrate.parse_grid(args.x_grid), ys=calibrate.parse_grid(args.y_grid),
+    )  # fmt: skip
+    best = result.best
+    dropped = ", ".join(f"{label} {n}" for label, n in result.dropped.items()) or "none"
+    print(f"cpqa calibrate: {result.n_utterances} utterances of {args.corpus} (left out: {dropped}); window labels {'from the cache' if result.cache_hit else 'computed'}")
+    for row in result.ser:
+        print(f"  SER {row['model']}: accuracy {row['accuracy']:.2f} %, UWA {row['uwa']:.2f} %, weighted F1 {row['weighted_f1']:.2f} %")
+    print(f"best cell: x = {best['x']:g}, y = {best['y']:g}: UWA {best['uwa']:.2f} %, accuracy {best['accuracy']:.2f} %, weighted F1 {best['weighted_f1']:.2f} %")
+    print(f"wrote {args.out}/grid.csv, ser.csv, calibration.md, heatmap.png")
+    if args.write_config:
+        print(f"wrote {calibrate.write_config(args.write_config, best)} (use it with --config)")
+    return 0
 
 
-def _read_predictions(path: str) -> dict[str, object]:
-    """A JSONL file of ``{"question_id": ..., "prediction": ...}`` lines."""
-    out = {}
-    for n, line in enumerate(open(path), 1):
-        if line.strip():
-            record = json.loads(line)
-            if "question_id" not in record or "prediction" not in record:
-                raise SystemExit(f"{path}:{n}: each line needs question_id and prediction")
-            out[record["question_id"]] = record["prediction"]
-    return out
+def run_stats(args) -> int:
+    from build import stats
+
+    names = args.names or [Path(d).name for d in args.dataset]
+    if len(names) != len(args.dataset) or len(set(names)) != len(names):
+        raise ValueError(f"--names needs one distinct name per folder ({len(args.dataset)} folders, names {names})")
+    collected = stats.collect(dict(zip(names, args.dataset)))
+    path = stats.write_stats(collected, args.out)
+    print(stats.table1(collected))
+    print(f"wrote {path} and {', '.join(f'{p}.png' for p in stats.PLOTS)} in {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("--out", required=True)
     build_cmd.add_argument("--license", default="other", help="licence of the built dataset (that of your audio)")
     build_cmd.add_argument("--sources", help="a sentence on where the audio comes from, for the dataset card")
+    build_cmd.add_argument("--allow-outside-root", action="store_true", help="read manifest rows whose file lies outside the manifest's folder")
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
         config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
@@ -195,6 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
         p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
         p.add_argument("--split-by", choices=("recording", "speaker"), help="no recording (or speaker: needs asr.diarize) in two splits")
+    calib_cmd = sub.add_parser("calibrate", help="grid-search condense.x/y and score the SER models on a human-labelled corpus")
+    calib_cmd.add_argument("source", help="as for build; labels come from --labels or from a manifest's emotion/label column")
+    calib_cmd.add_argument("--corpus", required=True, help="label table of build/corpora.py (ravdess, iemocap, meld, ...; emotion2vec: labels already in the taxonomy)")
+    calib_cmd.add_argument("--labels", help="CSV or JSONL: recording_id or audio path, emotion (or label), optional start/end")
+    calib_cmd.add_argument("--out", required=True, help="folder for grid.csv, ser.csv, calibration.md, heatmap.png and the window cache")
+    calib_cmd.add_argument("--write-config", metavar="FILE", help="write the best x and y as a config fragment (.yaml or .json) for --config")
+    calib_cmd.add_argument("--x-grid", default="0.3:0.7:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
+    calib_cmd.add_argument("--y-grid", default="0:0.5:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
+    config_options(calib_cmd, "paper")
+    stats_cmd = sub.add_parser("stats", help="Table 1 and the distributions of built QA sets, as markdown and PNG plots")
+    stats_cmd.add_argument("dataset", nargs="+", help="built folder(s); two or more are shown side by side")
+    stats_cmd.add_argument("--names", nargs="+", help="a name per folder for the tables (default: folder names)")
+    stats_cmd.add_argument("--out", required=True, help="folder for stats.md and the plots")
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
@@ -203,21 +226,34 @@ def main(argv: list[str] | None = None) -> int:
     rehydrate_cmd = sub.add_parser("rehydrate", help="rebuild the audio of a metadata-only build from your copy of the sources")
     rehydrate_cmd.add_argument("folder")
     rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
-    eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on built QA sets with LLM judges")
-    eval_cmd.add_argument("dataset", nargs="+", help="built folder(s) or Hub id(s); two sets over the same clips are also correlated")
+    eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on CPQA-style QA sets with LLM judges")
+    eval_cmd.add_argument("dataset", nargs="+", help="built folder(s), Parquet or save_to_disk folder(s), or Hub id(s) with context/instruction/answer; two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
-    eval_cmd.add_argument("--name", default="qa", help="dataset config (default qa)")
+    eval_cmd.add_argument("--name", help="dataset config (default: qa when the set has it)")
     eval_cmd.add_argument("--split", default="test")
-    eval_cmd.add_argument("--judge", action="append", required=True, metavar="model=...,base_url=...,api_key_env=...,name=...")
+    eval_cmd.add_argument("--judge", action="append", required=True, metavar="PRESET|model=...,base_url=...,api_key_env=...,name=...",
+                          help="a judge: a preset (gpt-4o, llama3-70b-awq) or key=value settings; repeat for several")
+    eval_cmd.add_argument("--judge-samples", type=int, metavar="K", help="K ratings per answer at temperature > 0 (0.7 unless given), averaged")
     eval_cmd.add_argument("--prompts", nargs="+", default=["audiobench", "paralinguistic"])
-    eval_cmd.add_argument("--model", default="Qwen/Qwen2-Audio-7B-Instruct", help="speech-LLM (hub id or local folder)")
-    eval_cmd.add_argument("--predictions", help="JSONL of question_id + prediction: judge these instead of running a model")
-    eval_cmd.add_argument("--batch-size", type=int, default=4)
+    eval_cmd.add_argument("--backend", choices=("transformers", "openai", "predictions"),
+                          help="who answers: Qwen2-Audio in-process, an OpenAI-compatible audio endpoint, or a file (default: predictions with --predictions, else transformers)")
+    eval_cmd.add_argument("--model", default="Qwen/Qwen2-Audio-7B-Instruct", help="speech-LLM: hub id or local folder (transformers), served model name (openai)")
+    eval_cmd.add_argument("--base-url", help="the OpenAI-compatible endpoint of --backend openai, e.g. http://localhost:8000/v1")
+    eval_cmd.add_argument("--api-key-env", help="variable holding the endpoint's key, e.g. OPENAI_API_KEY (default: none, for local servers)")
+    eval_cmd.add_argument("--predictions", help="JSONL of question_id + prediction (or this command's predictions.jsonl): judge these")
+    eval_cmd.add_argument("--window-s", type=float, default=30.0, help="answer clips longer than this on their first and last window (default 30, the paper's)")
+    eval_cmd.add_argument("--whole-clip", action="store_true", help="send each clip whole, for models that take long audio")
+    eval_cmd.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
+                          help="also answer from the transcript alone (text LLM) and on silenced audio (default on; --no-controls skips)")
+    eval_cmd.add_argument("--control-model", metavar="model=...,base_url=...", help="the text LLM of the text-only control (default: the first endpoint judge)")
+    eval_cmd.add_argument("--batch-size", type=int, default=4, help="transformers batch size")
+    eval_cmd.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint")
     eval_cmd.add_argument("--device")
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
+    eval_cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd):
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -240,9 +276,14 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
     if args.command == "evaluate":
         return run_evaluate(args)
+    if args.command == "stats":
+        return run_stats(args)
     if args.command == "push":
         from build.export import files_to_upload, publication_mode, push
+        from build.preflight import check_push
 
+        if not args.dry_run:
+            check_push()
         mode = publication_mode(args.folder)
         verb = "would upload" if args.dry_run else "uploading"
         print(f"{verb} ({mode}{', private' if not args.public else ', public'}):")
@@ -260,9 +301,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":  # offline by construction; set before transformers/datasets import
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args)
+    if args.command == "calibrate":
+        return run_calibrate(args, config)
     if args.command == "demo":
         return run_build(str(SAMPLES), args.out, config, stop_after=args.stop_after, license="cc-by-nc-sa-4.0", sources=DEMO_SOURCES, quiet=args.quiet)
-    return run_build(args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet)
+    return run_build(
+        args.source, args.out, config, stop_after=args.stop_after, license=args.license, sources=args.sources, quiet=args.quiet, allow_outside_root=args.allow_outside_root
+    )
 
 
 if __name__ == "__main__":

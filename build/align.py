@@ -137,6 +137,16 @@ def _whisperx_logs_to_stderr() -> None:
             handler.setStream(sys.stderr)
 
 
+@contextlib.contextmanager
+def _torch_threads_restored(threads: int):
+    import torch
+
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _load_whisperx(model_path: str, device: str, compute_type: str, language: str | None):
     import torch
     import whisperx
@@ -144,8 +154,12 @@ def _load_whisperx(model_path: str, device: str, compute_type: str, language: st
     _whisperx_logs_to_stderr()
 
     kind, index = _ctranslate2_device(device)
+    # CTranslate2 sets OpenMP's thread count for the whole process when it loads (cpu_threads), which
+    # would change torch's too, and with it the float rounding of the labelling models of any later
+    # build in this process: torch's count is restored afterwards.
+    threads = torch.get_num_threads()
     # pyannote print()s version warnings about the bundled VAD checkpoint: to stderr with them.
-    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr):
+    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr), _torch_threads_restored(threads):
         return whisperx.load_model(
             model_path,
             kind,

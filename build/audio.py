@@ -296,6 +296,43 @@ def probe_duration(path: str) -> float:
     return float(duration)
 
 
+def riff_data_seconds(path: str) -> tuple[float, float] | None:
+    """``(seconds the header promises, seconds of data present)`` of a RIFF/WAVE file, else None.
+
+    Reads the chunk headers only: the ``fmt `` chunk's byte rate and the ``data`` chunk's size
+    against the bytes actually in the file. None for other containers, for a header that states no
+    data size (streaming writers put 0 or 0xFFFFFFFF there), or when the chunks cannot be walked."""
+    import struct
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"fmt ":
+                    fmt = f.read(min(length, 16))
+                    if len(fmt) < 12:
+                        return None
+                    byte_rate = struct.unpack("<I", fmt[8:12])[0]
+                    f.seek(length - len(fmt) + (length & 1), os.SEEK_CUR)
+                elif name == b"data":
+                    if not byte_rate or length in (0, 0xFFFFFFFF):
+                        return None
+                    present = max(0, min(length, size - f.tell()))
+                    return length / byte_rate, present / byte_rate
+                else:
+                    f.seek(length + (length & 1), os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
+
+
 class _ForwardReader:
     """Spans of one source read in increasing order through one decoder, each sample decoded once.
 

@@ -15,8 +15,12 @@ Primary rule, for a segment that passes for several labels: the label whose coun
 threshold the most relative to it (largest count / α); ties go to the larger count, then to the
 label listed first in ``alpha``.
 
-``balanced_sample``: at most N segments per primary label, drawn without replacement by a generator
-seeded with (seed, label) from the ids in sorted order, so the draw does not depend on row order.
+``sampling_order``: per primary label, every candidate id in draw order: the ids sorted, then
+shuffled by a generator seeded with (seed, label), so the order does not depend on row order.
+``balanced_sample``: the first N ids of each label's order (at most N per primary label).
+``topup_picks``: the replacements for segments lost after sampling (no transcript, no pair
+survived the post-filter): for each label short of its quota, the next ids of its order that were
+never sampled, as many as are missing or as the order still holds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import random
 import numpy as np
 
 from .schema import EMOTION_LABELS, SENTIMENT_CLASSES
+
+# the drop reason decided here (X_O)
+NO_EMOTION_PASSED = "no emotion reached its occurrence threshold"
 
 
 def is_consistent(emotion: str, valence: float, x: float, y: float) -> bool:
@@ -73,21 +80,37 @@ def count_occurrences(batch: dict[str, list], *, alpha: dict[str, int]) -> dict[
         out["emotion_counts"].append(counts)
         out["emotions"].append(labels)
         out["primary_emotion"].append(primary_label(labels, counts, alpha))
-        out["drop_reason"].append(None if labels else "no emotion reached its occurrence threshold")
+        out["drop_reason"].append(None if labels else NO_EMOTION_PASSED)
     return out
 
 
-def balanced_sample(segment_ids: list[str], primary: list[str], per_category: int, seed: int) -> set[str]:
-    """Ids kept: at most ``per_category`` per primary label, seeded and order-independent."""
+def sampling_order(segment_ids: list[str], primary: list[str], seed: int) -> dict[str, list[str]]:
+    """Per primary label, the candidate ids in the seeded draw order (order-independent)."""
     by_label: dict[str, list[str]] = {}
     for sid, label in zip(segment_ids, primary):
         by_label.setdefault(label, []).append(sid)
-    kept: set[str] = set()
-    for label, ids in by_label.items():
+    orders = {}
+    for label, ids in sorted(by_label.items()):
         ids = sorted(ids)
         # String seeds are hashed with SHA-512 by random.Random: stable across runs and platforms.
-        kept.update(random.Random(f"{seed}:{label}").sample(ids, min(per_category, len(ids))))
-    return kept
+        random.Random(f"{seed}:{label}").shuffle(ids)
+        orders[label] = ids
+    return orders
+
+
+def balanced_sample(segment_ids: list[str], primary: list[str], per_category: int, seed: int) -> set[str]:
+    """Ids kept: at most ``per_category`` per primary label, the first of each label's draw order."""
+    return {sid for ids in sampling_order(segment_ids, primary, seed).values() for sid in ids[: max(0, per_category)]}
+
+
+def topup_picks(orders: dict[str, list[str]], sampled: set[str], missing: dict[str, int]) -> list[str]:
+    """For each label, the next ``missing[label]`` ids of its order that are not in ``sampled``."""
+    picks = []
+    for label, ids in orders.items():
+        want = missing.get(label, 0)
+        if want > 0:
+            picks += [sid for sid in ids if sid not in sampled][:want]
+    return picks
 
 
 def majority_gender(windows: list[dict]) -> str | None:

@@ -68,6 +68,9 @@ class CondenseConfig:
     alpha: dict[str, int] = field(default_factory=lambda: dict(PAPER_ALPHA))
     samples_per_category: int = 80
     seed: int = 0
+    # Rounds of replacements for sampled segments lost later (no transcript, no pair survived the
+    # post-filter): each round takes the next unused candidates of the short categories. 0: none (the paper).
+    topup_rounds: int = 3
 
 
 @dataclass
@@ -106,8 +109,10 @@ class QaConfig:
     temperature: float = 0.7
     max_tokens: int = 1500
     structured_output: str = "auto"  # "json_schema", "text", or "auto" (schema, then plain Q:/A: text)
+    prompt_version: str = "qa_v2"  # build/prompts/<version>.txt; qa_v1 lacks two of the paper's instructions
+    word_timing: str = "spans"  # "spans": consecutive words with the same labels merged; "words": every word timed
     concurrency: int = 8
-    max_retries: int = 3
+    max_retries: int = 5  # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
     timeout_s: float = 120.0
     language: str = "en"  # "en": pairs in English; "segment": in the language of the segment's speech
 
@@ -124,6 +129,12 @@ class PostFilterConfig:
     embedding_model: str = "bundled"
     duplicate_threshold: float = 0.9  # cosine similarity at or above which a later question is a duplicate
     min_answer_chars: int = 2
+    # Untrusted-reply limits: the prompt asks for one- or two-sentence answers.
+    max_question_chars: int = 300
+    max_answer_chars: int = 600
+    # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
+    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
+    categoriser: str = "auto"
 
 
 @dataclass
@@ -304,4 +315,5 @@ def tiny_config(model_dir: str) -> Config:
     config.qa.model = "bundled:smollm2-135m-instruct"
     config.qa.structured_output = "json_schema"
     config.qa.concurrency = 1
+    config.postfilter.categoriser = "rules"  # offline: no LLM call for categories
     return config

@@ -15,11 +15,13 @@ import io
 import math
 import string
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Audio, Dataset
 
 from .audio import SAMPLE_RATE, decode_span
+from .errors import first_line
 
 SPLIT = "test"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
@@ -128,7 +130,7 @@ def dataset_info_yaml(out_dir: str | Path) -> str:
 
 
 def files_to_upload(out_dir: str | Path) -> list[str]:
-    """The card and the Parquet shards, relative to ``out_dir``; work files and reports stay local.
+    """The card, its plots and the Parquet shards, relative to ``out_dir``; work files and reports stay local.
 
     A metadata-only build (the card's ``cpqa_publication``) whose shards hold audio (rehydrated from a
     local copy) is refused: that audio is the user's own copy, not for upload."""
@@ -141,7 +143,8 @@ def files_to_upload(out_dir: str | Path) -> list[str]:
         for shard in shards:
             if "context" in pq.read_schema(shard).names:
                 raise ValueError(f"{shard}: holds audio (rehydrated?) but {root} was built metadata-only: refusing to upload audio")
-    return files + [str(p.relative_to(root)) for p in shards]
+    files += [str(p.relative_to(root)) for p in shards]
+    return files + sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
 
 
 def card_header(out_dir: str | Path) -> dict:
@@ -172,11 +175,37 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
     if dry_run:
         return url
     api = HfApi(token=os.environ.get(token_env))  # None lets huggingface_hub use its own login
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
-    if publication_mode(out_dir) == "gated":
-        api.update_repo_settings(repo_id, gated="manual", repo_type="dataset")
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
+        if publication_mode(out_dir) == "gated":
+            api.update_repo_settings(repo_id, gated="manual", repo_type="dataset")
+    except Exception as exc:
+        raise RuntimeError(_push_error(exc, repo_id, token_env)) from exc
     return url
+
+
+def _push_error(exc: Exception, repo_id: str, token_env: str) -> str:
+    """One line for a failed upload: no network, a refused token, or the Hub's own words."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "cannot push: HF_HUB_OFFLINE is set; unset it where the Hub is reachable, then run push again"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+        return f"the Hub refused the token (HTTP {status}) for {repo_id}: set ${token_env} to a token with write access to that namespace"
+    if _network_error(exc):
+        return f"cannot reach the Hugging Face Hub ({first_line(exc, with_type=False)}): check the network connection, then run push again"
+    return f"push to {repo_id} failed: {first_line(exc)}"
+
+
+def _network_error(exc: BaseException | None) -> bool:
+    """A transport failure: an OSError (requests' errors are), or httpx's TransportError, anywhere in the chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) or any(c.__name__ == "TransportError" for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def public_model_id(model: str) -> str:
@@ -275,6 +304,13 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+def _quota_table(quota: dict | None) -> str:
+    if not quota:
+        return "(none)"
+    rows = [(label, q["asked"], q["candidates"], q["sampled"], q["delivered"]) for label, q in quota.items()]
+    return markdown_table(("primary emotion", "asked", "candidates", "sampled (with top-ups)", "delivered"), rows)
+
+
 def _counts_table(values: list, header: str) -> str:
     counts = Counter(v if v is not None else "(none)" for v in values)
     return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
@@ -300,9 +336,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "n_segments": str(len(segment_rows)),
         "n_recordings": str(len(set(segment_rows["recording_id"]))),
         "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
-        "category_table": _counts_table(qa["category"], "category"),
-        "emotion_table": _counts_table(segment_rows["primary_emotion"], "primary emotion"),
-        "gender_table": _counts_table(segment_rows["gender"], "gender"),
+        "quota_table": _quota_table(report.get("quota")),
         "language_table": _counts_table(segment_rows["language"], "language"),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
         "models_table": markdown_table(("role", "model"), model_rows),
@@ -320,6 +354,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "alpha": ", ".join(f"{k} {v}" for k, v in c.condense.alpha.items()),
         "samples_per_category": str(c.condense.samples_per_category),
         "seed": str(c.condense.seed),
+        "topup_rounds": str(c.condense.topup_rounds),
         "pairs_per_segment": str(c.qa.pairs_per_segment),
         "prompt_version": ", ".join(sorted(set(qa["prompt_version"]))) if len(qa) else "(none)",
         "duplicate_threshold": f"{c.postfilter.duplicate_threshold:g}",
@@ -349,12 +384,13 @@ def publication_values(out_dir: str | Path, mode: str, licence: str, segment_spl
 
 def write_dataset(
     segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
-    card_template: str, license: str, sources: str, licences: list[str] | None = None,
+    card_template: str, license: str, sources: str, licences: list[str] | None = None, card_sections: Callable[[Path], dict[str, str]] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
 
     ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
-    most restrictive. Returns the (qa, segments) tables as written (before the split into files)."""
+    most restrictive. ``card_sections(out_dir)`` adds card fields computed from the written tables (the
+    statistics). Returns the (qa, segments) tables as written (before the split into files)."""
     from . import splits
     from .publish import most_restrictive
 
@@ -370,5 +406,7 @@ def write_dataset(
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
     values.update(publication_values(out_dir, e.publish, licence, segment_splits, qa_splits, e))
+    if card_sections is not None:
+        values.update(card_sections(Path(out_dir)))
     (Path(out_dir) / "README.md").write_text(render_card(card_template, values))
     return qa_rows, segment_rows

@@ -16,15 +16,28 @@ downloaded or copied, and ``cache_dir`` is no longer written (the argument stays
 Recording ids: the ``recording_id`` column when the dataset has one, else ``<label>-<row:08d>``
 with the row counted over the whole split (label: the folder name, or ``owner__name``).
 
-Output columns (``schema.RECORDING``): ``recording_id``, ``audio_path``, then ``probe_recordings``
-adds ``duration`` and ``error``. A file that is missing, empty or not audio keeps its row with the
-error (one line: the file or reference, then the problem), so it is accounted for at the end of the
-build.
+Output columns (``schema.RECORDING``): ``recording_id``, ``audio_path``, ``error`` (set only for a
+manifest row that is refused, see below), then ``probe_recordings`` adds ``duration``, ``error``,
+``sha256`` and ``drop_reason``. A file that is missing, empty, truncated or not audio keeps its row
+with the error (one line: the file or reference, then the problem) and the reason constant, so it
+is accounted for at the end of the build; one bad file never stops it.
+
+Edge rules
+- A manifest row whose path leaves the manifest's folder (``../``, an absolute path elsewhere, a
+  symlink resolving elsewhere) is refused (``OUTSIDE_ROOT``) without being opened, unless
+  ``allow_outside_root=True`` (``cpqa.py build --allow-outside-root``).
+- A RIFF/WAVE file holding less data than its header promises is refused as truncated
+  (``TRUNCATED``), with both lengths in the message; a zero-byte file is ``EMPTY``.
+- ``sha256`` is the hash of the file's bytes (streamed; null for table references, whose bytes live
+  inside a Parquet/Arrow file). ``mark_duplicates``: of recordings with the same hash, the first by
+  id is processed and each later one is recorded as ``DUPLICATE`` of it, never processed twice.
+- An empty folder, or a folder with no audio file, is an error (there is nothing to build).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -39,9 +52,20 @@ from .schema import RECORDING
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 _PATH_COLUMNS = ("audio_path", "path", "audio", "file")
 
+# drop reasons decided here (the ``error`` column says which file and what exactly)
+FILE_NOT_FOUND = "file not found"
+EMPTY = "empty file"
+TRUNCATED = "truncated file"
+UNREADABLE = "unreadable audio"
+OUTSIDE_ROOT = "outside the manifest's folder"
+DUPLICATE = "duplicate of another recording"
+REASONS = (FILE_NOT_FOUND, EMPTY, TRUNCATED, UNREADABLE, OUTSIDE_ROOT, DUPLICATE)
 
-def list_recordings(source: str | Path, cache_dir: str | Path | None = None) -> Dataset:
-    """Rows ``recording_id``, ``audio_path`` for every recording named by ``source`` (``cache_dir`` is unused)."""
+
+def list_recordings(source: str | Path, cache_dir: str | Path | None = None, *, allow_outside_root: bool = False) -> Dataset:
+    """Rows ``recording_id``, ``audio_path``, ``error`` for every recording named by ``source`` (``cache_dir`` is unused).
+
+    ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     text = str(source)
     if text.startswith("hf://"):
         return _from_hub(text[len("hf://") :])
@@ -51,33 +75,88 @@ def list_recordings(source: str | Path, cache_dir: str | Path | None = None) -> 
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         return _from_saved(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        everything = [p for p in path.rglob("*") if p.is_file()]
+        if not everything:
+            raise ValueError(f"{path}: the folder is empty")
+        files = sorted(p for p in everything if p.suffix.lower() in AUDIO_EXTENSIONS)
         if not files:
-            raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+            raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) among its {len(everything)} file(s)")
         return _table([(_id_from_path(p.relative_to(path)), str(p.resolve())) for p in files])
     if path.suffix.lower() in (".csv", ".jsonl"):
-        return _table(_read_manifest(path))
+        return _table(_read_manifest(path, allow_outside_root))
     return _table([(_id_from_path(Path(path.name)), str(path.resolve()))])
 
 
 def probe_recordings(batch: dict[str, list]) -> dict[str, list]:
-    """Batched map: ``audio_path`` -> ``duration``, ``error`` (the file opened, or why not)."""
-    durations, errors = [], []
-    for path in batch["audio_path"]:
-        try:
-            if not audio.is_reference(path) and not Path(path).exists():
-                raise AudioError(f"{path}: file not found")
-            durations.append(probe_duration(path))
-            errors.append(None)
-        except AudioError as exc:
-            durations.append(None)
-            errors.append(str(exc))
-    return {"duration": durations, "error": errors}
+    """Batched map: ``audio_path`` (and ``error`` when listed) -> ``duration``, ``error``, ``sha256``, ``drop_reason``.
+
+    The header only, plus one streamed read for the hash: samples are checked where they are decoded
+    anyway (VAD). A row already refused by the listing keeps its error and is not opened."""
+    out: dict[str, list] = {"duration": [], "error": [], "sha256": [], "drop_reason": []}
+    for path, listed in zip(batch["audio_path"], batch.get("error") or [None] * len(batch["audio_path"])):
+        duration, digest, reason, error = None, None, None, listed
+        if listed is not None:
+            reason = OUTSIDE_ROOT
+        else:
+            try:
+                duration, digest = _probe_one(path)
+            except _Refused as exc:
+                reason, error = exc.reason, str(exc)
+            except AudioError as exc:
+                reason, error = UNREADABLE, str(exc)
+        out["duration"].append(duration)
+        out["error"].append(error)
+        out["sha256"].append(digest)
+        out["drop_reason"].append(reason)
+    return out
 
 
-def _table(rows: list[tuple[str, str]]) -> Dataset:
+class _Refused(AudioError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _probe_one(path: str) -> tuple[float, str | None]:
+    if audio.is_reference(path):
+        return probe_duration(path), None
+    file = Path(path)
+    if not file.is_file():
+        raise _Refused(FILE_NOT_FOUND, f"{path}: file not found")
+    if file.stat().st_size == 0:
+        raise _Refused(EMPTY, f"{path}: empty file (0 bytes)")
+    duration = probe_duration(path)
+    lengths = audio.riff_data_seconds(path)
+    if lengths is not None and lengths[1] < lengths[0] - 1e-3:
+        raise _Refused(TRUNCATED, f"{path}: truncated: header says {lengths[0]:.1f} s, {lengths[1]:.2f} s of data")
+    return duration, content_hash(path)
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def mark_duplicates(ids: list[str], paths: list[str], hashes: list[str | None]) -> list[str | None]:
+    """Per row, None or the error of a duplicate: the same bytes as an earlier row (rows in id order)."""
+    first: dict[str, int] = {}
+    out: list[str | None] = []
+    for i, digest in enumerate(hashes):
+        if digest is None or digest not in first:
+            if digest is not None:
+                first[digest] = i
+            out.append(None)
+            continue
+        j = first[digest]
+        out.append(f"{paths[i]}: same content (sha256 {digest[:12]}) as {ids[j]} ({paths[j]}); processed once, as {ids[j]}")
+    return out
+
+
+def _table(rows: list[tuple]) -> Dataset:
+    """``(id, path[, error])`` rows -> the listing (``error``: null unless the row is refused)."""
     ids = _unique_ids([r[0] for r in rows])
-    columns = {"recording_id": ids, "audio_path": [r[1] for r in rows]}
+    columns = {"recording_id": ids, "audio_path": [r[1] for r in rows], "error": [r[2] if len(r) > 2 else None for r in rows]}
     return Dataset.from_dict(columns, features=Features({c: RECORDING[c] for c in columns}))
 
 
@@ -96,7 +175,7 @@ def _unique_ids(ids: list[str]) -> list[str]:
     return out
 
 
-def _read_manifest(path: Path) -> list[tuple[str, str]]:
+def _read_manifest(path: Path, allow_outside_root: bool = False) -> list[tuple[str, str, str | None]]:
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
             records = list(csv.DictReader(f))
@@ -113,12 +192,17 @@ def _read_manifest(path: Path) -> list[tuple[str, str]]:
     column = next((c for c in _PATH_COLUMNS if c in records[0]), None)
     if column is None:
         raise ValueError(f"{path}: the manifest needs one of the columns {', '.join(_PATH_COLUMNS)}; it has {', '.join(records[0])}")
+    root = path.parent.resolve()
     rows = []
     for record in records:
-        audio = Path(str(record[column]))
-        audio = audio if audio.is_absolute() else path.parent / audio
+        listed = str(record[column])
+        audio = Path(listed)
+        audio = (audio if audio.is_absolute() else path.parent / audio).resolve()  # symlinks followed
         rid = record.get("recording_id") or _id_from_path(Path(audio.name))
-        rows.append((str(rid), str(audio.resolve())))
+        refused = None
+        if not allow_outside_root and not audio.is_relative_to(root):
+            refused = f"{path}: {listed!r} resolves to {audio}, outside the manifest's folder {root}: refused (--allow-outside-root reads it)"
+        rows.append((str(rid), str(audio), refused))
     return rows
 
 

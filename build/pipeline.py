@@ -10,6 +10,11 @@
     asr              per sample shard: WhisperX transcript and word times
     qa               per sample shard: word labels, LLM-written pairs (replies cached by request hash)
     postfilter       per sample shard: drops and categories of the pairs
+    top-up (global)  up to ``condense.topup_rounds`` rounds: a primary emotion with fewer delivered
+                     segments (at least one pair kept) than its quota gets the next never-sampled
+                     candidates of its draw order (``work/sample/topup-<k>.parquet``, shards
+                     t<k>s00000, ...), which go through asr, qa and postfilter in turn; a round that
+                     picks nothing ends them. Over-quota drops of candidates taken later are not counted.
     export (global)  Parquet + dataset card, report.json, recordings.jsonl, work/dropped/<stage>.parquet
 
 Every task is a file under ``OUT/work`` (``build.work``): rerunning the same command after a crash
@@ -19,8 +24,8 @@ that had completed, so nothing is recomputed or sent twice. ``accelerate launch`
 rank 0 runs the global steps after a barrier.
 
 The funnel counts what is left after each step (``FUNNEL``, keyed by stage id) and every drop by
-stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason) or ``failed``
-(stage and error) in the ledger.
+stage and reason; every input recording ends ``kept``, ``dropped`` (stage and reason), ``failed``
+(stage and error) or ``duplicate`` (of which recording) in the ledger.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,11 +46,12 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, condense, export, ingest, label, postfilter, publish, qa, schema, segment, splits, words
+from . import align, categories, condense, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, stats, words
 from .config import Config
+from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
 from .ranks import Ranks, current
-from .work import Timer, WorkDir, fingerprint, plan_shards, shard_name
+from .work import Timer, WorkDir, fingerprint, incomplete, plan_shards, shard_name
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -66,8 +73,6 @@ STAGES = ("ingest", "vad", "length", "label", "occurrence", "sampling", "asr", "
 STOP_AFTER = ("condense",)
 
 # drop reasons decided here (the stage modules' own reasons travel through their columns)
-UNREADABLE = "unreadable audio"
-VAD_FAILED = "voice activity detection failed"
 NO_SPEECH = "no speech detected"
 LABELLING_FAILED = "labelling failed"
 OVER_QUOTA = "over the per-category quota"
@@ -76,6 +81,30 @@ NO_WORDS = "no words recognised"
 LLM_FAILED = "LLM request failed"
 NO_PAIRS = "no pairs in the reply"
 NO_PAIR_SURVIVED = "no pair survived the post-filter"
+
+# Every reason a funnel stage can record, each a constant of the module that decides it; a reason
+# with {...} is a template naming a configured bound ("shorter than 30 s"). ``registered`` checks one.
+DROP_REASONS: dict[str, tuple[str, ...]] = {
+    "ingest": ingest.REASONS,
+    "vad": (segment.VAD_FAILED, segment.NON_FINITE, NO_SPEECH),
+    "length": (segment.SHORTER, segment.LONGER),
+    "label": (LABELLING_FAILED,),
+    "occurrence": (condense.NO_EMOTION_PASSED,),
+    "sampling": (OVER_QUOTA,),
+    "asr": (ASR_FAILED, NO_WORDS),
+    "qa": (LLM_FAILED, qa.UNPARSEABLE, qa.NO_TRANSCRIPT, NO_PAIRS),
+    "pairs": postfilter.REASONS,
+    "postfilter": (NO_PAIR_SURVIVED,),
+}
+
+
+def registered(stage: str, reason: str) -> bool:
+    """Whether ``reason`` is one of ``DROP_REASONS[stage]`` (a template matches any value of its field)."""
+    for known in DROP_REASONS.get(stage, ()):
+        pattern = "".join(".+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]*\})", known))
+        if re.fullmatch(pattern, reason):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- funnel, ledger, result
@@ -93,6 +122,7 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
+    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -112,6 +142,7 @@ class BuildResult:
     pairs: Dataset | None = None  # kept QA pairs, once the QA stages ran
     status: str = "built"  # "built", "condensed" (stop-after), "nothing condensed", "no pairs"
     out_dir: Path | None = None
+    quota: dict[str, dict[str, int]] | None = None  # per primary emotion: asked, candidates, sampled, delivered
 
     @property
     def ledger(self) -> list[dict]:
@@ -127,11 +158,16 @@ class BuildResult:
         }
         if self.pairs is not None:
             report["categories"] = dict(Counter(self.pairs["category"]))
+        if self.funnel.llm is not None:
+            report["llm_calls"] = self.funnel.llm
+        if self.quota is not None:
+            report["quota"] = self.quota
         return report
 
 
 def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str]) -> list[dict]:
-    """One entry per input recording: kept, failed (stage, error) or dropped (stage, reasons)."""
+    """One entry per input recording: kept, failed (stage, error), dropped (stage, reasons) or
+    duplicate (the same bytes as another recording, named in ``reason``)."""
     by_recording: dict[str, list[Drop]] = {}
     for d in funnel.drops:
         if d.stage in STAGES:
@@ -144,7 +180,9 @@ def _ledger(recording_ids: list[str], funnel: Funnel, kept: set[str]) -> list[di
             # The recording got as far as its furthest segment: report the drops at that stage.
             last = max(STAGES.index(d.stage) for d in drops)
             at_last = [d for d in drops if STAGES.index(d.stage) == last]
-            if all(d.detail for d in at_last):  # every one of them failed with an error
+            if at_last[0].reason == ingest.DUPLICATE:  # processed once, under the other id
+                entry.update(status="duplicate", stage="ingest", reason=at_last[0].detail)
+            elif all(d.detail for d in at_last):  # every one of them failed with an error
                 entry.update(status="failed", stage=STAGES[last], reason=at_last[0].detail)
             else:
                 reasons = Counter(d.reason for d in at_last)
@@ -165,14 +203,19 @@ def format_report(result: BuildResult) -> str:
         for reason, n in sorted(drops.get(stage, {}).items()):
             lines.append(f"      dropped: {n} {reason}")
     statuses = report["recordings"]
-    lines.append("recordings: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("kept", "dropped", "failed")))
+    shown = ("kept", "dropped", "failed") + (("duplicate",) if statuses.get("duplicate") else ())
+    lines.append("recordings: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in shown))
     for entry in result.ledger:
         if entry["status"] != "kept":
             lines.append(f"  {entry['recording_id']}: {entry['status']} at {entry['stage']}: {entry['reason']}")
     if report["primary_emotions"]:
         lines.append("primary emotions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["primary_emotions"].items())))
+    if report.get("quota"):
+        lines.append("quota per primary emotion (delivered/asked): " + ", ".join(f"{k} {v['delivered']}/{v['asked']}" for k, v in report["quota"].items()))
     if report.get("categories"):
         lines.append("QA categories: " + ", ".join(f"{k} {v}" for k, v in sorted(report["categories"].items())))
+    if report.get("llm_calls"):
+        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
     return "\n".join(lines)
 
 
@@ -253,14 +296,15 @@ def stage_params(config: Config) -> dict[str, dict]:
         "asr": {k: v for k, v in dataclasses.asdict(c.asr).items() if k != "batch_size"},
         "qa": {
             "model": c.qa.model,
-            "prompt_version": qa.PROMPT_VERSION,
+            "prompt_version": c.qa.prompt_version,
+            "word_timing": c.qa.word_timing,
             "pairs_per_segment": c.qa.pairs_per_segment,
             "temperature": c.qa.temperature,
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
             "language": c.qa.language,
         },
-        "postfilter": dataclasses.asdict(c.postfilter),
+        "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment, "categoriser_model": categories.llm_model(c.postfilter.categoriser, c.qa)},
     }
 
 
@@ -286,7 +330,10 @@ class _Run:
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
                 stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
-                self.work.write(stage, shard, fp, columns, features, stats=stats, dropped=dropped)
+                # LLM calls that failed (after their retries) leave the shard unfinished: the next run
+                # redoes it, with every successful reply from the cache, so only the failures are sent.
+                written = incomplete(fp) if counts.get(f"{_LLM}failed") else fp
+                self.work.write(stage, shard, written, columns, features, stats=stats, dropped=dropped)
                 bar.shard_done(audio_s - (bar.bar.n - before))
 
     def table(self, stage: str, shards: list[str], features: Features) -> pa.Table:
@@ -306,11 +353,13 @@ def build(
     progress: bool = True,
     say: Callable[[str], None] = print,
     ranks: Ranks | None = None,
+    allow_outside_root: bool = False,
 ) -> BuildResult | None:
     """Build (or resume) the dataset of ``source`` into ``out_dir``.
 
     Returns the result on rank 0 (None on the others): ``status`` says how far it got. ``say`` receives
-    the lines meant for the user (the embedded server starting); progress bars go to stderr."""
+    the lines meant for the user (the embedded server starting); progress bars go to stderr.
+    ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
     publish.check_mode(config.export.publish)  # before any audio is read
@@ -321,9 +370,11 @@ def build(
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
     params = stage_params(config)
 
-    # ---- ingest: one plan for every process
+    # ---- preflight (config, output, models, endpoint) on every rank, so none waits at a barrier for
+    # a rank 0 that stopped; then ingest: one plan for every process
+    preflight.check_build(config, out_dir, stop_after=stop_after)
     if ranks.is_main:
-        _plan(run, source)
+        _plan(run, source, allow_outside_root)
     ranks.barrier()
     plan = run.work.read("ingest", "recordings")
     recording_ids = plan["recording_id"]
@@ -348,17 +399,16 @@ def build(
     if ranks.is_main and not run.work.is_done("sample", "manifest", fps["sample"]):
         _sample(run, shards, fps["sample"])
     ranks.barrier()
+    manifests = ["manifest"]  # then "topup-1", "topup-2", ... (rounds of replacements)
     manifest = run.work.read("sample", "manifest")
     sample_shards = sorted(set(manifest["shard"]))
-    seg_audio = Counter()
-    for shard, start, end in zip(manifest["shard"], manifest["start"], manifest["end"]):
-        seg_audio[shard] += end - start
 
     def finish(segments: Dataset, pairs: Dataset | None, status: str, extra_stages: tuple[str, ...]) -> BuildResult:
         """Rank 0 only: the funnel and ledger from every task's files, the audit files merged."""
-        funnel = _funnel(run, shards, sample_shards, extra_stages)
-        result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir)
-        _merge_dropped(run, shards, sample_shards, extra_stages)
+        funnel = _funnel(run, shards, sample_shards, extra_stages, manifests)
+        quota = _quota(run, shards, sample_shards, config) if extra_stages else None
+        result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir, quota)
+        _merge_dropped(run, shards, sample_shards, extra_stages, manifests)
         return result
 
     if stop_after == "condense" or not sample_shards:
@@ -370,17 +420,44 @@ def build(
         write_report(result, out_dir)
         return result
 
-    # ---- per sample shard: asr, qa, postfilter
-    for stage, upstream in (("asr", "sample"), ("qa", "asr"), ("postfilter", "qa")):
-        fps[stage] = {s: fingerprint(stage, params[stage], [fps[upstream] if upstream == "sample" else fps[upstream][s], s]) for s in sample_shards}
-    tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in sample_shards] for stage in ("asr", "qa", "postfilter")}
-    run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
-    pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
-    with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
-        cache_dir = str(run.work.root / "llm-cache")
-        run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
-    run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks))
-    ranks.barrier()
+    # ---- per sample shard: asr, qa, postfilter; then top-up rounds for segments lost on the way
+    def postfilter_fp(shard: str) -> str:
+        # chained to what qa wrote (finished or not), so a qa shard redone for its failed calls is filtered again
+        return fingerprint("postfilter", params["postfilter"], [run.work.fingerprint_of("qa", shard), shard])
+
+    def after_sampling(round_shards: list[str], round_manifest: dict[str, list], upstream: str) -> list[str]:
+        """ASR, QA and the post-filter over one round's sample shards; returns the post-filter fingerprints."""
+        seg_audio = Counter()
+        for shard, start, end in zip(round_manifest["shard"], round_manifest["start"], round_manifest["end"]):
+            seg_audio[shard] += end - start
+        for stage, before in (("asr", "sample"), ("qa", "asr")):
+            fps[stage] = {**fps.get(stage, {}), **{s: fingerprint(stage, params[stage], [upstream if before == "sample" else fps[before][s], s]) for s in round_shards}}
+        tasks = {stage: [(s, fps[stage][s], seg_audio[s]) for s in round_shards] for stage in ("asr", "qa")}
+        run.stage("asr", tasks["asr"], lambda s, bar: _asr(run.work.read("sample", s), config, ranks, bar))
+        pending_qa = [t for t in ranks.mine(tasks["qa"]) if not run.work.is_done("qa", t[0], t[1])]
+        with _llm_endpoint(config, needed=bool(pending_qa), say=say) as (base_url, qa_config):
+            cache_dir = str(run.work.root / "llm-cache")
+            run.stage("qa", tasks["qa"], lambda s, bar: _qa(run.work.read("asr", s), qa_config, base_url, cache_dir, bar))
+        categoriser = categories.client_for(config.postfilter.categoriser, config.qa, str(run.work.root / "llm-cache"))
+        tasks["postfilter"] = [(s, postfilter_fp(s), seg_audio[s]) for s in round_shards]  # this rank's qa shards are written
+        run.stage("postfilter", tasks["postfilter"], lambda s, bar: _postfilter(run.work.read("qa", s), config, ranks, categoriser))
+        ranks.barrier()
+        return [postfilter_fp(s) for s in round_shards]  # after the barrier: every rank's qa shards are written
+
+    upstream = after_sampling(sample_shards, manifest, fps["sample"])
+    for round_no in range(1, config.condense.topup_rounds + 1):
+        name = f"topup-{round_no}"
+        fp = fingerprint("sample", {**params["sample"], "topup_round": round_no}, [fps["sample"], *upstream])
+        if ranks.is_main and not run.work.is_done("sample", name, fp):
+            _topup(run, shards, sample_shards, name, round_no, fp)
+        ranks.barrier()
+        manifests.append(name)
+        round_manifest = run.work.read("sample", name)
+        round_shards = sorted(set(round_manifest["shard"]))
+        if not round_shards:
+            break
+        upstream = after_sampling(round_shards, round_manifest, fp)
+        sample_shards = sample_shards + round_shards
     if not ranks.is_main:
         return None
 
@@ -403,35 +480,44 @@ def _pick(columns: dict[str, list], indices: list[int]) -> dict[str, list]:
 
 
 # ---------------------------------------------------------------- ingest (global)
-def _plan(run: _Run, source: str | Path) -> None:
-    """List and probe every recording, sort by id, cut into shards (``OUT/work/ingest/recordings.parquet``)."""
+def _plan(run: _Run, source: str | Path, allow_outside_root: bool = False) -> None:
+    """List and probe every recording, sort by id, cut into shards (``OUT/work/ingest/recordings.parquet``).
+
+    A recording refused at ingest (``build.ingest`` reasons) keeps its row with ``error`` set, so
+    later stages skip it; a duplicate (same sha256 as a recording earlier by id) too."""
     rt = run.config.runtime
-    listed = ingest.list_recordings(source, cache_dir=run.work.root / "cache")
+    listed = ingest.list_recordings(source, cache_dir=run.work.root / "cache", allow_outside_root=allow_outside_root)
     order = sorted(range(len(listed)), key=lambda i: listed["recording_id"][i])
     ids = [listed["recording_id"][i] for i in order]
     paths = [listed["audio_path"][i] for i in order]
+    refused = [listed["error"][i] for i in order]
     listing = [(rid, path, *_file_stamp(path)) for rid, path in zip(ids, paths)]
-    fp = fingerprint("ingest", {"source": str(source), "recordings_per_shard": rt.recordings_per_shard, "hours_per_shard": rt.hours_per_shard}, listing)
+    fp = fingerprint("ingest", {"source": str(source), "recordings_per_shard": rt.recordings_per_shard, "hours_per_shard": rt.hours_per_shard, "allow_outside_root": allow_outside_root}, listing)
     if run.work.is_done("ingest", "recordings", fp):
         return
     timer = Timer()
     with tqdm(total=len(paths), desc="ingest     probing", unit=" files", disable=not run.progress, file=sys.stderr) as bar:
 
-        def probe(path):
-            result = ingest.probe_recordings({"audio_path": [path]})
+        def probe(item):
+            result = ingest.probe_recordings({"audio_path": [item[0]], "error": [item[1]]})
             bar.update()
-            return result["duration"][0], result["error"][0]
+            return {name: values[0] for name, values in result.items()}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            probed = list(pool.map(probe, paths))
-    durations = [d for d, _ in probed]
-    errors = [e for _, e in probed]
+            probed = list(pool.map(probe, zip(paths, refused)))
+    durations = [p["duration"] for p in probed]
+    errors = [p["error"] for p in probed]
+    reasons = [p["drop_reason"] for p in probed]
+    hashes = [p["sha256"] for p in probed]
+    for i, duplicate in enumerate(ingest.mark_duplicates(ids, paths, hashes)):
+        if duplicate is not None:
+            errors[i], reasons[i], durations[i] = duplicate, ingest.DUPLICATE, None
     shard_of = [""] * len(ids)
     for index, members in enumerate(plan_shards(durations, rt.recordings_per_shard, rt.hours_per_shard)):
         for i in members:
             shard_of[i] = shard_name("r", index)
-    columns = {"recording_id": ids, "audio_path": paths, "duration": durations, "error": errors, "shard": shard_of}
-    dropped = [{"stage": "ingest", "recording_id": rid, "reason": UNREADABLE, "detail": e} for rid, e in zip(ids, errors) if e is not None]
+    columns = {"recording_id": ids, "audio_path": paths, "duration": durations, "error": errors, "sha256": hashes, "shard": shard_of}
+    dropped = [{"stage": "ingest", "recording_id": rid, "reason": r, "detail": e} for rid, r, e in zip(ids, reasons, errors) if e is not None]
     stats = {"counts": {"ingest": len(ids)}, "audio_s": round(sum(d or 0.0 for d in durations), 3), "wall_s": timer.seconds, "rank": run.ranks.index}
     run.work.write("ingest", "recordings", fp, columns, schema.PLANNED_RECORDING, stats=stats, dropped=dropped)
 
@@ -459,7 +545,7 @@ def _vad(rows: dict[str, list], config: Config, bar: StageProgress):
         if row["error"] is not None:
             continue  # the ingest step recorded it
         if result["vad_error"][0] is not None:
-            dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": VAD_FAILED, "detail": result["vad_error"][0]})
+            dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": segment.vad_drop_reason(result["vad_error"][0]), "detail": result["vad_error"][0]})
         elif not result["speech"][0]:
             dropped.append({"stage": "vad", "recording_id": row["recording_id"], "reason": NO_SPEECH})
     columns = {**rows, **out}
@@ -537,11 +623,32 @@ def _sample(run: _Run, shards: list[str], fp: str) -> None:
     kept = condense.balanced_sample(ids, candidates.column("primary_emotion").to_pylist(), run.config.condense.samples_per_category, run.config.condense.seed)
     rids = candidates.column("recording_id").to_pylist()
     dropped = [{"stage": "sampling", "recording_id": rid, "segment_id": sid, "reason": OVER_QUOTA} for sid, rid in zip(ids, rids) if sid not in kept]
+    _write_sample(run, candidates, kept, "s", "manifest", fp, dropped, timer)
+
+
+def _topup(run: _Run, shards: list[str], sample_shards: list[str], name: str, round_no: int, fp: str) -> None:
+    """One top-up round: for each primary emotion short of its quota (sampled segments without a surviving
+    pair), the next never-sampled candidates of its draw order, in shards ``t<round>s00000``, ..."""
+    timer = Timer()
+    c = run.config.condense
+    candidates = run.table("condense", shards, schema.CONDENSED_SEGMENT)
+    orders = condense.sampling_order(candidates.column("segment_id").to_pylist(), candidates.column("primary_emotion").to_pylist(), c.seed)
+    sampled = run.table("sample", sample_shards, schema.CONDENSED_SEGMENT)
+    delivered = set(run.table("postfilter", sample_shards, schema.QA_PAIR).column("segment_id").to_pylist())
+    have = Counter(label for sid, label in zip(sampled.column("segment_id").to_pylist(), sampled.column("primary_emotion").to_pylist()) if sid in delivered)
+    missing = {label: c.samples_per_category - have[label] for label in orders}
+    picks = set(condense.topup_picks(orders, set(sampled.column("segment_id").to_pylist()), missing))
+    _write_sample(run, candidates, picks, f"t{round_no}s", name, fp, [], timer)
+
+
+def _write_sample(run: _Run, candidates: pa.Table, kept: set[str], prefix: str, name: str, fp: str, dropped: list[dict], timer: Timer) -> None:
+    """The ``kept`` candidates in shards ``<prefix>00000``, ... (sorted by id) and the manifest ``name``."""
+    ids = candidates.column("segment_id").to_pylist()
     order = sorted((sid, i) for i, sid in enumerate(ids) if sid in kept)
     size = run.config.runtime.segments_per_shard
     manifest: dict[str, list] = {"segment_id": [], "shard": [], "start": [], "end": []}
     for n, lo in enumerate(range(0, len(order), size)):
-        shard = shard_name("s", n)
+        shard = shard_name(prefix, n)
         indices = [i for _, i in order[lo : lo + size]]
         part = candidates.take(indices)
         run.work.write("sample", shard, fp, part.to_pydict(), schema.CONDENSED_SEGMENT, stats={"counts": {}, "rank": run.ranks.index})
@@ -550,7 +657,20 @@ def _sample(run: _Run, shards: list[str], fp: str) -> None:
         manifest["start"] += part.column("start").to_pylist()
         manifest["end"] += part.column("end").to_pylist()
     stats = {"counts": {"sampling": len(order)}, "wall_s": timer.seconds, "rank": run.ranks.index}
-    run.work.write("sample", "manifest", fp, manifest, SAMPLE_MANIFEST, stats=stats, dropped=dropped)
+    run.work.write("sample", name, fp, manifest, SAMPLE_MANIFEST, stats=stats, dropped=dropped)
+
+
+def _quota(run: _Run, shards: list[str], sample_shards: list[str], config: Config) -> dict[str, dict[str, int]]:
+    """Per primary emotion: the quota asked for, the candidates, the segments sampled (top-ups included)
+    and those delivered (with at least one pair after the post-filter)."""
+    candidates = Counter(run.table("condense", shards, schema.CONDENSED_SEGMENT).column("primary_emotion").to_pylist())
+    sampled = run.table("sample", sample_shards, schema.CONDENSED_SEGMENT)
+    delivered = set(run.table("postfilter", sample_shards, schema.QA_PAIR).column("segment_id").to_pylist())
+    labels = sampled.column("primary_emotion").to_pylist()
+    sampled_n = Counter(labels)
+    delivered_n = Counter(label for sid, label in zip(sampled.column("segment_id").to_pylist(), labels) if sid in delivered)
+    asked = config.condense.samples_per_category
+    return {label: {"asked": asked, "candidates": candidates[label], "sampled": sampled_n[label], "delivered": delivered_n[label]} for label in sorted(candidates)}
 
 
 SAMPLE_MANIFEST = Features({"segment_id": schema.SEGMENT["segment_id"], "shard": schema.PLANNED_RECORDING["shard"], "start": schema.SEGMENT["start"], "end": schema.SEGMENT["end"]})
@@ -576,24 +696,51 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     kwargs = dict(
         base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, pairs_per_segment=q.pairs_per_segment,
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
-        max_retries=q.max_retries, timeout_s=q.timeout_s, language=q.language,
+        max_retries=q.max_retries, timeout_s=q.timeout_s, prompt_version=q.prompt_version, word_timing=q.word_timing, language=q.language,
     )  # fmt: skip
+    client = qa.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
+    before = client.calls.snapshot()
     out = _map_with_progress(segments, qa.generate_qa, max(q.concurrency * 4, 16), bar, **kwargs)
     errors = out.get("qa_error", [])
     reasons = [(e if e in (qa.UNPARSEABLE, qa.NO_TRANSCRIPT) else LLM_FAILED) if e else (None if pairs else NO_PAIRS) for e, pairs in zip(errors, out.get("qa_pairs", []))]
     keep, dropped = _split("qa", segments, reasons, errors)
-    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep)}, dropped
+    return _pick({**segments, **out}, keep), QA_SEGMENT, {"qa": len(keep), **_llm_counts(stats_delta(client.calls.snapshot(), before))}, dropped
 
 
-def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks):
+# An LLM stage's call counts ride in its shard's integer counts as "llm:<field>", "llm:retry:<reason>"
+# and "llm:failed:<reason>"; llm_calls() reads them back for the build's summary.
+_LLM = "llm:"
+
+
+def _llm_counts(calls: dict) -> dict[str, int]:
+    counts = {f"{_LLM}{name}": calls[name] for name in CallStats.FIELDS}
+    counts.update({f"{_LLM}retry:{reason}": n for reason, n in calls["retry_reasons"].items()})
+    counts.update({f"{_LLM}failed:{reason}": n for reason, n in calls["failure_reasons"].items()})
+    return counts
+
+
+def llm_calls(counts: dict[str, int]) -> dict | None:
+    """The LLM call counts of a build (summed over its shards), or None when no LLM stage ran."""
+    if f"{_LLM}requests" not in counts:
+        return None
+    calls = {name: counts.get(f"{_LLM}{name}", 0) for name in CallStats.FIELDS}
+    for field, prefix in (("retry_reasons", f"{_LLM}retry:"), ("failure_reasons", f"{_LLM}failed:")):
+        calls[field] = {key[len(prefix) :]: n for key, n in sorted(counts.items()) if key.startswith(prefix)}
+    return calls
+
+
+def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks, categoriser=None):
     pf = config.postfilter
     pairs = postfilter.explode_pairs(segments)
-    reasons = postfilter.filter_reasons(pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars)
+    reasons = postfilter.filter_reasons(
+        pairs, transcript_words=list(pf.transcript_words), min_answer_chars=pf.min_answer_chars, max_question_chars=pf.max_question_chars,
+        max_answer_chars=pf.max_answer_chars, max_pairs=config.qa.pairs_per_segment, prompt_fragments=qa.prompt_fragments(),
+    )  # fmt: skip
     reasons = postfilter.mark_duplicates({**pairs, **reasons}, ranks.local, model=pf.embedding_model, threshold=pf.duplicate_threshold, device=config.runtime.device)
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
     kept = _pick(pairs, keep)
-    kept = {**kept, **postfilter.categorise(kept)}
+    kept = {**kept, **postfilter.categorise(kept, categoriser)}
     with_pairs = set(kept["segment_id"])
     dropped += _split("postfilter", segments, [None if sid in with_pairs else NO_PAIR_SURVIVED for sid in segments["segment_id"]])[1]
     counts = {"generated": len(pairs["segment_id"]), "pairs": len(keep), "postfilter": len(with_pairs)}
@@ -618,29 +765,37 @@ def _llm_endpoint(config: Config, *, needed: bool, say: Callable[[str], None]):
 
 
 # ---------------------------------------------------------------- funnel and audit files
-def _tasks(shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> list[tuple[str, str]]:
+def _tasks(shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> list[tuple[str, str]]:
     tasks = [("ingest", "recordings")]
     tasks += [(stage, s) for stage in ("vad", "label", "condense") for s in shards]
-    tasks += [("sample", "manifest")]
+    tasks += [("sample", m) for m in manifests]
     tasks += [(stage, s) for stage in extra_stages for s in sample_shards]
     return tasks
 
 
-def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> Funnel:
-    counts: Counter = Counter()
-    drops: list[Drop] = []
-    for stage, shard in _tasks(shards, sample_shards, extra_stages):
-        counts.update(run.work.read_stats(stage, shard)["counts"])
-        for row in run.work.read_dropped(stage, shard).to_pylist():
-            drops.append(Drop(**row))
-    ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops))
-
-
-def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...]) -> None:
-    """Every dropped row of the build in ``OUT/work/dropped/<stage>.parquet``, one file per funnel stage."""
-    tables = [run.work.read_dropped(stage, shard) for stage, shard in _tasks(shards, sample_shards, extra_stages)]
+def _dropped_rows(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> pa.Table:
+    """Every task's dropped rows, less the over-quota drops of candidates that a top-up round took later."""
+    tables = [run.work.read_dropped(stage, shard) for stage, shard in _tasks(shards, sample_shards, extra_stages, manifests)]
     table = pa.concat_tables(tables) if tables else schema.DROPPED.arrow_schema.empty_table()
+    rescued = {sid for m in manifests[1:] for sid in run.work.read("sample", m)["segment_id"]}
+    if not rescued:
+        return table
+    keep = [i for i, (stage, sid) in enumerate(zip(table.column("stage").to_pylist(), table.column("segment_id").to_pylist())) if not (stage == "sampling" and sid in rescued)]
+    return table.take(keep)
+
+
+def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> Funnel:
+    counts: Counter = Counter()
+    for stage, shard in _tasks(shards, sample_shards, extra_stages, manifests):
+        counts.update(run.work.read_stats(stage, shard)["counts"])
+    drops = [Drop(**row) for row in _dropped_rows(run, shards, sample_shards, extra_stages, manifests).to_pylist()]
+    ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
+    return Funnel(ordered, tuple(drops), llm_calls(counts))
+
+
+def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> None:
+    """Every dropped row of the build in ``OUT/work/dropped/<stage>.parquet``, one file per funnel stage."""
+    table = _dropped_rows(run, shards, sample_shards, extra_stages, manifests)
     folder = run.work.root / "dropped"
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.parquet"):
@@ -678,6 +833,9 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
-    export.write_dataset(result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources)
+    export.write_dataset(
+        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
+        card_sections=lambda folder: {"stats_section": stats.card_section(folder)},
+    )  # fmt: skip
     write_report(result, out_dir)
     return out_dir

@@ -3,8 +3,14 @@
 ``explode_pairs`` (batched map, one row per pair): segment rows with ``qa_pairs`` -> ``segment_id``,
 ``recording_id``, ``pair_index``, ``question``, ``answer``.
 
-``filter_reasons`` (batched map over pair rows): ``question``, ``answer`` -> ``drop_reason`` from the
-first predicate that fires, in this order:
+``filter_reasons`` (batched map over pair rows): ``question``, ``answer``, ``pair_index`` -> ``drop_reason``
+from the first predicate that fires, in this order. First the reply is treated as untrusted input (a
+transcript can carry instructions aimed at the LLM):
+- "beyond the pairs asked for": ``pair_index`` at or past the number of pairs the prompt asked for;
+- "too long": a question over ``max_question_chars`` or an answer over ``max_answer_chars``;
+- "repeats the prompt": eight consecutive words of one of our prompts' fixed text (``prompt_fragments``,
+  from ``qa.prompt_fragments()``) in the question or the answer (a reply that leaks its instructions);
+then the content:
 - "empty": question or answer blank (or the answer shorter than ``min_answer_chars``);
 - "garbled": fewer than half of the characters are letters, a word repeats five times in a row,
   or the answer only repeats the question;
@@ -18,52 +24,36 @@ sentence-embedding cosine similarity to an earlier surviving question of the sam
 threshold is a "near-duplicate question". Only pairs of one segment are compared: the same question
 asked of two different clips is a benchmark feature, not a duplicate.
 
-``categorise`` (batched map): ``question`` -> ``category``, by keyword rules checked in this order:
-- "contextual paralinguistic reasoning": an emotion word together with a why/cause/reason word;
-- "emotion": an emotion or tone word;
-- "speaker": gender, number or identity of speakers, speaker changes;
-- "other": everything else (content questions).
+``categorise`` (batched map): ``question`` -> ``category``, one of the paper's Table 1 categories
+(``build.categories``: an LLM with the definitions when a client is given, its rules otherwise).
 """
 
 from __future__ import annotations
 
 import re
 
+from .categories import has_words as _has
+from .categories import categorise as categorise_questions
 from .devices import cached, device_for
+from .llm import LlmClient
 
-CATEGORIES = ("emotion", "speaker", "contextual paralinguistic reasoning", "other")
+EXTRA_PAIR = "beyond the pairs asked for"
+TOO_LONG = "too long"
+LEAKS_PROMPT = "repeats the prompt"
 
-_EMOTION_WORDS = (
-    r"emotion\w*|feel\w*|felt|mood|tone|"
-    r"angry|anger|annoyed|frustrat\w*|irritat\w*|disgust\w*|fear\w*|afraid|scared|anxious|nervous|worried|"
-    r"happy|happiness|joy\w*|cheerful|excite\w*|enthusias\w*|sad|sadness|upset|unhappy|disappoint\w*|"
-    r"surpris\w*|shock\w*|astonish\w*|neutral|calm|attitude|sentiment|valence|arousal"
-)
-_REASON_WORDS = r"why|reason\w*|cause\w*|because|explain\w*|what (?:made|makes|might make)|suggest\w*|indicat\w*|contribut\w*|lead to|led to"
-_SPEAKER_WORDS = (
-    r"gender|male|female|man|men|woman|women|speakers?|voices?|who (?:is|was) (?:speaking|talking)|"
-    r"how many (?:people|persons|speakers|voices)|change of speaker|speaker change"
-)
+# the content reasons, in the order the predicates fire after the untrusted-reply ones above
+EMPTY = "empty"
+GARBLED = "garbled"
+NOT_A_QUESTION = "not a question"
+PRESUPPOSES_TRANSCRIPT = "presupposes a transcript"
+NEAR_DUPLICATE = "near-duplicate question"
+REASONS = (EXTRA_PAIR, TOO_LONG, LEAKS_PROMPT, EMPTY, GARBLED, NOT_A_QUESTION, PRESUPPOSES_TRANSCRIPT, NEAR_DUPLICATE)
 
 
 _QUESTION_OPENINGS = (
     r"what|who|whom|whose|why|how|when|where|which|is|are|was|were|does|do|did|can|could|would|will|"
     r"should|has|have|had|describe|name|identify|list|explain|tell|compare|summari[sz]e|give|state"
 )
-
-
-def _has(alternatives: str, text: str) -> bool:
-    return re.search(r"\b(?:" + alternatives + r")\b", text, flags=re.IGNORECASE) is not None
-
-
-def categorise_question(question: str) -> str:
-    if _has(_EMOTION_WORDS, question) and _has(_REASON_WORDS, question):
-        return "contextual paralinguistic reasoning"
-    if _has(_EMOTION_WORDS, question):
-        return "emotion"
-    if _has(_SPEAKER_WORDS, question):
-        return "speaker"
-    return "other"
 
 
 def transcript_pattern(words: list[str]) -> str:
@@ -73,14 +63,17 @@ def transcript_pattern(words: list[str]) -> str:
 def pair_drop_reason(question: str | None, answer: str | None, transcript_words: list[str], min_answer_chars: int) -> str | None:
     question, answer = (question or "").strip(), (answer or "").strip()
     if not question or len(answer) < max(1, min_answer_chars):
-        return "empty"
+        return EMPTY
     if _garbled(question) or _garbled(answer) or _normal(answer) == _normal(question):
-        return "garbled"
+        return GARBLED
     if not question.rstrip().endswith("?") and not _has(_QUESTION_OPENINGS, question.split()[0]):
-        return "not a question"
+        return NOT_A_QUESTION
     if _has(transcript_pattern(transcript_words), question):
-        return "presupposes a transcript"
+        return PRESUPPOSES_TRANSCRIPT
     return None
+
+
+_FRAGMENT_WORDS = 8  # the length of the runs in qa.prompt_fragments()
 
 
 def _garbled(text: str) -> bool:
@@ -107,16 +100,33 @@ def explode_pairs(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def filter_reasons(batch: dict[str, list], *, transcript_words: list[str], min_answer_chars: int) -> dict[str, list]:
-    return {
-        "drop_reason": [
-            pair_drop_reason(q, a, transcript_words, min_answer_chars) for q, a in zip(batch["question"], batch["answer"])
-        ]
-    }
+def filter_reasons(
+    batch: dict[str, list], *, transcript_words: list[str], min_answer_chars: int, max_question_chars: int, max_answer_chars: int, max_pairs: int,
+    prompt_fragments: frozenset[str],
+) -> dict[str, list]:
+    limits = dict(max_question_chars=max_question_chars, max_answer_chars=max_answer_chars, max_pairs=max_pairs, prompt_fragments=prompt_fragments)
+    rows = zip(batch["question"], batch["answer"], batch["pair_index"])
+    return {"drop_reason": [untrusted_reason(q, a, i, **limits) or pair_drop_reason(q, a, transcript_words, min_answer_chars) for q, a, i in rows]}
 
 
-def categorise(batch: dict[str, list]) -> dict[str, list]:
-    return {"category": [categorise_question(q) for q in batch["question"]]}
+def untrusted_reason(
+    question: str | None, answer: str | None, pair_index: int, *, max_question_chars: int, max_answer_chars: int, max_pairs: int, prompt_fragments: frozenset[str]
+) -> str | None:
+    """Why an LLM-written pair cannot be trusted as it is, or None."""
+    question, answer = (question or "").strip(), (answer or "").strip()
+    if pair_index >= max_pairs:
+        return EXTRA_PAIR
+    if len(question) > max_question_chars or len(answer) > max_answer_chars:
+        return TOO_LONG
+    for text in (question, answer):
+        words = _normal(text).split()
+        if any(" ".join(words[i : i + _FRAGMENT_WORDS]) in prompt_fragments for i in range(len(words) - _FRAGMENT_WORDS + 1)):
+            return LEAKS_PROMPT
+    return None
+
+
+def categorise(batch: dict[str, list], client: LlmClient | None = None) -> dict[str, list]:
+    return {"category": categorise_questions(batch["question"], client)}
 
 
 def _load_embedder(model: str, device: str):
@@ -156,5 +166,5 @@ def mark_duplicates(batch: dict[str, list], rank: int | None = None, *, model: s
         flags = duplicate_flags([batch["segment_id"][i] for i in alive], vectors, threshold)
         for i, flag in zip(alive, flags):
             if flag:
-                reasons[i] = "near-duplicate question"
+                reasons[i] = NEAR_DUPLICATE
     return {"drop_reason": reasons}

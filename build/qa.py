@@ -1,6 +1,6 @@
 """Stage 10, QA generation: an LLM writes question-answer pairs about each condensed segment.
 
-    prompt file (build/prompts/qa_v1.txt) -> render_messages (pure) -> LlmClient (cached, concurrent)
+    prompt file (build/prompts/qa_v2.txt) -> render_messages (pure) -> LlmClient (cached, concurrent)
     -> parse_qa (pure) -> qa_pairs
 
 Input columns: ``segment_id``, ``transcript``, ``tagged_words`` (``word, start, end, score, emotion,
@@ -11,6 +11,11 @@ times relative to the clip. Output columns, and only these:
 - ``qa_raw``: the reply as the LLM wrote it (kept whether or not it parsed);
 - ``qa_error``: null, ``"unparseable reply"``, ``"no transcript"``, or the transport error;
 - ``prompt_version``, ``llm_model``: provenance of every row.
+
+``prompt_version`` names the prompt file (``qa_v2``, the default, adds to ``qa_v1`` the paper's two
+instructions: labels may be wrong, and questions should need both the words and the voice).
+``word_timing``: ``"spans"`` lists consecutive words that share emotion and gender as one timed span
+(short prompts); ``"words"`` lists every word with its own start and end (two decimals).
 
 ``structured_output``: ``"json_schema"`` sends a JSON schema (the reply is then JSON); ``"text"`` asks for
 ``Q:``/``A:`` lines; ``"auto"`` sends the schema and falls back to plain text on a server that refuses it.
@@ -27,7 +32,8 @@ from string import Template
 from . import devices
 from .llm import LlmClient
 
-PROMPT_VERSION = "qa_v1"
+PROMPT_VERSION = "qa_v2"  # the default of qa.prompt_version
+WORD_TIMINGS = ("spans", "words")
 PROMPT_DIR = Path(__file__).with_name("prompts")
 STRUCTURED_MODES = ("auto", "json_schema", "text")
 UNPARSEABLE = "unparseable reply"
@@ -38,9 +44,13 @@ NO_TRANSCRIPT = "no transcript"
 @functools.lru_cache(maxsize=None)
 def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     """The ``### section`` blocks of ``prompts/<version>.txt`` as templates (text before the first is comment)."""
+    path = PROMPT_DIR / f"{version}.txt"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+        raise ValueError(f"qa.prompt_version {version!r}: no prompt file {path.name} (known: {', '.join(known)})")
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
-    for line in (PROMPT_DIR / f"{version}.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.startswith("### "):
             current = sections.setdefault(line[4:].strip(), [])
         elif current is not None:
@@ -49,6 +59,19 @@ def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
     if missing:
         raise ValueError(f"prompt {version} lacks the sections {sorted(missing)}")
     return {name: Template("\n".join(lines).strip()) for name, lines in sections.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def prompt_fragments(n_words: int = 8) -> frozenset[str]:
+    """Every run of ``n_words`` consecutive words (lower case, punctuation dropped) in the fixed text of
+    every prompt version: a pair containing one repeats its instructions instead of answering."""
+    fragments = set()
+    for path in sorted(PROMPT_DIR.glob("*.txt")):
+        for version_text in load_prompt(path.stem).values():
+            for literal in re.split(r"\$\w+|\$\{\w+\}", version_text.template):  # placeholders break runs
+                words = re.sub(r"\W+", " ", literal.lower()).split()
+                fragments.update(" ".join(words[i : i + n_words]) for i in range(len(words) - n_words + 1))
+    return frozenset(fragments)
 
 
 def word_spans(words: list[dict], clip_start: float = 0.0) -> list[dict]:
@@ -77,26 +100,48 @@ def format_word_spans(spans: list[dict]) -> str:
     )
 
 
-def _seconds(value: float | None) -> str:
-    return "?" if value is None else f"{value:.1f}"
+def format_words(words: list[dict], clip_start: float = 0.0) -> str:
+    """One line per word with its own times (clip-relative, two decimals): the ``words`` timing."""
+    if not words:
+        return "(no word timings)"
+    lines = []
+    for w in words:
+        start, end = (None if w[k] is None else w[k] - clip_start for k in ("start", "end"))
+        lines.append(f"{_seconds(start, 2)}-{_seconds(end, 2)} | {w.get('emotion') or 'none'} | {w.get('gender') or 'none'} | {w['word'].strip()}")
+    return "\n".join(lines)
+
+
+def format_word_timings(words: list[dict], clip_start: float, word_timing: str) -> tuple[str, str]:
+    """(the timed labels block, the note that says what its lines hold) for ``word_timing``."""
+    if word_timing == "spans":
+        return format_word_spans(word_spans(words, clip_start)), "seconds | emotion | gender | words"
+    if word_timing == "words":
+        return format_words(words, clip_start), "seconds | emotion | gender | word, one line per word"
+    raise ValueError(f"qa.word_timing must be one of {WORD_TIMINGS}, got {word_timing!r}")
+
+
+def _seconds(value: float | None, digits: int = 1) -> str:
+    return "?" if value is None else f"{value:.{digits}f}"
 
 
 QA_LANGUAGES = ("en", "segment")
 
 
-def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION, language: str = "en") -> list[dict]:
+def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION, word_timing: str = "spans", language: str = "en") -> list[dict]:
     """System and user messages for one segment row; with ``language="segment"`` the pairs of a segment
     whose speech is not English are asked for in its language (the row's ``language``)."""
     prompt = load_prompt(version)
     words = row.get("tagged_words") or []
     clip_start = row.get("start") or 0.0
+    timings, timing_note = format_word_timings(words, clip_start, word_timing)
     fields = {
         "duration": _duration(row, words, clip_start),
         "transcript": (row.get("transcript") or "").strip(),
         "primary_emotion": row.get("primary_emotion") or "none",
         "emotions": ", ".join(row.get("emotions") or []) or "none",
         "gender": row.get("gender") or "unknown",
-        "word_spans": format_word_spans(word_spans(words, clip_start)),
+        "word_spans": timings,
+        "timing_note": timing_note,
         "n_pairs": n_pairs,
         "output_format": prompt["format_json" if structured else "format_text"].substitute(),
     }
@@ -266,6 +311,8 @@ def generate_qa(
     concurrency: int,
     max_retries: int,
     timeout_s: float,
+    prompt_version: str = PROMPT_VERSION,
+    word_timing: str = "spans",
     language: str = "en",
 ) -> dict[str, list]:
     """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
@@ -275,13 +322,10 @@ def generate_qa(
         raise ValueError(f"structured_output must be one of {STRUCTURED_MODES}, got {structured_output!r}")
     if not base_url:
         raise ValueError("generate_qa needs a base_url: start build.llm_server.embedded_server() or configure qa.base_url")
-    client = devices.cached(
-        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
-    )
+    client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
-    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, language) for i in askable]
+    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, prompt_version, word_timing, language) for i in askable]
     results = dict(zip(askable, client.complete_many(requests)))
 
     out: dict[str, list] = {"qa_pairs": [], "qa_raw": [], "qa_error": [], "prompt_version": [], "llm_model": []}
@@ -297,14 +341,24 @@ def generate_qa(
         out["qa_pairs"].append(pairs)
         out["qa_raw"].append(raw)
         out["qa_error"].append(error)
-        out["prompt_version"].append(PROMPT_VERSION)
+        out["prompt_version"].append(prompt_version)
         out["llm_model"].append(model)
     return out
 
 
-def qa_request(row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, language: str = "en") -> dict:
+def llm_client(base_url: str, model: str, api_key_env: str, cache_dir: str | None, concurrency: int, max_retries: int, timeout_s: float) -> LlmClient:
+    """The process's client for these settings (one per process, so its call counts cover the run)."""
+    return devices.cached(
+        ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+        lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
+    )
+
+
+def qa_request(
+    row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, prompt_version: str = PROMPT_VERSION, word_timing: str = "spans", language: str = "en"
+) -> dict:
     structured = structured_output != "text"
-    request = {"messages": render_messages(row, n_pairs, structured, language=language), "temperature": temperature, "max_tokens": max_tokens}
+    request = {"messages": render_messages(row, n_pairs, structured, prompt_version, word_timing, language), "temperature": temperature, "max_tokens": max_tokens}
     if structured:
         request["response_format"] = response_format(n_pairs)
         request["fallback_to_text"] = structured_output == "auto"

@@ -36,10 +36,11 @@ RECORDING = Features(
         "audio_path": Value("string"),
         "duration": Value("float64"),  # seconds; null when the file could not be probed
         "error": Value("string"),  # null when the file opened
+        "sha256": Value("string"),  # of the file's bytes; null for table references and unreadable files
     }
 )
 
-PROBE_OUTPUT = Features({"duration": RECORDING["duration"], "error": RECORDING["error"]})
+PROBE_OUTPUT = Features({"duration": RECORDING["duration"], "error": RECORDING["error"], "sha256": RECORDING["sha256"], "drop_reason": Value("string")})
 
 # stage 1: VAD -> new columns on the recording rows
 VAD_OUTPUT = Features({"speech": List({"start": Value("float64"), "end": Value("float64")}), "vad_error": Value("string")})

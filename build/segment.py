@@ -17,6 +17,10 @@ resampled source longer than a block (an 8 or 44.1 kHz MP3 over 10 minutes) is r
 block shifted by the resampler's delay (about 2 ms, see ``build.audio``), and silero may then move
 a boundary where its probability is near the threshold.
 
+Samples that are NaN or infinite (a float WAV can hold them) are not repaired: the recording is
+refused with ``vad_error`` "<file>: NaN or Inf samples at <t> s ..." (reason ``NON_FINITE``, see
+``vad_drop_reason``), where silero would otherwise score them as silence and report no speech.
+
 ``explode_segments`` (batched map, one row per segment; ``schema.SEGMENT``): joins consecutive speech
 regions whose pause is at most ``merge_gap_s`` while the joined segment stays within
 ``max_segment_s``; a longer pause, or a join that would pass the maximum, starts a new segment.
@@ -29,12 +33,29 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from .audio import SAMPLE_RATE, AudioError, iter_blocks
 from .config import VadConfig
 from .devices import cached
 from .errors import first_line
 
 _WINDOW = 512  # silero's window at 16 kHz
+
+# drop reasons decided here
+VAD_FAILED = "voice activity detection failed"
+NON_FINITE = "NaN or Inf samples"
+SHORTER = "shorter than {min_s:g} s"  # the length filter's reasons name the configured bound
+LONGER = "longer than {max_s:g} s"
+
+
+class NonFiniteSamples(AudioError):
+    """A recording with NaN or infinite samples: refused rather than silently repaired."""
+
+
+def vad_drop_reason(error: str) -> str:
+    """The funnel reason of a ``vad_error``: ``NON_FINITE`` or ``VAD_FAILED``."""
+    return NON_FINITE if f": {NON_FINITE} at " in error else VAD_FAILED
 
 
 def _silero():
@@ -94,6 +115,9 @@ def _detect_speech(batch: dict[str, list], threshold: float, min_speech_ms: int,
             )
             speech.append([{"start": s["start"] / SAMPLE_RATE, "end": s["end"] / SAMPLE_RATE} for s in stamps])
             errors.append(None)
+        except NonFiniteSamples as exc:
+            speech.append([])
+            errors.append(str(exc))
         except Exception as exc:  # one broken file never stops the build
             speech.append([])
             reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, AudioError) else first_line(exc)
@@ -114,7 +138,11 @@ def speech_probabilities(path: str, model, block_s: float = VadConfig.block_s) -
     n_samples = 0
     model.reset_states()
     with torch.no_grad():
-        for _, block in iter_blocks(path, block_s):
+        for offset, block in iter_blocks(path, block_s):
+            bad = np.flatnonzero(~np.isfinite(block))
+            if len(bad):
+                at = offset + bad[0] / SAMPLE_RATE
+                raise NonFiniteSamples(f"{path}: {NON_FINITE} at {at:.2f} s: the recording is refused, not repaired")
             samples = torch.from_numpy(block)
             n_samples += len(samples)
             i = 0
@@ -164,7 +192,7 @@ def explode_segments(batch: dict[str, list], *, merge_gap_s: float, max_segment_
 def length_drop_reason(start: float, end: float, min_s: float, max_s: float) -> str | None:
     duration = end - start
     if duration < min_s:
-        return f"shorter than {min_s:g} s"
+        return SHORTER.format(min_s=min_s)
     if duration > max_s:
-        return f"longer than {max_s:g} s"
+        return LONGER.format(max_s=max_s)
     return None

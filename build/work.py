@@ -34,7 +34,7 @@ from datasets import Features
 from .schema import DROPPED
 
 # Bump a stage's version when its code changes what it writes: its outputs (and those after) are then recomputed.
-STAGE_VERSIONS = {"ingest": 1, "vad": 1, "label": 1, "condense": 1, "sample": 1, "asr": 2, "qa": 1, "postfilter": 1}
+STAGE_VERSIONS = {"ingest": 2, "vad": 2, "label": 1, "condense": 1, "sample": 2, "asr": 2, "qa": 1, "postfilter": 2, "calibrate": 1}
 _METADATA_KEY = b"cpqa"
 
 
@@ -42,6 +42,12 @@ def fingerprint(stage: str, params: dict, upstream: str | Sequence[str] | None =
     """A short stable hash of what a task's output depends on."""
     payload = {"stage": stage, "version": STAGE_VERSIONS[stage], "params": params, "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def incomplete(fp: str) -> str:
+    """The fingerprint an output is written under when it is usable but not finished (some of its LLM
+    calls failed): it never equals the task's own, so the next run redoes the task."""
+    return f"{fp}-incomplete"
 
 
 def plan_shards(durations: Sequence[float | None], per_shard: int, hours_per_shard: float | None = None) -> list[list[int]]:

@@ -50,3 +50,11 @@ def silence_wav(tmp_path) -> Path:
     path = tmp_path / "silence.wav"
     sf.write(path, np.zeros(16_000 * 5, dtype=np.float32), 16_000)
     return path
+
+
+@pytest.fixture(scope="session")
+def audited_build(tmp_path_factory, tiny_config):
+    """A small full build with drops at most stages (tests/audited_build.py), built once per session."""
+    from audited_build import build_audited
+
+    return build_audited(tmp_path_factory.mktemp("audited"), tiny_config)

@@ -59,7 +59,7 @@ def test_demo_dataset_loads_with_exact_rows(demo):
     assert len(qa) == 3 * len(segments)
     assert qa["instruction"][:3] == ["How does the speaker feel?", "Is the speaker male or female?", "Why does the speaker sound afraid?"]
     assert qa["category"][:3] == ["emotion", "speaker", "contextual paralinguistic reasoning"]
-    assert set(qa["prompt_version"]) == {"qa_v1"} and set(qa["aligner"]) == {"faster-whisper"}
+    assert set(qa["prompt_version"]) == {"qa_v2"} and set(qa["aligner"]) == {"faster-whisper"}
     assert qa["emotion_models"][0] == ["local:emotion2vec_tiny_0", "local:emotion2vec_tiny_1", "local:emotion2vec_tiny_2"]
     assert qa["asr_model"][0] == "bundled:tiny.en"
     first = segments[0]
@@ -155,5 +155,5 @@ def test_the_readme_demo_runs_offline_with_the_embedded_llm(tmp_path, monkeypatc
     assert "cpqa build: 8 recordings in" in lines
     qa = load_dataset(str(out), split="test")
     assert len(qa) >= 1 and qa.column_names[:4] == ["context", "instruction", "answer", "category"]
-    assert set(qa["llm_model"]) == {"bundled:smollm2-135m-instruct"} and set(qa["prompt_version"]) == {"qa_v1"}
+    assert set(qa["llm_model"]) == {"bundled:smollm2-135m-instruct"} and set(qa["prompt_version"]) == {"qa_v2"}
     assert all(q.strip() and a.strip() for q, a in zip(qa["instruction"], qa["answer"]))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from build import export, pipeline
+from build import export, pipeline, stats
 from build.audio import decode_span
 from build.config import paper_config
 from build.schema import EMOTION_LABELS
@@ -61,7 +61,7 @@ def write(out, config=None, segments=None, **kwargs):
     """The export step of a build over ``segments`` (default ``_segments()``) into ``out`` (what ``pipeline.export_dataset`` does)."""
     segments = segments if segments is not None else _segments()
     config = config or paper_config()
-    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", **kwargs}
+    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", "card_sections": lambda folder: {"stats_section": stats.card_section(folder)}, **kwargs}
     return export.write_dataset(segments, _pairs(segments), config, out, models=pipeline.model_ids(config), report=REPORT, card_template=(REPO / "dataset_card.md").read_text(), **kwargs)
 
 
@@ -150,7 +150,7 @@ def test_card_has_configs_and_real_statistics(built):
     assert "config_name: qa\n  default: true" in card and "path: data/segments/test-*.parquet" in card
     assert "license: cc-by-4.0" in card
     assert "| QA pairs | 3 |" in card and "| clips (segments) | 2 |" in card
-    assert "| emotion | 2 |" in card and "| other | 1 |" in card
+    assert "| emotion | 2 | 66.7 |" in card and "| other | 1 | 33.3 |" in card and "![QA pairs per category (Table 1)](stats/categories.png)" in card
     assert "| dropped at length: shorter than 30 s | 4 |" in card
     assert "angry 10, disgusted 10, fearful 4, happy 4, sad 2, surprised 3" in card
     import yaml
@@ -186,6 +186,7 @@ def test_files_to_upload_is_exactly_the_card_and_the_shards(built):
         "README.md",
         "data/qa/test-00000-of-00001.parquet",
         "data/segments/test-00000-of-00001.parquet",
+        *(f"stats/{name}.png" for name in sorted(stats.PLOTS)),
     ]
 
 

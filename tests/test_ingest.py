@@ -37,7 +37,7 @@ def test_csv_and_jsonl_manifests_resolve_relative_paths(tmp_path):
     shutil.copy(AMI, tmp_path / "m.flac")
     (tmp_path / "list.csv").write_text("recording_id,audio_path\nmeeting1,m.flac\n")
     (tmp_path / "list.jsonl").write_text(json.dumps({"path": "m.flac"}) + "\n")
-    assert list_recordings(tmp_path / "list.csv").to_dict() == {"recording_id": ["meeting1"], "audio_path": [str(tmp_path / "m.flac")]}
+    assert list_recordings(tmp_path / "list.csv").to_dict() == {"recording_id": ["meeting1"], "audio_path": [str(tmp_path / "m.flac")], "error": [None]}
     assert list_recordings(tmp_path / "list.jsonl")["recording_id"] == ["m"]
 
 
@@ -63,7 +63,8 @@ def test_bad_files_are_recorded_with_their_error_and_the_rest_continue(tmp_path)
     data = _probe(list_recordings(tmp_path / "list.csv"))
     errors = dict(zip(data["recording_id"], data["error"]))
     assert errors["good"] is None
-    for rid in ("empty", "text", "truncated"):
+    assert errors["empty"] == f"{tmp_path / 'empty.wav'}: empty file (0 bytes)"
+    for rid in ("text", "truncated"):
         assert errors[rid].startswith(str(tmp_path / f"{rid}.")), errors[rid]
         assert "cannot open as audio" in errors[rid] or "holds no audio" in errors[rid]
     assert errors["missing"] == f"{tmp_path / 'missing.wav'}: file not found"
@@ -170,6 +171,7 @@ def test_hub_dataset_gives_parquet_references_reading_only_ids(tmp_path, monkeyp
     assert data.to_dict() == {
         "recording_id": ["ami", "actor02", "actor03"],
         "audio_path": [f"parquet:{url.format(0)}#audio[0]", f"parquet:{url.format(0)}#audio[1]", f"parquet:{url.format(1)}#audio[0]"],
+        "error": [None, None, None],
     }
     probed = _probe(data)
     assert probed["error"] == [None, None, None]
@@ -232,5 +234,5 @@ def test_reference_and_hub_errors_are_one_line_naming_the_reference(tmp_path, mo
 def test_missing_source_and_empty_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder"):
         list_recordings(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="no audio files"):
+    with pytest.raises(ValueError, match="the folder is empty"):
         list_recordings(tmp_path)

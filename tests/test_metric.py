@@ -29,13 +29,13 @@ def metric():
 def modules(metric):
     """The metric's module and its siblings, as evaluate imported them."""
     package = importlib.import_module(type(metric).__module__).__package__
-    return {name: importlib.import_module(f"{package}.{name}") for name in ("cpqa", "judge", "scores", "speech_llm", "report")}
+    return {name: importlib.import_module(f"{package}.{name}") for name in ("cpqa", "judge", "scores", "speech_llm", "report", "llm_client")}
 
 
 def model_answer(request: dict) -> str:
     """The model answer the judge was asked to grade, cut out of the rendered prompt."""
     content = request["messages"][-1]["content"]
-    return content.split("[Model answer]\n", 1)[1].split("\n\n[Task]", 1)[0]
+    return content.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
 
 
 def is_paralinguistic(request: dict, judge_module) -> bool:
@@ -144,8 +144,13 @@ def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, m
     assert a_audiobench["score_successful"] == pytest.approx((5 + 3) / 2 * 20)  # 80.0
     assert a_audiobench["success_rate"] == pytest.approx(2 / 3)
     assert (a_audiobench["n"], a_audiobench["n_judged"]) == (3, 2)
-    assert a_audiobench["by_category"]["emotion"] == {"score": 80.0, "score_successful": 80.0, "success_rate": 1.0, "n": 2, "n_judged": 2}
-    assert a_audiobench["by_category"]["speaker"] == {"score": 0.0, "score_successful": None, "success_rate": 0.0, "n": 1, "n_judged": 0}
+    # without clip ids every question is its own clip; two emotion clips scoring 100 and 60 resample to
+    # 60, 80 or 100 with chances 1/4, 1/2, 1/4, so the 2.5 and 97.5 percentiles of 1000 draws are 60 and 100
+    interval = {"ci95": [60.0, 100.0], "ci95_successful": [60.0, 100.0]}
+    assert a_audiobench["by_category"]["emotion"] == {"score": 80.0, "score_successful": 80.0, "success_rate": 1.0, "n": 2, "n_judged": 2, **interval}
+    assert a_audiobench["by_category"]["speaker"] == {
+        "score": 0.0, "score_successful": None, "success_rate": 0.0, "n": 1, "n_judged": 0, "ci95": [0.0, 0.0], "ci95_successful": None
+    }
 
     a_para = by["judge-a"]["paralinguistic"]
     assert (a_para["score"], a_para["score_successful"]) == (pytest.approx(200 / 3), 100.0)
@@ -160,8 +165,8 @@ def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, m
 
     items = results["items"]
     assert items[0]["judgements"]["judge-b"]["audiobench"]["raw"] == "Explanation: mostly right.\n**Rating:** [4]"
-    assert items[1]["judgements"]["judge-b"]["audiobench"]["error"].startswith("InternalServerError")
-    assert items[2]["judgements"]["judge-a"]["audiobench"]["error"].startswith("JSONDecodeError")
+    assert items[1]["judgements"]["judge-b"]["audiobench"]["error"] == "HTTP 500: overloaded (after 2 attempts)"
+    assert items[2]["judgements"]["judge-a"]["audiobench"]["error"].startswith("the server's reply is not a JSON chat completion: ")
     unparsed = items[2]["judgements"]["judge-b"]["paralinguistic"]
     assert unparsed["rating"] is None and unparsed["raw"] == "I think it deserves a four."
     assert unparsed["error"] == 'no "Rating: N" line in the reply'
@@ -170,6 +175,12 @@ def test_scores_per_judge_prompt_category_and_both_failure_conventions(metric, m
     assert asked.count("answer three") == 4 and asked.count("answer five") == 2
     assert all(r["temperature"] == 0 for r in requests_b)
     assert [j["name"] for j in results["config"]["judges"]] == ["judge-a", "judge-b"]
+    calls_b = results["judge_calls"]["judge-b"]
+    assert {k: calls_b[k] for k in ("requests", "cached", "sent", "attempts", "retried", "failed")} == {
+        "requests": 6, "cached": 0, "sent": 6, "attempts": 8, "retried": 2, "failed": 2,
+    }  # fmt: skip
+    assert (calls_b["retry_reasons"], calls_b["failure_reasons"]) == ({"HTTP 500": 2}, {"HTTP 500": 2})
+    assert calls_b["summary"] == "6 requests: 0 from cache, 6 sent in 8 attempts; 2 retried (HTTP 500 ×2); 2 failed (HTTP 500 ×2)"
 
 
 def test_api_key_comes_from_the_environment_and_is_never_returned(metric, monkeypatch):
@@ -192,6 +203,7 @@ def test_judge_replies_are_cached_on_disk_and_errors_are_not(metric, modules, tm
     with OpenAIStub(lambda r: rated(2) if model_answer(r) == "one" else Reply(503, "busy")) as stub:
         first = metric.compute(judges=[{"model": "m", "base_url": stub.base_url, "max_retries": 0}], **kwargs)
         assert len(stub.requests) == 2
+    assert len(list(cache.rglob("*.json"))) == 1  # the 503 was not stored
     with OpenAIStub(lambda r: rated(5)) as stub:
         second = metric.compute(judges=[{"model": "m", "base_url": stub.base_url, "max_retries": 0}], **kwargs)
         assert [model_answer(r) for r in stub.requests] == ["two"]  # "one" came from the cache
@@ -200,9 +212,10 @@ def test_judge_replies_are_cached_on_disk_and_errors_are_not(metric, modules, tm
 
     judge = modules["judge"]
     messages = judge.render_messages("audiobench", QUESTIONS[0], REFERENCES[0], "one")
-    key = judge.ReplyCache.key("m", messages, {"temperature": 0.0, "max_tokens": 512})
+    key = modules["llm_client"].cache_key("m", {"messages": messages, "temperature": 0.0, "max_tokens": 512})
     stored = json.loads((cache / key[:2] / f"{key}.json").read_text())
-    assert stored == {"model": "m", "text": rated(2)}
+    assert (stored["model"], stored["text"]) == ("m", rated(2))
+    assert len(list(cache.rglob("*.json"))) == 2  # "two" joined after its retry
 
 
 def test_concurrency_is_bounded_and_identical_requests_are_sent_once(metric):
@@ -243,6 +256,9 @@ def test_parse_rating_accepts_formatting_and_rejects_out_of_range(modules):
     assert parse("Rating: 4.5")[0] is None
     assert parse("Rating: -1")[0] is None  # not read as 1
     assert parse("") == (None, "empty reply")
+    # an answer that smuggles its own verdict into the judge's reply makes the reply untrustworthy
+    assert parse("Rating: 5\nExplanation: the answer demands a 5; it is wrong.\nRating: 1") == (None, "several different ratings in the reply: 5, 1")
+    assert parse("Rating: 4\nExplanation: right.\n**Rating: 4**") == (4, None)
 
 
 def test_bad_arguments_fail_loudly(metric):
@@ -293,7 +309,7 @@ def test_list_predictions_keep_the_best_window(metric):
     got = [(i["judgements"]["j"]["audiobench"]["rating"], i["judgements"]["j"]["audiobench"]["window"]) for i in results["items"]]
     assert got == [(4, "last_30s"), (3, "first_30s"), (2, "last_30s")]  # ties go to the first window
     windows = results["items"][2]["judgements"]["j"]["audiobench"]["windows"]
-    assert windows[0]["rating"] is None and windows[0]["error"].startswith("InternalServerError")
+    assert windows[0]["rating"] is None and windows[0]["error"] == "HTTP 500: down"
 
 
 def silence_then(speech: np.ndarray, seconds: float) -> np.ndarray:
@@ -363,6 +379,9 @@ def test_judge_settings_are_checked_before_the_speech_llm_runs(metric, monkeypat
         metric.compute(questions=["q"], references=["r"], audio=[(np.zeros(SR), SR)], model=speech_llm, judges=[judge])
     with pytest.raises(ValueError, match="audio has 2 entries"):
         metric.compute(questions=["q"], references=["r"], audio=[str(AMI)] * 2, model=speech_llm, judges=[lambda m: ""])
+    unreachable = {"name": "down", "model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(ValueError, match=r"^judge 'down': cannot reach http://127.0.0.1:9/v1 \("):
+        metric.compute(questions=["q"], references=["r"], audio=[(np.zeros(SR), SR)], model=speech_llm, judges=[unreachable])
     assert calls == []
 
 
@@ -413,61 +432,12 @@ def test_a_datasets_audio_column_goes_in_as_it_is(metric):
 # --- a tiny Qwen2-Audio, built offline ---------------------------------------------------------------
 
 
-QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
-
-
 @pytest.fixture(scope="module")
 def tiny_qwen2_audio(tmp_path_factory) -> Path:
     """A random-weight Qwen2-Audio (hidden size 32) with a locally trained byte-level BPE tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2AudioConfig,
-        Qwen2AudioForConditionalGeneration,
-        Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
-    )
+    from build.tiny.qwen2_audio import build_tiny_qwen2_audio
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN2_AUDIO_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [*QUESTIONS, *REFERENCES, "system\nYou are a helpful assistant.", "user\nAudio 1:", "assistant\n"] * 10
-    bpe.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-
-    probe = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
-    processor = Qwen2AudioProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer, chat_template=probe.default_chat_template
-    )
-    config = Qwen2AudioConfig(
-        audio_config={
-            "model_type": "qwen2_audio_encoder",
-            "d_model": 32,
-            "encoder_layers": 2,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 64,
-            "num_mel_bins": 128,
-            "max_source_positions": 1500,  # 3000 mel frames = 30 s
-        },
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 2048,
-        },
-        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    Qwen2AudioForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"), corpus=[*QUESTIONS, *REFERENCES])
 
 
 def test_tiny_qwen2_audio_answers_windows_in_left_padded_batches(metric, modules, tiny_qwen2_audio):
@@ -530,7 +500,7 @@ def two_qa_sets(metric):
     """Two QA sets over the same three clips, judged by one callable judge under both prompts."""
 
     def judge(messages):
-        return rated(int(messages[-1]["content"].split("[Model answer]\n")[1][0]))
+        return rated(int(messages[-1]["content"].split("<answer>\n")[1][0]))
 
     generated = metric.compute(
         questions=["q1", "q2", "q3", "q4"],
@@ -555,13 +525,10 @@ def test_table2_layout_and_per_clip_correlation(metric):
 
     generated, human = two_qa_sets(metric)
     table = report.table2_markdown({"CPQA": generated, "Human QA": human})
-    assert table == (
-        "| Judge | Prompt | CPQA | Human QA |\n"
-        "|---|---|---:|---:|\n"
-        "| judge | audiobench | 65.00 | 60.00 |\n"
-        "| judge | paralinguistic | 65.00 | 60.00 |\n"
-        "| success rate |  | 100.0 % | 100.0 % |\n"
-    )
+    lines = table.splitlines()
+    assert lines[0] == "| Judge | Prompt | CPQA | CPQA 95 % CI | Human QA | Human QA 95 % CI |"
+    assert [line.split(" | ")[2::2] for line in lines[2:4]] == [["65.00", "60.00"], ["65.00", "60.00"]]
+    assert lines[4] == "| success rate |  | 100.0 % |  | 100.0 % |  |"
     categories = report.category_table_markdown(generated)
     assert categories.splitlines()[0] == "| Judge | Prompt | emotion | speaker | other | all |"
     assert categories.splitlines()[2] == "| judge | audiobench | 60.00 | 60.00 | 80.00 | 65.00 |"
@@ -592,3 +559,30 @@ def test_cpqa_imports_every_sibling_module_directly():
     internal = {name for kind, name, _, _ in get_imports(str(METRIC_DIR / "cpqa.py")) if kind == "internal"}
     siblings = {p.stem for p in METRIC_DIR.glob("*.py")} - {"cpqa"}
     assert internal == siblings
+
+
+def test_tiny_qwen2_audio_runs_with_sdpa_batches_by_length_and_caches_answers(metric, modules, tiny_qwen2_audio, tmp_path):
+    network, _ = modules["speech_llm"].load_speech_llm(str(tiny_qwen2_audio), device="cpu")
+    assert network.config._attn_implementation == "sdpa"
+    lengths = []
+    generate = network.generate
+
+    def spy(**inputs):
+        lengths.append(sorted(int(n) for n in inputs["feature_attention_mask"].sum(-1)))
+        return generate(**inputs)
+
+    seconds = [12, 2, 9, 4]  # answered in batches of two, shortest first: (2, 4) then (9, 12)
+    audio = [{"array": np.full(s * SR, 0.1, dtype=np.float32), "sampling_rate": SR} for s in seconds]
+    kwargs = dict(questions=["How many?"] * 4, references=["Two."] * 4, audio=audio, model=str(tiny_qwen2_audio), device="cpu",
+                  batch_size=2, max_new_tokens=2, answer_cache_dir=str(tmp_path / "answers"),
+                  judges=[lambda messages: rated(3)], prompts=["audiobench"])
+    network.generate = spy
+    try:
+        first = metric.compute(**kwargs)
+        calls_first = len(lengths)
+        again = metric.compute(**kwargs)
+    finally:
+        network.generate = generate
+    assert [[n // 100 for n in batch] for batch in lengths] == [[2, 4], [9, 12]]  # 100 mel frames per second
+    assert calls_first == 2 and len(lengths) == 2  # the rerun generated nothing
+    assert [i["predictions"] for i in again["items"]] == [i["predictions"] for i in first["items"]]

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from build.postfilter import (
-    categorise_question,
     duplicate_flags,
     embed,
     explode_pairs,
@@ -32,23 +31,6 @@ WORDS = ["transcript", "transcription", "text", "written", "caption", "subtitle"
 )
 def test_pair_drop_reasons(question, answer, reason):
     assert pair_drop_reason(question, answer, WORDS, min_answer_chars=2) == reason
-
-
-@pytest.mark.parametrize(
-    "question, category",
-    [
-        ("How does the speaker feel?", "emotion"),
-        ("What is the tone of the second speaker?", "emotion"),
-        ("Why does the speaker sound frustrated?", "contextual paralinguistic reasoning"),
-        ("What might explain the speaker's disappointment about the design?", "contextual paralinguistic reasoning"),
-        ("Is the speaker male or female?", "speaker"),
-        ("How many speakers take part?", "speaker"),
-        ("What device are they designing?", "other"),
-        ("Which stone is mentioned?", "other"),  # no emotion word hidden inside 'stone'
-    ],
-)
-def test_categories(question, category):
-    assert categorise_question(question) == category
 
 
 def test_explode_pairs_one_row_per_pair():

@@ -27,6 +27,13 @@ def _shards(out):
     return {str(p.relative_to(out)): pq.read_table(p) for p in sorted((out / "data").rglob("*.parquet"))}
 
 
+def _plots(out):
+    """The card's statistics plots (build.stats), uploaded with it."""
+    plots = sorted(f"stats/{p.name}" for p in (out / "stats").glob("*.png"))
+    assert plots  # the card embeds them
+    return plots
+
+
 def _audio_hashes(table):
     return [hashlib.sha256(cell["bytes"]).hexdigest() for cell in table.column("context").to_pylist()]
 
@@ -110,7 +117,7 @@ def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
-    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet"]
+    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *_plots(metadata_only)]
     publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
         export.files_to_upload(metadata_only)
@@ -160,6 +167,7 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         "  README.md",
         "  data/qa/test-00000-of-00001.parquet",
         "  data/segments/test-00000-of-00001.parquet",
+        *[f"  {plot}" for plot in _plots(metadata_only)],
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
 

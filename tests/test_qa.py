@@ -154,6 +154,42 @@ def test_render_structured_asks_for_json():
                                     'each with a "question" string and an "answer" string.')
 
 
+def test_prompt_v2_adds_the_papers_two_instructions_and_v1_stays_available():
+    assert PROMPT_VERSION == "qa_v2"
+    v2_system = render_messages(segment_row(), 2, False)[0]["content"]
+    v1_system = render_messages(segment_row(), 2, False, version="qa_v1")[0]["content"]
+    assert "The labels are automatic guesses and are sometimes wrong." in v2_system
+    assert "trust the words" in v2_system and "or ask nothing about that label" in v2_system
+    assert "cannot be answered from the words alone nor from the voice alone" in v2_system
+    assert "sometimes wrong" not in v1_system and "voice alone" not in v1_system
+    with pytest.raises(ValueError, match=r"qa.prompt_version 'qa_v9': no prompt file qa_v9.txt \(known: qa_v1, qa_v2\)"):
+        render_messages(segment_row(), 2, False, version="qa_v9")
+
+
+def test_word_timing_words_lists_every_word_with_its_own_times():
+    row = segment_row()
+    user = render_messages(row, 2, False, word_timing="words")[1]["content"]
+    assert "Labels along the recording (seconds | emotion | gender | word, one line per word):" in user
+    # the first words start at 12.0 s in the recording, 0.5 s into the clip, and last 0.4 s each
+    assert "\n0.50-0.90 | angry | female | I\n1.00-1.40 | angry | female | told\n" in user
+    n_words = len(row["tagged_words"])
+    assert sum(" | female | " in line for line in user.splitlines()) == n_words
+    spans = render_messages(row, 2, False)[1]["content"]
+    assert "Labels along the recording (seconds | emotion | gender | words):" in spans
+    assert sum(" | female | " in line for line in spans.splitlines()) == 3
+    with pytest.raises(ValueError, match="qa.word_timing must be one of"):
+        render_messages(row, 2, False, word_timing="letters")
+
+
+def test_generate_qa_sends_the_configured_prompt_and_records_its_version(tmp_path):
+    with OpenAIStub(lambda body: TWO_PAIRS) as stub:
+        out = run_qa(stub.base_url, [segment_row()], tmp_path, prompt_version="qa_v1", word_timing="words")
+    assert out["prompt_version"] == ["qa_v1"]
+    (request,) = stub.requests
+    assert "sometimes wrong" not in request["messages"][0]["content"]
+    assert "0.50-0.90 | angry | female | I\n" in request["messages"][1]["content"]
+
+
 def test_word_spans_group_consecutive_words_with_the_same_labels():
     words = [
         {"word": " Hi", "start": 10.0, "end": 10.3, "emotion": "happy", "gender": "male"},
@@ -260,7 +296,7 @@ def test_retries_are_bounded_and_errors_are_not_cached(tmp_path):
         client = LlmClient(stub.base_url, "stub-model", KEY_ENV, tmp_path, max_retries=2, backoff_s=0.01)
         result = client.complete({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "max_tokens": 50})
     assert len(stub.requests) == 3
-    assert (result.text, result.error) == (None, "HTTP 500: the model crashed")
+    assert (result.text, result.error) == (None, "HTTP 500: the model crashed (after 3 attempts)")
     assert not list(tmp_path.rglob("*.json"))
 
 
@@ -407,7 +443,7 @@ def test_embedded_smollm2_writes_pairs_in_json_schema_mode(tmp_path):
     assert all(pair["question"] and pair["answer"] for pair in out["qa_pairs"][0])
     # the reply itself is JSON, as the grammar demands (its strings may hold raw newlines: strict=False)
     assert json.loads(out["qa_raw"][0], strict=False)["pairs"]
-    assert out["llm_model"] == [EMBEDDED_MODEL] and out["prompt_version"] == ["qa_v1"]
+    assert out["llm_model"] == [EMBEDDED_MODEL] and out["prompt_version"] == [PROMPT_VERSION]
 
 
 @pytest.mark.embedded_llm

@@ -11,20 +11,24 @@ from .judge import DEFAULT_PROMPTS
 from .judge import PROMPT_VERSION
 from .judge import PROMPTS
 from .judge import Grade
+from .judge import check_endpoint
 from .judge import grade_all
 from .judge import make_judges
 from .judge import require_api_key
+from .llm_client import summary_line
 # re-exported so the copy evaluate makes of this folder includes report.py
 from .report import category_table_markdown
 from .report import clip_correlation
 from .report import table2_markdown
 from .scores import best_window
+from .scores import bootstrap_ci
 from .scores import overall
 from .scores import summarize
 from .scores import summarize_by_category
 from .speech_llm import DEFAULT_MODEL
 from .speech_llm import WINDOW_SECONDS
 from .speech_llm import answer_questions
+from .speech_llm import make_backend
 
 _CITATION = """\
 @inproceedings{wang2025contextual,
@@ -59,9 +63,12 @@ Args:
         (name the windows with `prediction_windows`). Without predictions, `audio` is required and
         `model` answers first.
     judges (`list`): one or more judges. A dict `{"model", "base_url", "api_key_env", "name"?,
-        "max_retries"?, "timeout"?, "max_tokens"?}` for an OpenAI-compatible endpoint (the key is read
-        from the variable `api_key_env` names; leave it out for local servers), or a callable
-        `judge(messages) -> reply text` (optionally as `{"name", "call"}`).
+        "max_retries"?, "timeout"?, "max_tokens"?, "temperature"?, "samples"?}` for an OpenAI-compatible
+        endpoint (the key is read from the variable `api_key_env` names; leave it out for local
+        servers), or `{"preset": "gpt-4o" | "llama3-70b-awq", ...}` (the paper's judges; other keys
+        override), or a callable `judge(messages) -> reply text` (optionally as `{"name", "call",
+        "samples"?}`). `samples` K > 1 asks K times (temperature 0.7 unless given, one seed each) and
+        averages the ratings given.
     prompts (`list` of `str`, *optional*): judge prompts, default `["audiobench", "paralinguistic"]`.
     categories (`list` of `str`, *optional*): the QA category of each item, for per-category scores.
     clip_ids (`list` of `str`, *optional*): the clip each question is about (default: the audio's file
@@ -69,11 +76,17 @@ Args:
     audio (`list`, *optional*): file paths, `{"array", "sampling_rate"}` dicts, datasets' Audio values
         (dicts or torchcodec decoders), `(array, rate)` pairs, or arrays with `sampling_rate`.
     sampling_rate (`int`, *optional*): the rate of bare arrays in `audio`.
-    model (`str` or callable, *optional*): a Qwen2-Audio checkpoint (hub id or local folder), default
-        `Qwen/Qwen2-Audio-7B-Instruct`; or `model(questions, waveforms, sampling_rate) -> answers`.
+    model (`str`, backend or callable, *optional*): a Qwen2-Audio checkpoint (hub id or local folder),
+        default `Qwen/Qwen2-Audio-7B-Instruct`; a dict `{"model", "base_url", "api_key_env"?, "max_tokens"?,
+        "concurrency"?}` for a served audio model (`input_audio` chat requests, e.g. vLLM); or `model(questions, waveforms, sampling_rate)
+        -> answers`.
     batch_size (`int`, *optional*, 4), max_new_tokens (`int`, *optional*, 256), device (`str`,
-        *optional*: cuda when available), dtype (`str`, *optional*: bfloat16 on cuda, else float32),
-        window_seconds (`float`, *optional*, 30): settings of the speech-LLM run.
+        *optional*: cuda when available), dtype (`str`, *optional*: bfloat16 on cuda, else float32):
+        settings of the in-process Qwen2-Audio.
+    window_seconds (`float` or None, *optional*, 30): longer audio is answered on its first and last
+        window; None sends the whole clip. With predictions, recorded in the config only.
+    answer_cache_dir (`str`, *optional*): a folder caching the speech-LLM's answers by model, generation
+        parameters, window audio hash and question, so a rerun generates only what is missing.
     prediction_windows (`list` of `list` of `str`, *optional*): window names of list predictions.
     cache_dir (`str`, *optional*): a folder caching judge replies (keyed by model, messages and
         parameters), so a re-run only pays for what changed. No cache when left out.
@@ -82,9 +95,13 @@ Returns:
     score (`float`): mean over judge x prompt of the 0-100 score, failed judgements counted as 0.
     score_successful (`float`): the same over successful judgements only.
     success_rate (`float`): the share of judgements that gave a rating.
-    judges (`dict`): `{judge: {prompt: {score, score_successful, success_rate, n, n_judged, by_category}}}`.
+    judges (`dict`): `{judge: {prompt: {score, score_successful, success_rate, n, n_judged, ci95,
+        ci95_successful, by_category}}}`; `ci95` is the 95 % percentile bootstrap interval of the
+        score over clips (1000 resamples, seed 0; an item without a clip id is its own clip), also per category.
     items (`list`): per question: its predictions (window, text, error) and, per judge and prompt,
         `rating`, `window` (the one that won), `raw` (the judge's reply), `error` and every window's grade.
+    judge_calls (`dict`): per endpoint judge, its calls: `requests`, `cached`, `sent`, `attempts`, `retried`,
+        `failed`, `retry_reasons`, `failure_reasons` and a one-line `summary`.
     config (`dict`): judges (never their keys), prompts, prompt version, speech-LLM, window length.
 Examples:
     A judge may be any callable from chat messages to a reply. This toy one reads the model's answer
@@ -93,7 +110,7 @@ Examples:
     >>> import evaluate
     >>> cpqa = evaluate.load("metrics/cpqa")  # from the repository root
     >>> def toy_judge(messages):
-    ...     answer = messages[-1]["content"].split("[Model answer]")[1].split("[Task]")[0]
+    ...     answer = messages[-1]["content"].split("<answer>")[1].split("</answer>")[0]
     ...     if "angry" in answer:
     ...         return "Explanation: the same emotion as the reference.\\nRating: 5"
     ...     if "calm" in answer:
@@ -116,7 +133,9 @@ Examples:
     'no "Rating: N" line in the reply'
 """
 
-_GENERATION_SETTINGS = ("model", "batch_size", "max_new_tokens", "device", "dtype", "window_seconds", "sampling_rate")
+_GENERATION_SETTINGS = (
+    "model", "batch_size", "max_new_tokens", "device", "dtype", "window_seconds", "sampling_rate", "answer_cache_dir"
+)
 
 _STRING = datasets.Value("string")
 
@@ -147,9 +166,11 @@ class Cpqa(evaluate.Metric):
         if kwargs.get("clip_ids") is None and audio is not None:
             kwargs["clip_ids"] = _clip_ids_from_audio(audio)
         if predictions is not None:
-            ignored = sorted(set(settings) - {"sampling_rate"})
+            ignored = sorted(set(settings) - {"sampling_rate", "window_seconds"})
             if ignored:
                 raise ValueError(f"{ignored} only apply when the speech-LLM answers (predictions=None)")
+            if "window_seconds" in settings:  # how given predictions were made, recorded in the config
+                kwargs["window_seconds"] = settings["window_seconds"]
         else:
             if audio is None:
                 raise ValueError("give either predictions or audio (for the speech-LLM to answer)")
@@ -180,7 +201,7 @@ class Cpqa(evaluate.Metric):
         _check_lengths(len(questions), categories=categories, clip_ids=clip_ids)
         answers = _answers(predictions, prediction_windows, prediction_errors)
 
-        graded = _grade(judges, prompts, questions, references, answers, cache_dir, max_concurrency)
+        graded, judge_calls = _grade(judges, prompts, questions, references, answers, cache_dir, max_concurrency)
         items = [
             {
                 "question": questions[i],
@@ -201,6 +222,7 @@ class Cpqa(evaluate.Metric):
         return {
             **overall([summary for per_prompt in by_judge.values() for summary in per_prompt.values()]),
             "judges": by_judge,
+            "judge_calls": judge_calls,
             "items": items,
             "config": {
                 "judges": [judge.describe() for judge in judges],
@@ -219,24 +241,28 @@ def _check_before_generating(questions, audio, kwargs):
     for judge in make_judges(kwargs["judges"]):
         if judge.call is None:
             require_api_key(judge)
+            check_endpoint(f"judge {judge.name!r}", judge.base_url, judge.api_key_env)
     _check_prompts(kwargs.get("prompts", DEFAULT_PROMPTS))
     _check_lengths(len(questions), audio=audio, categories=kwargs.get("categories"), clip_ids=kwargs.get("clip_ids"))
 
 
 def _generate(questions, audio, settings, kwargs):
     """Run the speech-LLM; returns per-window predictions and the kwargs that carry windows and errors."""
-    model = settings.get("model", DEFAULT_MODEL)
-    window_seconds = settings.get("window_seconds", WINDOW_SECONDS)
-    answers = answer_questions(
-        questions,
-        audio,
-        model=model,
+    backend = make_backend(
+        settings.get("model", DEFAULT_MODEL),
         batch_size=settings.get("batch_size", 4),
         max_new_tokens=settings.get("max_new_tokens", 256),
         device=settings.get("device"),
         dtype=settings.get("dtype"),
+    )
+    window_seconds = settings.get("window_seconds", WINDOW_SECONDS)
+    answers = answer_questions(
+        questions,
+        audio,
+        model=backend,
         window_seconds=window_seconds,
         source_rate=settings.get("sampling_rate"),
+        cache_dir=settings.get("answer_cache_dir"),
     )
     # arrow cannot hold None inside these lists reliably: failed answers travel as "" plus an error
     predictions = [[answer.text or "" for answer in item] for item in answers]
@@ -244,7 +270,7 @@ def _generate(questions, audio, settings, kwargs):
         **kwargs,
         "prediction_windows": [[answer.window for answer in item] for item in answers],
         "prediction_errors": [[answer.error for answer in item] for item in answers],
-        "speech_llm": model if isinstance(model, str) else getattr(model, "__name__", type(model).__name__),
+        "speech_llm": backend.name,
         "window_seconds": window_seconds,
     }
     return predictions, kwargs
@@ -301,7 +327,8 @@ def _answer(window, text, problem):
 
 
 def _grade(judges, prompts, questions, references, answers, cache_dir, max_concurrency):
-    """``{(judge, item, window, prompt): Grade}`` for every answer that has text."""
+    """``{(judge, item, window, prompt): Grade}`` for every answer that has text, and per endpoint judge
+    its call counts with a one-line summary."""
     requests, slots = [], []
     for item, item_answers in enumerate(answers):
         for window, answer in enumerate(item_answers):
@@ -309,8 +336,9 @@ def _grade(judges, prompts, questions, references, answers, cache_dir, max_concu
                 for prompt in prompts:
                     requests.append((prompt, questions[item], references[item], answer["text"]))
                     slots.append((item, window, prompt))
-    grades = grade_all(judges, requests, cache_dir=cache_dir, max_concurrency=max_concurrency)
-    return {(judge.name, *slot): grades[(judge.name, index)] for judge in judges for index, slot in enumerate(slots)}
+    grades, calls = grade_all(judges, requests, cache_dir=cache_dir, max_concurrency=max_concurrency)
+    graded = {(judge.name, *slot): grades[(judge.name, index)] for judge in judges for index, slot in enumerate(slots)}
+    return graded, {name: {**counts, "summary": summary_line(counts)} for name, counts in calls.items()}
 
 
 def _judgement(item_answers, graded, judge, item, prompt):
@@ -334,5 +362,16 @@ def _judgement(item_answers, graded, judge, item, prompt):
 
 
 def _summary(items, judge, prompt, categories):
+    """``summarize`` with 95 % bootstrap intervals over clips (``ci95``: failures as 0,
+    ``ci95_successful``: failures left out), overall and per category."""
     ratings = [item["judgements"][judge][prompt]["rating"] for item in items]
-    return {**summarize(ratings), "by_category": summarize_by_category(ratings, categories)}
+    clips = [item["clip_id"] for item in items]
+    by_category = summarize_by_category(ratings, categories)
+    for category, summary in by_category.items():
+        members = [i for i, c in enumerate(categories) if (c if c is not None else "unknown") == category]
+        summary.update(_intervals([ratings[i] for i in members], [clips[i] for i in members]))
+    return {**summarize(ratings), **_intervals(ratings, clips), "by_category": by_category}
+
+
+def _intervals(ratings, clips):
+    return {"ci95": bootstrap_ci(ratings, clips), "ci95_successful": bootstrap_ci(ratings, clips, "score_successful")}

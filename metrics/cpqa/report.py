@@ -20,24 +20,30 @@ def _judge_prompt_rows(results: Mapping) -> list[tuple[str, str]]:
     return [(judge, prompt) for judge, prompts in results["judges"].items() for prompt in prompts]
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+def _markdown(header: list[str], rows: list[list[str]], text_columns: int = 2) -> str:
+    """A markdown table: the first ``text_columns`` left-aligned, the numbers right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * text_columns + ["---:"] * (len(header) - text_columns)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+CI_KEYS = {"score": "ci95", "score_successful": "ci95_successful"}
 
 
 def table2_markdown(results_by_qa_set: Mapping[str, Mapping], convention: str = "score", digits: int = 2) -> str:
     """Rows judge x prompt, one column per QA set (as in the paper's Table 2), scores 0-100.
 
     ``convention``: ``"score"`` (failed judgements count 0, AudioBench) or ``"score_successful"``.
+    Where the results carry 95 % bootstrap intervals, each set's column is followed by its interval.
     A last row gives each set's judgement success rate, so the two conventions can be reconciled.
 
-    >>> r = {"judges": {"gpt-4o": {"audiobench": {"score": 53.333, "score_successful": 80.0, "success_rate": 2/3}}}}
+    >>> r = {"judges": {"gpt-4o": {"audiobench": {"score": 53.333, "score_successful": 80.0, "success_rate": 2/3,
+    ...                                          "ci95": [40.0, 66.667]}}}}
     >>> print(table2_markdown({"CPQA": r}), end="")
-    | Judge | Prompt | CPQA |
-    |---|---|---:|
-    | gpt-4o | audiobench | 53.33 |
-    | success rate |  | 66.7 % |
+    | Judge | Prompt | CPQA | CPQA 95 % CI |
+    |---|---|---:|---:|
+    | gpt-4o | audiobench | 53.33 | [40.00, 66.67] |
+    | success rate |  | 66.7 % |  |
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}")
@@ -45,12 +51,30 @@ def table2_markdown(results_by_qa_set: Mapping[str, Mapping], convention: str = 
     rows_seen: list[tuple[str, str]] = []
     for results in results_by_qa_set.values():
         rows_seen += [row for row in _judge_prompt_rows(results) if row not in rows_seen]
+    with_ci = {name: _has_intervals(results_by_qa_set[name], convention) for name in sets}
     rows = []
     for judge, prompt in rows_seen:
-        cells = [results_by_qa_set[name]["judges"].get(judge, {}).get(prompt, {}).get(convention) for name in sets]
-        rows.append([judge, prompt] + [_cell(c, digits) for c in cells])
-    rows.append(["success rate", ""] + [_success_rate_cell(results_by_qa_set[name]) for name in sets])
-    return _markdown(["Judge", "Prompt"] + sets, rows)
+        cells = []
+        for name in sets:
+            summary = results_by_qa_set[name]["judges"].get(judge, {}).get(prompt, {})
+            cells.append(_cell(summary.get(convention), digits))
+            if with_ci[name]:
+                cells.append(_interval(summary.get(CI_KEYS[convention]), digits))
+        rows.append([judge, prompt] + cells)
+    rates = []
+    for name in sets:
+        rates += [_success_rate_cell(results_by_qa_set[name])] + ([""] if with_ci[name] else [])
+    rows.append(["success rate", ""] + rates)
+    header = [column for name in sets for column in ([name, f"{name} 95 % CI"] if with_ci[name] else [name])]
+    return _markdown(["Judge", "Prompt"] + header, rows)
+
+
+def _has_intervals(results: Mapping, convention: str) -> bool:
+    return any(CI_KEYS[convention] in summary for prompts in results["judges"].values() for summary in prompts.values())
+
+
+def _interval(interval, digits: int) -> str:
+    return "–" if interval is None else f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 def _success_rate_cell(results: Mapping) -> str:
@@ -131,3 +155,74 @@ def clip_correlation(results_a: Mapping, results_b: Mapping, judge: str, prompt:
         "spearman": float(spearmanr(a, b)[0]) if defined else None,
         "n_clips": len(shared),
     }
+
+
+def cell_correlation(results_a: Mapping, results_b: Mapping, convention: str = "score") -> dict:
+    """Pearson and Spearman correlation between two QA sets over their Table-2 cells, the paper's comparison.
+
+    A cell is one judge x prompt x QA category score; only cells both sets have count. None when
+    undefined (fewer than three shared cells, or constant scores in either set).
+
+    >>> def res(scores):
+    ...     return {"judges": {"j": {"p": {"by_category": {c: {"score": s} for c, s in scores.items()}}}}}
+    >>> c = cell_correlation(res({"emotion": 80, "speaker": 40, "other": 60}), res({"emotion": 70, "speaker": 20, "other": 65, "x": 1}))
+    >>> round(c["pearson"], 3), c["spearman"], c["n_cells"]
+    (0.908, 1.0, 3)
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    def cells(results):
+        return {
+            (judge, prompt, category): summary.get(convention)
+            for judge, prompts in results["judges"].items()
+            for prompt, by_prompt in prompts.items()
+            for category, summary in by_prompt.get("by_category", {}).items()
+            if summary.get(convention) is not None
+        }
+
+    cells_a, cells_b = cells(results_a), cells(results_b)
+    shared = [cell for cell in cells_a if cell in cells_b]
+    a = [cells_a[c] for c in shared]
+    b = [cells_b[c] for c in shared]
+    defined = len(shared) >= 3 and len(set(a)) > 1 and len(set(b)) > 1
+    return {
+        "pearson": float(pearsonr(a, b)[0]) if defined else None,
+        "spearman": float(spearmanr(a, b)[0]) if defined else None,
+        "n_cells": len(shared),
+    }
+
+
+def controls_markdown(audio: Mapping, text_only: Mapping | None, silenced: Mapping | None, convention: str = "score",
+                      digits: int = 2) -> str:
+    """Per judge x prompt and QA category: the score with the audio, from the transcript alone, on
+    silenced audio, and the audio minus text-only gap (how much the voice adds). A skipped control
+    (``{"skipped": ...}`` or None) shows as –.
+
+    >>> def res(scores):
+    ...     return {"judges": {"j": {"p": {"score": sum(scores.values()) / 2,
+    ...                                    "by_category": {c: {"score": s} for c, s in scores.items()}}}}}
+    >>> print(controls_markdown(res({"emotion": 80, "other": 60}), res({"emotion": 30, "other": 60}), None), end="")
+    | Judge | Prompt | Category | audio | text only | silenced | audio − text |
+    |---|---|---|---:|---:|---:|---:|
+    | j | p | emotion | 80.00 | 30.00 | – | 50.00 |
+    | j | p | other | 60.00 | 60.00 | – | 0.00 |
+    | j | p | all | 70.00 | 45.00 | – | 25.00 |
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}")
+
+    def score(results, judge, prompt, category):
+        if not results or "judges" not in results:
+            return None
+        summary = results["judges"].get(judge, {}).get(prompt, {})
+        summary = summary if category is None else summary.get("by_category", {}).get(category, {})
+        return summary.get(convention)
+
+    rows = []
+    for judge, prompt in _judge_prompt_rows(audio):
+        categories = list(audio["judges"][judge][prompt].get("by_category", {}))
+        for category in categories + [None]:
+            a, t, s = (score(r, judge, prompt, category) for r in (audio, text_only, silenced))
+            gap = a - t if a is not None and t is not None else None
+            rows.append([judge, prompt, category or "all"] + [_cell(v, digits) for v in (a, t, s, gap)])
+    return _markdown(["Judge", "Prompt", "Category", "audio", "text only", "silenced", "audio − text"], rows, text_columns=3)

@@ -67,3 +67,51 @@ def overall(summaries: Sequence[dict]) -> dict:
         "score_successful": sum(successful) / len(successful) if successful else None,
         "success_rate": sum(s["n_judged"] for s in summaries) / n if n else None,
     }
+
+
+BOOTSTRAP_REPS = 1000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_ci(
+    ratings: Sequence[float | None],
+    clips: Sequence[str | None] | None,
+    convention: str = "score",
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> list[float] | None:
+    """A percentile bootstrap interval of the 0-100 score, resampling whole clips with replacement.
+
+    Questions on one clip are not independent (one voice, one transcript), so clips are the unit: each
+    of ``reps`` resamples draws as many clips as there are, with replacement (numpy's PCG64 seeded with
+    ``seed``), and scores every question of the drawn clips. ``convention`` ``"score"`` counts a failed
+    judgement (None) as 0; ``"score_successful"`` leaves it out (a resample without any rating is
+    skipped). An item without a clip is a clip of its own. None when there is nothing to score.
+
+    >>> bootstrap_ci([5, 5, 5], ["a", "a", "b"])  # every clip scores 100: no spread
+    [100.0, 100.0]
+    """
+    import numpy as np
+
+    if convention not in ("score", "score_successful"):
+        raise ValueError(f"convention must be 'score' or 'score_successful', not {convention!r}")
+    if not ratings:
+        return None
+    clips = list(clips) if clips is not None else [None] * len(ratings)
+    index: dict[object, int] = {}
+    keys = [clip if clip is not None else ("item", i) for i, clip in enumerate(clips)]
+    clip_of = np.array([index.setdefault(key, len(index)) for key in keys])
+    judged = np.array([r is not None for r in ratings])
+    values = np.array([r if r is not None else 0.0 for r in ratings], dtype=float)
+    counted = judged if convention == "score_successful" else np.ones(len(ratings), dtype=bool)
+    clip_sum = np.bincount(clip_of, weights=values, minlength=len(index))
+    clip_n = np.bincount(clip_of, weights=counted.astype(float), minlength=len(index))
+    draws = np.random.default_rng(seed).integers(0, len(index), size=(reps, len(index)))
+    sums, counts = clip_sum[draws].sum(axis=1), clip_n[draws].sum(axis=1)
+    scores = SCALE * sums[counts > 0] / counts[counts > 0]
+    if not len(scores):
+        return None
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(scores, [tail, 100 - tail])
+    return [float(low), float(high)]

@@ -1,18 +1,34 @@
-"""The speech-LLM side of CPQA: decode audio, cut the 30 s windows, and answer questions with Qwen2-Audio.
+"""The speech-LLM side of CPQA: decode audio, cut the 30 s windows, and answer questions.
 
 Audio longer than the window is answered twice, on its first and on its last ``window_seconds``
-(the paper's protocol); the judge keeps the better answer. Any transformers checkpoint of the
-Qwen2-Audio family (hub id or local folder) loads through the same path as the default model.
-A plain callable ``model(questions, waveforms, sampling_rate) -> answers`` may stand in for it.
+(the paper's protocol); the judge keeps the better answer. ``window_seconds=None`` sends the whole
+clip as one window (``full``), for models that take long audio. The protocol is the same for every
+backend:
+
+- ``TransformersBackend``: a Qwen2-Audio checkpoint (hub id or local folder) in-process, bf16 on CUDA,
+  SDPA attention, left-padded batches of similar length;
+- ``OpenAiBackend``: any OpenAI-compatible chat endpoint taking ``input_audio`` (base64 16 kHz PCM16 WAV),
+  e.g. ``vllm serve Qwen/Qwen2-Audio-7B-Instruct``, concurrent, with the LLM client's retries;
+- ``CallableBackend``: a plain ``model(questions, waveforms, sampling_rate) -> answers``.
+
+A backend answers a batch with one text per window, or an ``Exception`` instance for a window it
+failed on; a backend that raises stops the run. Every successful answer is cached on disk by
+(model, generation parameters, sha256 of the window's samples, question) when a cache folder is
+given, so a rerun after a crash (or a judge outage) generates only what is missing.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import gcd
+from pathlib import Path
 
 import numpy as np
 
@@ -97,25 +113,47 @@ def resample(array: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
 
 
 def audio_windows(
-    waveform: np.ndarray, sampling_rate: int, window_seconds: float = WINDOW_SECONDS
+    waveform: np.ndarray, sampling_rate: int, window_seconds: float | None = WINDOW_SECONDS
 ) -> list[tuple[str, np.ndarray]]:
-    """``[("full", all)]`` up to ``window_seconds``; else ``[("first_30s", head), ("last_30s", tail)]``."""
+    """``[("full", all)]`` up to ``window_seconds`` (or always, when it is None: the whole clip);
+    else ``[("first_30s", head), ("last_30s", tail)]``."""
+    if window_seconds is None:
+        return [(FULL, waveform)]
     size = int(round(window_seconds * sampling_rate))
     if len(waveform) <= size:
         return [(FULL, waveform)]
     return [(FIRST, waveform[:size]), (LAST, waveform[-size:])]
 
 
-# --- the model ---------------------------------------------------------------------------------
+def wav_base64(samples: np.ndarray, sampling_rate: int) -> str:
+    """A 16-bit PCM mono WAV file of ``samples``, base64-encoded, as OpenAI's ``input_audio`` carries it."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), sampling_rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def audio_sha256(samples: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+
+
+# --- backends ------------------------------------------------------------------------------------
+#
+# A backend answers one batch: ``backend(questions, waveforms, sampling_rate) -> answers``, where an
+# answer is the text, or an ``Exception`` instance for one that failed (the other answers stand).
+# ``name`` and ``params`` (generation settings) make the answer cache's key with the audio and question.
 
 
 @dataclass
 class Answer:
-    """One generated answer: the window it saw, the text (None on failure) and the error."""
+    """One generated answer: the window it saw, the text (None on failure), the error, and whether it
+    came from the answer cache."""
 
     window: str
     text: str | None
     error: str | None = None
+    cached: bool = False
 
 
 _LOADED: dict[tuple, tuple] = {}
@@ -128,7 +166,11 @@ def default_device() -> str:
 
 
 def load_speech_llm(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None):
-    """``(model, processor)`` for a Qwen2-Audio checkpoint, loaded once per process and kept."""
+    """``(model, processor)`` for a Qwen2-Audio checkpoint, loaded once per process and kept.
+
+    bfloat16 on CUDA, float32 elsewhere, with PyTorch's SDPA attention. Missing weights (offline, or a
+    wrong id) raise one ``ValueError`` naming the model and the fix, before any audio is decoded.
+    """
     device = device or default_device()
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     key = (model, device, dtype)
@@ -136,9 +178,19 @@ def load_speech_llm(model: str = DEFAULT_MODEL, device: str | None = None, dtype
         import torch
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-        processor = AutoProcessor.from_pretrained(model)
+        try:
+            processor = AutoProcessor.from_pretrained(model)
+            network = Qwen2AudioForConditionalGeneration.from_pretrained(
+                model, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+            )
+        except OSError as error:
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ValueError(
+                f"speech-LLM {model!r}: weights not found ({reason}); download them first "
+                f"(`huggingface-cli download {model}` while online), pass --model a local folder, "
+                "or use --backend openai (a served model) or --backend predictions"
+            ) from error
         processor.tokenizer.padding_side = "left"  # batched generation continues from the right edge
-        network = Qwen2AudioForConditionalGeneration.from_pretrained(model, dtype=getattr(torch, dtype))
         network.to(device).eval()
         _LOADED[key] = (network, processor)
     return _LOADED[key]
@@ -170,52 +222,183 @@ def _conversation(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": question}]}]
 
 
-Responder = Callable[[list[str], list[np.ndarray], int], list[str]]
+class TransformersBackend:
+    """A Qwen2-Audio checkpoint (hub id or local folder) run in-process through transformers."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
+                 batch_size: int = 4, max_new_tokens: int = 256):
+        self.name = model
+        self.batch_size = batch_size
+        self.params = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        self.network, self.processor = load_speech_llm(model, device, dtype)
+        self.sampling_rate = self.processor.feature_extractor.sampling_rate
+
+    def __call__(self, questions, waveforms, _rate):
+        return qwen2_audio_answer(self.network, self.processor, questions, waveforms, self.params["max_new_tokens"])
+
+
+class OpenAiBackend:
+    """Any OpenAI-compatible chat endpoint that takes audio (vLLM serving Qwen2-Audio or Qwen2.5-Omni,
+    Ultravox, hosted audio models): each window goes as a base64 16 kHz PCM16 WAV ``input_audio`` part
+    before the question, requests run concurrently with the LLM client's retries and backoff."""
+
+    sampling_rate = 16_000
+
+    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, max_tokens: int = 256,
+                 concurrency: int = 8, max_retries: int = 3, timeout_s: float = 120.0):
+        from .llm_client import LlmClient
+
+        self.name = model
+        self.batch_size = 4 * max(1, concurrency)  # enough requests in hand to keep every slot busy
+        self.params = {"temperature": 0.0, "max_tokens": max_tokens}
+        # no client cache: answers are cached one level up, by audio hash, for every backend alike
+        self.client = LlmClient(base_url, model, api_key_env=api_key_env, cache_dir=None, concurrency=concurrency,
+                                max_retries=max_retries, timeout_s=timeout_s)
+
+    def __call__(self, questions, waveforms, rate):
+        requests = [{"messages": audio_messages(q, w, rate), **self.params} for q, w in zip(questions, waveforms)]
+        return [r.text if r.error is None else RuntimeError(r.error) for r in self.client.complete_many(requests)]
+
+
+def audio_messages(question: str, samples: np.ndarray, sampling_rate: int) -> list[dict]:
+    """One user turn: the audio window as ``input_audio`` (WAV), then the question as text."""
+    audio = {"type": "input_audio", "input_audio": {"data": wav_base64(samples, sampling_rate), "format": "wav"}}
+    return [{"role": "user", "content": [audio, {"type": "text", "text": question}]}]
+
+
+class CallableBackend:
+    """A plain ``model(questions, waveforms, sampling_rate) -> answers`` (at its ``sampling_rate``
+    attribute, else 16 kHz); named after the function, so its answers cache under that name."""
+
+    def __init__(self, respond: Callable, batch_size: int = 4):
+        self.respond = respond
+        self.name = getattr(respond, "name", None) or getattr(respond, "__name__", type(respond).__name__)
+        self.batch_size = int(getattr(respond, "batch_size", batch_size))
+        self.params = dict(getattr(respond, "params", {}))
+        self.sampling_rate = int(getattr(respond, "sampling_rate", 16_000))
+
+    def __call__(self, questions, waveforms, rate):
+        return self.respond(questions, waveforms, rate)
+
+
+def make_backend(model, **settings):
+    """A backend object from a checkpoint id/folder (transformers), a dict ``{"model", "base_url",
+    "api_key_env"?, "max_tokens"?, "concurrency"?}`` (an OpenAI-compatible endpoint), a backend, or a callable."""
+    if isinstance(model, (TransformersBackend, OpenAiBackend, CallableBackend)):
+        return model
+    if isinstance(model, dict):
+        return OpenAiBackend(**model)
+    if callable(model):
+        return CallableBackend(model, settings.get("batch_size", 4))
+    return TransformersBackend(model, settings.get("device"), settings.get("dtype"),
+                               settings.get("batch_size", 4), settings.get("max_new_tokens", 256))
+
+
+# --- answering, with the answer cache ---------------------------------------------------------------
+
+READ_AHEAD_WINDOWS = 64  # windows decoded ahead and sorted by length (64 x 30 s x 16 kHz float32 = 123 MB)
+
+
+class AnswerCache:
+    """Answers on disk, one JSON file per (model, generation parameters, window audio hash, question).
+
+    Only successful answers are stored, written then renamed, so a run killed at any point leaves
+    whole entries; the next run answers only what is missing. No cache when ``directory`` is None.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None):
+        self.directory = Path(directory) if directory else None
+
+    @staticmethod
+    def key(model: str, params: dict, audio_hash: str, question: str) -> str:
+        payload = json.dumps({"model": model, "params": params, "audio": audio_hash, "question": question}, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> str | None:
+        if self.directory is None:
+            return None
+        try:
+            return json.loads(self._path(key).read_text(encoding="utf-8"))["text"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def put(self, key: str, text: str) -> None:
+        if self.directory is None:
+            return
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
+            json.dump({"text": text}, tmp, ensure_ascii=False)
+        os.replace(tmp.name, path)
 
 
 def answer_questions(
     questions: Sequence[str],
     audio: Sequence,
-    model: str | Responder = DEFAULT_MODEL,
+    model=DEFAULT_MODEL,
     batch_size: int = 4,
     max_new_tokens: int = 256,
     device: str | None = None,
     dtype: str | None = None,
-    window_seconds: float = WINDOW_SECONDS,
+    window_seconds: float | None = WINDOW_SECONDS,
     source_rate: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    silence: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Answer]]:
-    """Answer each question on its audio, one answer per window; decoding failures stay on their item."""
-    if callable(model):
-        respond, sampling_rate = model, int(getattr(model, "sampling_rate", 16_000))
-    else:
-        network, processor = load_speech_llm(model, device, dtype)
-        sampling_rate = processor.feature_extractor.sampling_rate
+    """Answer each question on its audio, one answer per window; failures stay on their item.
 
-        def respond(qs, waves, _rate):
-            return qwen2_audio_answer(network, processor, qs, waves, max_new_tokens)
+    ``model``: a Qwen2-Audio checkpoint, a backend (``OpenAiBackend``, ...) or a callable. Windows are
+    answered in batches of similar length (fewer padded frames) from a bounded read-ahead, so audio is
+    decoded lazily. ``silence=True`` replaces every clip by zeros of the same length (the control that
+    shows whether the answers needed the voice). ``progress(n)`` is told of every n windows answered.
+    """
+    backend = make_backend(model, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, dtype=dtype)
+    rate = backend.sampling_rate
+    cache = AnswerCache(cache_dir)
+    answers: list[list[Answer | None]] = [[] for _ in questions]
+    pending: list[tuple[int, int, str, str, np.ndarray, str]] = []  # (item, slot, window, question, samples, cache key)
 
-    answers: list[list[Answer]] = [[] for _ in questions]
-    pending: list[tuple[int, str, str, np.ndarray]] = []  # (item, window, question, samples)
+    def answer_batch(batch):
+        texts = list(backend([p[3] for p in batch], [p[4] for p in batch], rate))
+        if len(texts) != len(batch):
+            raise RuntimeError(f"the speech-LLM returned {len(texts)} answers for {len(batch)} inputs")
+        for (item, slot, window, _, _, key), text in zip(batch, texts):
+            if isinstance(text, BaseException):
+                answers[item][slot] = Answer(window, None, f"{type(text).__name__}: {text}")
+            else:
+                cache.put(key, text)
+                answers[item][slot] = Answer(window, text)
+        if progress is not None:
+            progress(len(batch))
 
     def flush():
-        texts = respond([p[2] for p in pending], [p[3] for p in pending], sampling_rate)
-        if len(texts) != len(pending):
-            raise RuntimeError(f"the speech-LLM returned {len(texts)} answers for {len(pending)} inputs")
-        for (item, window, _, _), text in zip(pending, texts):
-            answers[item].append(Answer(window, text))
+        pending.sort(key=lambda p: len(p[4]))
+        for start in range(0, len(pending), backend.batch_size):
+            answer_batch(pending[start : start + backend.batch_size])
         pending.clear()
 
-    # decode lazily, one batch at a time: a benchmark's audio does not fit in memory at once
+    read_ahead = max(READ_AHEAD_WINDOWS, backend.batch_size)
     for item, (question, clip) in enumerate(zip(questions, audio)):
         try:
-            waveform = load_waveform(clip, sampling_rate, source_rate)
+            waveform = load_waveform(clip, rate, source_rate)
         except Exception as exc:
             answers[item].append(Answer(FULL, None, f"audio: {type(exc).__name__}: {exc}"))
             continue
-        for window, samples in audio_windows(waveform, sampling_rate, window_seconds):
-            pending.append((item, window, question, samples))
-            if len(pending) >= batch_size:
-                flush()
-    if pending:
-        flush()
+        if silence:
+            waveform = np.zeros_like(waveform)
+        for window, samples in audio_windows(waveform, rate, window_seconds):
+            key = AnswerCache.key(backend.name, backend.params, audio_sha256(samples), question)
+            cached = cache.get(key)
+            answers[item].append(Answer(window, cached, cached=True) if cached is not None else None)
+            if cached is None:
+                pending.append((item, len(answers[item]) - 1, window, question, samples, key))
+            elif progress is not None:
+                progress(1)
+        if len(pending) >= read_ahead:
+            flush()
+    flush()
     return answers

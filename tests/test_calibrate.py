@@ -1,0 +1,191 @@
+"""`cpqa calibrate`: the bundled RAVDESS clips labelled once by the tiny models, then the x/y grid and the SER table."""
+
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import RAVDESS_CLIPS, REPO, SAMPLES, ravdess_clips
+
+from build import calibrate as calib
+from build.config import Config
+from build.schema import EMOTION_LABELS
+
+RAVDESS_FILES = REPO / "tests" / "data" / "ravdess"
+XS, YS = [0.4, 0.5, 0.6], [0.3, 0.4, 0.5]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibration")
+    return calib.calibrate(SAMPLES, corpus="ravdess", config=tiny_config, out_dir=out, labels_file=RAVDESS_CLIPS, xs=XS, ys=YS)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_labelled_clip_is_an_utterance_and_calm_is_neutral(first_run):
+    clips = ravdess_clips()
+    assert first_run.n_utterances == len(clips) == 96
+    assert first_run.dropped == {}
+    utterances = calib.read_utterances(SAMPLES, "ravdess", RAVDESS_CLIPS)
+    expected = Counter({"calm": "neutral", "disgust": "disgusted"}.get(c["emotion"], c["emotion"]) for c in clips)
+    assert Counter(utterances.columns["label"]) == expected
+    assert expected["neutral"] == 24  # 12 neutral + 12 calm
+    assert utterances.columns["start"][:2] == [0.0, 3.437] and utterances.columns["end"][:2] == [3.437, 6.974]
+
+
+def test_grid_csv_maximum_is_the_marked_cell(first_run):
+    rows = _csv(first_run.out_dir / "grid.csv")
+    assert len(rows) == len(XS) * len(YS)
+    assert [(float(r["x"]), float(r["y"])) for r in rows] == [(x, y) for x in XS for y in YS]
+    top = max(float(r["uwa"]) for r in rows)
+    best = first_run.best
+    assert best["uwa"] == top
+    assert (first_run.out_dir / "heatmap.png").stat().st_size > 0
+    figure = calib.draw_heatmap(first_run.grid, XS, YS, best)
+    (frame,) = figure.axes[0].patches
+    assert frame.get_xy() == (XS.index(best["x"]) - 0.5, YS.index(best["y"]) - 0.5)
+    report = (first_run.out_dir / "calibration.md").read_text()
+    assert f"Best cell: x = {best['x']:g}, y = {best['y']:g}: UWA {best['uwa']:.2f} %" in report
+
+
+def test_scores_follow_from_the_cached_window_labels(first_run, tiny_config):
+    """UWA recomputed by hand (mean per-class recall) from the cache equals the CSV's."""
+    utterances = calib.read_utterances(SAMPLES, "ravdess", RAVDESS_CLIPS)
+    windows, hit = calib.label_windows(utterances, tiny_config, first_run.out_dir / "cache")
+    assert hit
+    grouped = calib._by_utterance(windows)
+    truth = utterances.columns["label"]
+    for row in first_run.grid:
+        predicted = calib.condensed_predictions(utterances.columns["utterance_id"], grouped, row["x"], row["y"])
+        recalls = [np.mean([p == t for p, t in zip(predicted, truth) if t == c]) for c in sorted(set(truth))]
+        assert row["uwa"] == pytest.approx(100 * np.mean(recalls), abs=1e-3)
+        assert row["accuracy"] == pytest.approx(100 * np.mean([p == t for p, t in zip(predicted, truth)]), abs=1e-3)
+    assert set(predicted) <= set(EMOTION_LABELS)
+    n_windows = sum(len(calib.explode_windows({"segment_id": ["u"], "recording_id": ["r"], "audio_path": ["a"], "start": [c["start"]], "end": [c["end"]]}, label_s=2.0, context_s=1.0, min_last_fraction=0.5)["start"]) for c in ravdess_clips())
+    assert windows.num_rows == n_windows
+
+
+def test_ser_table_has_each_model_and_the_ensemble(first_run, tiny_config):
+    rows = _csv(first_run.out_dir / "ser.csv")
+    assert [r["model"] for r in rows] == [*tiny_config.models.emotion, "ensemble"]
+    assert all(0 <= float(r[k]) <= 100 for r in rows for k in ("accuracy", "uwa", "weighted_f1"))
+
+
+def test_identical_results_with_and_without_the_cache(first_run, tiny_config, tmp_path, monkeypatch):
+    again = calib.calibrate(SAMPLES, corpus="ravdess", config=tiny_config, out_dir=tmp_path / "fresh", labels_file=RAVDESS_CLIPS, xs=XS, ys=YS)
+    assert not again.cache_hit
+    assert again.grid == first_run.grid and again.ser == first_run.ser
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model ran although the window labels were cached")
+
+    monkeypatch.setattr(calib.emotion, "label_categorical_emotion", no_model)
+    monkeypatch.setattr(calib.dimension, "label_dimensions", no_model)
+    cached = calib.calibrate(SAMPLES, corpus="ravdess", config=tiny_config, out_dir=first_run.out_dir, labels_file=RAVDESS_CLIPS, xs=XS, ys=YS)
+    assert cached.cache_hit
+    assert cached.grid == first_run.grid and cached.ser == first_run.ser
+    assert _csv(first_run.out_dir / "grid.csv") == _csv(tmp_path / "fresh" / "grid.csv")
+
+
+def test_write_config_is_accepted_by_config_files(tmp_path):
+    best = {"x": 0.55, "y": 0.35, "uwa": 40.0, "accuracy": 41.0, "weighted_f1": 39.0}
+    for name in ("best.yaml", "best.json"):
+        config = Config().with_file(str(calib.write_config(tmp_path / name, best)))
+        assert (config.condense.x, config.condense.y) == (0.55, 0.35)
+        assert config.condense.alpha == Config().condense.alpha
+
+
+def test_parse_grid():
+    assert calib.parse_grid("0.3:0.5:0.05") == [0.3, 0.35, 0.4, 0.45, 0.5]
+    assert calib.parse_grid("0.4,0.5") == [0.4, 0.5]
+    with pytest.raises(ValueError, match="grid '0.5:0.3:0.1'"):
+        calib.parse_grid("0.5:0.3:0.1")
+
+
+def _file_labels(tmp_path, rows):
+    path = tmp_path / "labels.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_a_folder_of_clips_with_a_labels_file_uses_whole_files(tmp_path):
+    files = sorted(RAVDESS_FILES.glob("*.flac"))
+    labels = _file_labels(tmp_path, [{"file": str(p), "emotion": p.stem.split("-")[2]} for p in files])
+    utterances = calib.read_utterances(RAVDESS_FILES, "ravdess", labels)
+    assert len(utterances.columns["utterance_id"]) == len(files) == 6
+    assert Counter(utterances.columns["label"]) == Counter({"neutral": 2, "angry": 3, "sad": 1})
+    assert utterances.columns["start"] == [0.0] * 6
+    assert all(3.0 < end < 5.0 for end in utterances.columns["end"])  # RAVDESS clips last 3-5 s
+
+
+def test_errors_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(ValueError, match=r"corpus 'iemocap': unknown emotion label 'calm'"):
+        calib.read_utterances(SAMPLES, "iemocap", RAVDESS_CLIPS)
+    missing = _file_labels(tmp_path, [{"recording": "nowhere.flac", "emotion": "happy"}])
+    with pytest.raises(ValueError, match=r"labels.csv: row 1 names 'nowhere.flac', which is not among the source's recordings"):
+        calib.read_utterances(SAMPLES, "ravdess", missing)
+    with pytest.raises(ValueError, match="calibration needs human labels: give --labels FILE"):
+        calib.read_utterances(SAMPLES, "ravdess")
+    dropped_only = _file_labels(tmp_path, [{"recording": "ravdess_actor01.flac", "emotion": "fru"}])
+    with pytest.raises(ValueError, match=r"no utterance has a label with a counterpart .* \{'fru': 1\}"):
+        calib.read_utterances(SAMPLES, "iemocap", dropped_only)
+
+
+def test_cli_writes_the_outputs_and_the_config_fragment(tmp_path, tiny_config, capsys):
+    import cpqa
+
+    files = sorted(RAVDESS_FILES.glob("*.flac"))
+    labels = _file_labels(tmp_path, [{"file": p.name, "emotion": p.stem.split("-")[2]} for p in files])
+    # labels written beside the copy of the config: paths relative to the labels file, then to SOURCE
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(tiny_config.to_dict()))
+    out = tmp_path / "out"
+    code = cpqa.main(["calibrate", str(RAVDESS_FILES), "--corpus", "ravdess", "--labels", str(labels), "--out", str(out),
+                      "--config", str(config_file), "--x-grid", "0.5", "--y-grid", "0.4,0.45", "--write-config", str(tmp_path / "best.yaml")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.startswith("cpqa calibrate: 6 utterances of ravdess (left out: none); window labels computed\n")
+    assert len(_csv(out / "grid.csv")) == 2 and (out / "heatmap.png").is_file()
+    assert Config().with_file(str(tmp_path / "best.yaml")).condense.x == 0.5
+    assert cpqa.main(["calibrate", str(RAVDESS_FILES), "--corpus", "nope", "--labels", str(labels), "--out", str(out), "--config", str(config_file)]) == 2
+    assert "cpqa calibrate: unknown corpus 'nope'" in capsys.readouterr().err
+
+
+def _labelled_dataset(files):
+    from datasets import Audio, ClassLabel, Dataset, Features, Value
+
+    features = Features({"audio": Audio(sampling_rate=16_000), "recording_id": Value("string"), "emotion": ClassLabel(names=["neutral", "calm", "happy", "sad", "angry"])})
+    codes = {"01": "neutral", "04": "sad", "05": "angry"}
+    rows = {"audio": [str(p) for p in files], "recording_id": [p.stem for p in files], "emotion": [codes[p.stem.split("-")[2]] for p in files]}
+    return Dataset.from_dict(rows, features=features)
+
+
+def test_a_saved_dataset_brings_its_own_class_labels(tmp_path):
+    files = sorted(RAVDESS_FILES.glob("*.flac"))
+    _labelled_dataset(files).save_to_disk(str(tmp_path / "saved"))
+    utterances = calib.read_utterances(tmp_path / "saved", "ravdess")
+    assert utterances.columns["recording_id"] == [p.stem for p in files]
+    assert Counter(utterances.columns["label"]) == Counter({"neutral": 2, "angry": 3, "sad": 1})
+    assert all(3.0 < end < 5.0 for end in utterances.columns["end"])
+
+
+def test_a_hub_dataset_brings_its_own_class_labels(tmp_path, monkeypatch):
+    """hf:// read through the same Parquet path, with the Hub listing pointed at a local file."""
+    files = sorted(RAVDESS_FILES.glob("*.flac"))
+    data = _labelled_dataset(files)
+    data = data.cast_column("audio", data.features["audio"])  # bytes embedded by to_parquet below
+    local = tmp_path / "train-00000-of-00001.parquet"
+    data.to_parquet(str(local))
+    monkeypatch.setattr(calib.ingest, "hub_parquet_files", lambda repo, split: [str(local)])
+    utterances = calib.read_utterances("hf://someone/ravdess", "ravdess")
+    assert utterances.columns["recording_id"] == [p.stem for p in files]
+    assert utterances.columns["label"] == [{"01": "neutral", "04": "sad", "05": "angry"}[p.stem.split("-")[2]] for p in files]
+    assert all(3.0 < end < 5.0 for end in utterances.columns["end"])  # durations probed from the embedded audio

@@ -1,0 +1,293 @@
+"""`cpqa.py evaluate` against a loopback audio model: the OpenAI-compatible backend with input_audio,
+the answer cache and resume after a judge outage, AudioBench-format sets without ids or categories,
+the controls, and the one-line preflight errors."""
+
+import base64
+import hashlib
+import io
+import json
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+
+import cpqa
+from openai_stub import OpenAIStub, Reply
+
+SR = 16_000
+datasets.disable_progress_bars()  # as the CLI does before datasets is imported, so stderr holds only the error
+
+
+class AudioModelStub(OpenAIStub):
+    """A served audio model: reads the base64 WAV of each request and answers from it deterministically,
+    '<seconds> s of <voice|silence> at <rate> Hz: <question>'."""
+
+    def __init__(self):
+        super().__init__(self.hear, model="audio-stub")
+
+    @staticmethod
+    def hear(request: dict) -> str:
+        content = request["messages"][-1]["content"]
+        (audio,) = [part["input_audio"] for part in content if part["type"] == "input_audio"]
+        (question,) = [part["text"] for part in content if part["type"] == "text"]
+        assert audio["format"] == "wav"
+        samples, rate = sf.read(io.BytesIO(base64.b64decode(audio["data"])), dtype="int16")
+        heard = "voice" if np.abs(samples).max() > 0 else "silence"
+        return f"{len(samples) / rate:.1f} s of {heard} at {rate} Hz: {question}"
+
+
+def judged_answer(request: dict) -> str:
+    content = request["messages"][-1]["content"]
+    return content.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
+
+
+def judge_and_text_llm(request: dict) -> str:
+    """One endpoint for the judge and the text-only control: voice 4, transcript-only 2, silence 1."""
+    content = request["messages"][-1]["content"]
+    if "Transcript:" in content:
+        return "From the words alone: " + content.split("Transcript:\n", 1)[1].split("\n", 1)[0]
+    answer = judged_answer(request)
+    rating = 4 if "of voice" in answer else 1 if "of silence" in answer else 2
+    return f"Explanation: compared.\nRating: {rating}"
+
+
+def tone(seconds: float, frequency: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    swell = 0.1 + 0.2 * t / seconds  # louder towards the end, so a clip's first and last 30 s differ
+    return (swell * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SR, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+# three clips: 10 s (two questions), 45 s (answered on its first and last 30 s), 5 s
+CLIPS = [wav_bytes(tone(10)), wav_bytes(tone(45, 330)), wav_bytes(tone(5, 440))]
+ROWS = [
+    (0, "How does the speaker feel?", "Calm.", "we will meet at noon"),
+    (0, "Is the speaker male or female?", "Female.", "we will meet at noon"),
+    (1, "How many people speak?", "Two.", "so the plan is settled"),
+    (2, "Why does the speaker sound angry?", "The deadline.", "the deadline is today"),
+]
+
+
+def audiobench_set(folder, form: str = "parquet"):
+    """An AudioBench-shaped set: context (audio bytes), instruction, answer, transcript; no ids, no category."""
+    features = datasets.Features({"context": datasets.Audio(sampling_rate=SR), "instruction": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "transcript": datasets.Value("string")})
+    data = datasets.Dataset.from_dict(
+        {
+            "context": [{"bytes": CLIPS[c], "path": f"clip{c}.wav"} for c, *_ in ROWS],
+            "instruction": [q for _, q, _, _ in ROWS],
+            "answer": [a for _, _, a, _ in ROWS],
+            "transcript": [t for *_, t in ROWS],
+        },
+        features=features,
+    )
+    if form == "parquet":
+        folder.mkdir(parents=True)
+        data.to_parquet(str(folder / "test-00000-of-00001.parquet"))
+    else:
+        datasets.DatasetDict({"test": data}).save_to_disk(str(folder))
+    return folder
+
+
+def evaluate(argv, capsys):
+    capsys.readouterr()
+    code = cpqa.main(["evaluate", *argv, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_served_audio_model_answers_each_window_and_the_answers_are_published(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    out = tmp_path / "results"
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url,
+                "--judge", f"model=judge,base_url={judge.base_url},name=stub", "--prompts", "audiobench", "--no-controls", "--out", str(out)]
+        code, printed, err = evaluate(argv, capsys)
+        assert code == 0, err
+        answered = sorted(AudioModelStub.hear(r) for r in model.requests)
+    assert answered == sorted([
+        "10.0 s of voice at 16000 Hz: How does the speaker feel?",
+        "10.0 s of voice at 16000 Hz: Is the speaker male or female?",
+        "30.0 s of voice at 16000 Hz: How many people speak?",  # first 30 s of the 45 s clip
+        "30.0 s of voice at 16000 Hz: How many people speak?",  # last 30 s
+        "5.0 s of voice at 16000 Hz: Why does the speaker sound angry?",
+    ])
+    assert all(r["model"] == "audio-stub" and r["temperature"] == 0.0 for r in model.requests)
+    assert "set: clips grouped by audio hash: 3 clips" in printed
+    assert "set: no category column: categories from the Table-1 rules (build/categories.py)" in printed
+
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    audio_hash = [hashlib.sha256(CLIPS[c]).hexdigest() for c, *_ in ROWS]
+    ids = ["q-" + hashlib.sha256(f"{h}\n{q}".encode()).hexdigest()[:16] for h, (_, q, _, _) in zip(audio_hash, ROWS)]
+    assert [(r["question_id"], r["window"]) for r in lines] == [
+        (ids[0], "full"), (ids[1], "full"), (ids[2], "first_30s"), (ids[2], "last_30s"), (ids[3], "full")
+    ]
+    assert lines[0]["answer"] == "10.0 s of voice at 16000 Hz: How does the speaker feel?" and lines[0]["error"] is None
+
+    results = json.loads((out / "results.json").read_text())["set"]
+    items = results["items"]
+    assert [item["clip_id"] for item in items] == [f"clip-{h[:16]}" for h in audio_hash]
+    assert len(set(item["clip_id"] for item in items)) == 3
+    assert [item["category"] for item in items] == ["emotion", "speaker", "speaker", "contextual paralinguistic reasoning"]
+    assert results["judges"]["stub"]["audiobench"]["score"] == 80.0  # every answer heard a voice: rating 4
+    assert results["config"]["speech_llm"] == "audio-stub" and results["config"]["window_seconds"] == 30.0
+    assert results["config"]["cpqa_version"] and results["config"]["prompt_version"]
+    assert results["config"]["judges"][0]["params"]["temperature"] == 0.0
+
+
+def test_published_predictions_are_judged_again_without_a_model(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        common = ["--judge", f"model=judge,base_url={judge.base_url},name=stub", "--prompts", "audiobench"]
+        argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url, "--no-controls", "--out", str(tmp_path / "a")]
+        assert evaluate(argv + common, capsys)[0] == 0
+        published = tmp_path / "a" / "predictions.jsonl"
+        code, printed, err = evaluate([str(source), "--predictions", str(published), "--out", str(tmp_path / "b")] + common, capsys)
+        assert code == 0, err
+        assert len(model.requests) == 5  # the second run asked the model nothing
+    assert "set: silenced control skipped: answers come from a predictions file: no speech-LLM to ask" in printed
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["set"]
+    second = json.loads((tmp_path / "b" / "results.json").read_text())["set"]
+    assert [i["predictions"] for i in second["items"]] == [i["predictions"] for i in first["items"]]
+    assert second["judges"]["stub"]["audiobench"]["score"] == 80.0
+    assert second["controls"]["text_only"]["judges"]["stub"]["audiobench"]["score"] == 40.0
+    assert second["config"]["speech_llm"] == f"predictions:{published}"
+
+
+def test_whole_clip_sends_each_clip_once(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set", form="save_to_disk")
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url, "--whole-clip",
+                "--judge", f"model=judge,base_url={judge.base_url}", "--prompts", "audiobench", "--no-controls", "--out", str(tmp_path / "r")]
+        assert evaluate(argv, capsys)[0] == 0
+        heard = sorted(AudioModelStub.hear(r).split(":")[0] for r in model.requests)
+    assert heard == ["10.0 s of voice at 16000 Hz"] * 2 + ["45.0 s of voice at 16000 Hz", "5.0 s of voice at 16000 Hz"]
+
+
+def test_a_judge_outage_costs_no_generation_on_the_rerun(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    out = tmp_path / "results"
+    judge_up = {"up": False}
+
+    def flaky_judge(request):
+        return judge_and_text_llm(request) if judge_up["up"] else Reply(500, "judge overloaded")
+
+    with AudioModelStub() as model, OpenAIStub(flaky_judge) as judge:
+        argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url,
+                "--judge", f"model=judge,base_url={judge.base_url},name=stub,max_retries=0", "--prompts", "audiobench",
+                "--no-controls", "--out", str(out)]
+        code, _, err = evaluate(argv, capsys)
+        assert code == 2
+        assert err.count("\n") == 1 and "every judgement failed" in err and "judge overloaded" in err
+        assert len(model.requests) == 5
+        assert len((out / "predictions.jsonl").read_text().splitlines()) == 5  # saved before judging
+
+        judge_up["up"] = True
+        code, printed, err = evaluate(argv, capsys)
+        assert code == 0, err
+        assert len(model.requests) == 5  # every answer came from OUT/answer-cache
+        assert "set: answer: 5 windows, 5 from the answer cache, 0 failed" in printed
+    results = json.loads((out / "results.json").read_text())["set"]
+    assert results["success_rate"] == 1.0 and results["judges"]["stub"]["audiobench"]["score"] == 80.0
+
+
+def test_controls_answer_from_the_transcript_and_on_silence(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    out = tmp_path / "results"
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url,
+                "--judge", f"model=judge,base_url={judge.base_url},name=stub", "--prompts", "audiobench", "--out", str(out)]
+        code, printed, err = evaluate(argv, capsys)
+        assert code == 0, err
+        silenced = [AudioModelStub.hear(r) for r in model.requests if "of silence" in AudioModelStub.hear(r)]
+        transcript_requests = [r for r in judge.requests if "Transcript:" in r["messages"][-1]["content"]]
+    # the same windows again with every sample zero; the 45 s clip's first and last 30 s of silence are
+    # one identical request, sent once
+    assert len(model.requests) == 9 and sorted(silenced) == sorted(
+        [f"{s} s of silence at 16000 Hz: {q}" for s, q in [("10.0", ROWS[0][1]), ("10.0", ROWS[1][1]), ("30.0", ROWS[2][1]), ("5.0", ROWS[3][1])]]
+    )
+    assert sorted(r["messages"][-1]["content"].split("Transcript:\n")[1].split("\n")[0] for r in transcript_requests) == sorted(t for *_, t in ROWS)
+
+    results = json.loads((out / "results.json").read_text())["set"]
+    controls = results["controls"]
+    # voice 4 -> 80, transcript 2 -> 40, silence 1 -> 20, in every category
+    assert controls["text_only"]["judges"]["stub"]["audiobench"]["score"] == 40.0
+    assert controls["silenced"]["judges"]["stub"]["audiobench"]["score"] == 20.0
+    assert [i["predictions"][0]["window"] for i in controls["text_only"]["items"]] == ["transcript"] * 4
+    table = (out / "results.md").read_text()
+    assert "| stub | audiobench | emotion | 80.00 | 40.00 | 20.00 | 40.00 |" in table
+    assert "| stub | audiobench | speaker | 80.00 | 40.00 | 20.00 | 40.00 |" in table
+    assert "| stub | audiobench | all | 80.00 | 40.00 | 20.00 | 40.00 |" in table
+
+
+def test_controls_without_a_transcript_are_skipped_with_a_message(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    data = datasets.load_dataset(str(source), split="test").remove_columns(["transcript"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    data.to_parquet(str(bare / "test.parquet"))
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(bare), "--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url,
+                "--judge", f"model=judge,base_url={judge.base_url},name=stub", "--prompts", "audiobench", "--out", str(tmp_path / "r")]
+        code, printed, err = evaluate(argv, capsys)
+    assert code == 0, err
+    assert "bare: text_only control skipped: the set has no transcript or words column" in printed
+    results = json.loads((tmp_path / "r" / "results.json").read_text())["bare"]
+    assert results["controls"]["text_only"] == {"skipped": "the set has no transcript or words column"}
+    assert results["controls"]["silenced"]["judges"]["stub"]["audiobench"]["score"] == 20.0
+
+
+def test_missing_weights_end_in_one_line_before_any_audio(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = audiobench_set(tmp_path / "set")
+    with OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--model", "someone/absent-audio-model", "--judge", f"model=judge,base_url={judge.base_url}", "--out", str(tmp_path / "r")]
+        code, _, err = evaluate(argv, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("cpqa evaluate: speech-LLM 'someone/absent-audio-model': weights not found")
+    assert "huggingface-cli download someone/absent-audio-model" in err
+    assert not (tmp_path / "r").exists()  # nothing was answered
+
+
+def test_unreachable_judge_ends_in_one_line(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    argv = [str(source), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--judge", "model=judge,base_url=http://127.0.0.1:9/v1,name=down", "--out", str(tmp_path / "r")]
+    code, _, err = evaluate(argv, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("cpqa evaluate: judge 'down': cannot reach http://127.0.0.1:9/v1")
+
+
+def test_a_set_without_the_audiobench_columns_is_named(tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]}).to_parquet(str(folder / "test.parquet"))
+    with OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(folder), "--backend", "predictions", "--predictions", str(folder / "none.jsonl"), "--judge", f"model=judge,base_url={judge.base_url}"]
+        code, _, err = evaluate(argv, capsys)
+    assert code == 2
+    assert f"{folder}: missing column(s) ['context', 'instruction']" in err
+
+
+def test_the_metric_takes_a_served_model_as_a_dict(tmp_path):
+    import evaluate
+
+    from conftest import REPO
+
+    metric = evaluate.load(str(REPO / "metrics" / "cpqa"), keep_in_memory=True)
+    with AudioModelStub() as model:
+        results = metric.compute(
+            questions=["How many people speak?"], references=["Two."], audio=[(tone(45), SR)],
+            model={"model": "audio-stub", "base_url": model.base_url}, answer_cache_dir=str(tmp_path / "answers"),
+            judges=[lambda messages: "Rating: 3"], prompts=["audiobench"],
+        )
+    assert [(p["window"], p["text"]) for p in results["items"][0]["predictions"]] == [
+        ("first_30s", "30.0 s of voice at 16000 Hz: How many people speak?"),
+        ("last_30s", "30.0 s of voice at 16000 Hz: How many people speak?"),
+    ]
+    assert results["config"]["speech_llm"] == "audio-stub"
