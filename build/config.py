@@ -95,6 +95,9 @@ class AsrConfig:
     # supports it and converts where not (float32 on CPU); "int8" is the fast choice on CPU.
     compute_type: str = "default"
     batch_size: int = 16
+    # Speakers per clip with WhisperX's pyannote pipeline (pyannote/speaker-diarization-3.1, a gated
+    # model: accept its terms on the Hub and set HF_TOKEN); each word then carries a speaker id.
+    diarize: bool = False
 
 
 @dataclass

@@ -265,6 +265,7 @@ def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dic
         data = data.add_column(name, [value] * len(data))
     keep = ["context"] if audio else []
     keep += [*_SEGMENT_COLUMNS, "emotion_counts", "emotion_windows", "gender_windows", "n_pairs", "language", "aligner", "llm_model", "prompt_version", *models]
+    keep += [name for name in ("n_speakers",) if name in data.column_names]  # null without asr.diarize
     return data.select_columns(keep)
 
 
@@ -398,7 +399,8 @@ def write_dataset(
     licences = licences if licences is not None else [license] * len(segments)
     segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only")
     qa_rows = qa_table(pairs, segment_rows)
-    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], None, e.split_by), e.splits, e.seed)
+    speakers = [sorted({w["speaker"] for w in words or [] if w.get("speaker")}) for words in segment_rows["words"]] if e.split_by == "speaker" else None
+    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], speakers, e.split_by), e.splits, e.seed)
     split_of = dict(zip(segment_rows["segment_id"], segment_splits))
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, categories, condense, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, stats, words
+from . import align, categories, condense, diarize, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, stats, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -364,7 +364,11 @@ def build(
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
     publish.check_mode(config.export.publish)  # before any audio is read
     splits.check_splits(config.export.splits)
-    splits.check_split_by(config.export.split_by, diarize=False)
+    splits.check_split_by(config.export.split_by, diarize=config.asr.diarize)
+    if config.qa.language not in qa.QA_LANGUAGES:
+        raise ValueError(f"qa.language {config.qa.language!r}: expected one of {', '.join(qa.QA_LANGUAGES)}")
+    if config.asr.diarize and stop_after is None:
+        diarize.check_available()  # the gated pyannote model needs a token: say so before any audio is read
     out_dir = Path(out_dir)
     ranks = ranks or current()
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
@@ -682,6 +686,7 @@ def _asr(segments: dict[str, list], config: Config, ranks: Ranks, bar: StageProg
     out = _map_with_progress(
         segments, align.transcribe_and_align, asr.batch_size, bar, ranks.local,
         model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=config.runtime.device,
+        diarize=asr.diarize,
     )  # fmt: skip
     errors = [e or None for e in out.get("asr_error", [])]
     reasons = [ASR_FAILED if e else (None if t and t.strip() else NO_WORDS) for e, t in zip(errors, out.get("transcript", []))]

@@ -127,6 +127,19 @@ def _seconds(value: float | None, digits: int = 1) -> str:
 QA_LANGUAGES = ("en", "segment")
 
 
+def format_speaker_turns(words: list[dict], clip_start: float = 0.0) -> str:
+    """Consecutive words of one speaker (``asr.diarize``) as one line: clip-relative seconds, speaker, words."""
+    turns: list[dict] = []
+    for w in words:
+        if turns and turns[-1]["speaker"] == w.get("speaker"):
+            turns[-1]["end"] = w["end"] if w["end"] is not None else turns[-1]["end"]
+            turns[-1]["words"].append(w["word"].strip())
+        else:
+            turns.append({"speaker": w.get("speaker"), "start": w["start"], "end": w["end"], "words": [w["word"].strip()]})
+    shift = lambda t: None if t is None else t - clip_start
+    return "\n".join(f"{_seconds(shift(t['start']))}-{_seconds(shift(t['end']))} | {t['speaker'] or 'unknown'} | {' '.join(t['words'])}" for t in turns)
+
+
 def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION, word_timing: str = "spans", language: str = "en") -> list[dict]:
     """System and user messages for one segment row; with ``language="segment"`` the pairs of a segment
     whose speech is not English are asked for in its language (the row's ``language``)."""
@@ -146,6 +159,8 @@ def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PR
         "output_format": prompt["format_json" if structured else "format_text"].substitute(),
     }
     user = prompt["user"].substitute(fields)
+    if any(w.get("speaker") for w in words):
+        user += "\nSpeaker turns from diarization (seconds | speaker | words):\n" + format_speaker_turns(words, clip_start)
     if language == "segment" and row.get("language") not in (None, "en"):
         from whisperx.utils import LANGUAGES
 

@@ -108,3 +108,53 @@ def test_diarization_without_a_token_is_refused_with_what_to_do(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(RuntimeError, match=r"asr.diarize needs pyannote/speaker-diarization-3.1, a gated model: .* set HF_TOKEN"):
         diarize.check_available()
+
+
+def test_speaker_turns_reach_the_prompt_in_clip_time():
+    from build.qa import render_messages
+
+    words = [
+        {"word": "hello", "start": 10.5, "end": 11.0, "score": 0.9, "speaker": "SPEAKER_00", "emotion": "happy", "gender": "female"},
+        {"word": "there", "start": 11.0, "end": 11.4, "score": 0.9, "speaker": "SPEAKER_00", "emotion": "happy", "gender": "female"},
+        {"word": "hi", "start": 12.0, "end": 12.3, "score": 0.9, "speaker": "SPEAKER_01", "emotion": "neutral", "gender": "male"},
+    ]
+    row = {"start": 10.0, "end": 40.0, "transcript": "hello there hi", "tagged_words": words, "primary_emotion": "happy", "emotions": ["happy"], "gender": "female"}
+    user = render_messages(row, 3, True)[1]["content"]
+    assert user.endswith("\nSpeaker turns from diarization (seconds | speaker | words):\n0.5-1.4 | SPEAKER_00 | hello there\n2.0-2.3 | SPEAKER_01 | hi")
+    plain = render_messages({**row, "tagged_words": [{k: v for k, v in w.items() if k != "speaker"} for w in words]}, 3, True)[1]["content"]
+    assert "Speaker turns" not in plain and user.startswith(plain)
+
+
+def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
+    """The ASR map with diarize=True: the pyannote pipeline is replaced by the excerpt's RTTM (turns in
+    segment time), the rest is the real code (bundled tiny.en, faster-whisper word times)."""
+    from build import align
+    from conftest import AMI
+
+    start, end = 20.0, 50.0
+    reference = diarize.read_rttm(RTTM)
+    seen = []
+
+    def rttm_turns(audio, device):
+        seen.append(len(audio))
+        return [{**t, "start": t["start"] - start, "end": t["end"] - start} for t in reference if t["end"] > start and t["start"] < end]
+
+    monkeypatch.setattr(align, "diarize_audio", rttm_turns)
+    out = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, device="cpu", diarize=True)
+    assert out["asr_error"] == [None] and seen == [16_000 * 30]
+    assert out["n_speakers"] == [4]  # FEE013, FEE016, MEE014, MEO015 all have a turn in 20-50 s
+    words = out["words"][0]
+    assert words and all("speaker" in w for w in words)
+    expected = diarize.join_speakers([{k: w[k] for k in ("word", "start", "end")} for w in words], reference)  # the same join in recording time
+    assert [w["speaker"] for w in words] == [w["speaker"] for w in expected]
+    off = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, device="cpu")
+    assert off["n_speakers"] == [None] and all("speaker" not in w for w in off["words"][0])
+
+
+def test_split_by_speaker_needs_diarization(tmp_path):
+    from build import pipeline
+    from build.config import paper_config
+
+    config = paper_config().with_overrides(["export.split_by=speaker"])
+    with pytest.raises(ValueError, match=r"--split-by speaker needs speaker labels: turn diarization on \(asr.diarize=true\)"):
+        pipeline.build(tmp_path / "nothing", config, tmp_path / "out", progress=False)
