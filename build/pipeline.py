@@ -475,7 +475,8 @@ def build(
         write_report(result, out_dir)
         return result
     result = finish(segments, pairs, "built", stages)
-    export_dataset(result, config, out_dir, license=license, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
+    licences = publish.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
+    export_dataset(result, config, out_dir, license=license, licences=licences, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
     return result
 
 
@@ -833,13 +834,14 @@ def model_ids(config: Config) -> dict[str, object]:
     }
 
 
-def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None) -> Path:
-    """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports."""
+def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None, licences: list[str] | None = None) -> Path:
+    """Parquet shards for the ``qa`` and ``segments`` configs, the card as README.md, and the reports
+    (``licences``: each segment's source licence, default ``license``)."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
     export.write_dataset(
-        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
+        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources, licences=licences,
         card_sections=lambda folder: {"stats_section": stats.card_section(folder)},
     )  # fmt: skip
     write_report(result, out_dir)

@@ -193,3 +193,16 @@ def test_an_unknown_mode_is_refused_before_any_audio_is_read(tmp_path):
 
     with pytest.raises(ValueError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
         pipeline.build(tmp_path / "nothing-here", _config("public"), tmp_path / "out", progress=False)
+
+
+def test_a_manifest_license_column_gives_each_row_its_licence(tmp_path):
+    from conftest import ravdess_recording
+
+    shutil.copy(AMI, tmp_path / "meeting.flac")
+    shutil.copy(ravdess_recording(1), tmp_path / "actor.flac")
+    (tmp_path / "list.csv").write_text("audio_path,license\nmeeting.flac,cc-by-4.0\nactor.flac,\n")
+    (tmp_path / "list.jsonl").write_text('{"audio_path": "actor.flac", "license": "cc-by-nc-sa-4.0"}\n{"audio_path": "meeting.flac"}\n')
+    paths = [str((tmp_path / name).resolve()) for name in ("meeting.flac", "actor.flac", "meeting.flac")]
+    assert publish.row_licences(tmp_path / "list.csv", paths, "other") == ["cc-by-4.0", "other", "cc-by-4.0"]  # an empty cell: --license
+    assert publish.row_licences(tmp_path / "list.jsonl", paths, "cc0-1.0") == ["cc0-1.0", "cc-by-nc-sa-4.0", "cc0-1.0"]
+    assert publish.row_licences(tmp_path, paths, "cc-by-4.0") == ["cc-by-4.0"] * 3  # a folder: --license for all
