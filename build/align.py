@@ -4,11 +4,16 @@
 ``start``, ``end`` (seconds in the recording). Output columns, and only these:
 
 - ``transcript``: the segment's text (null when the item failed);
-- ``language``: the language transcribed (the configured one, or the detected one);
+- ``language``: the language transcribed: the configured one (``asr.language``), or with ``auto``
+  Whisper's language identification on the segment's first 30 s (each segment on its own, whichever
+  aligner; an English-only model always says ``en``). The segment is transcribed in that language and
+  aligned with WhisperX's align model for it, or by faster-whisper where none exists;
 - ``words``: ``{word, start, end, score}`` in spoken order; times are seconds from the start of the
   RECORDING (the segment start is added) and lie within the segment; ``start``/``end``/``score`` are
   null for a word the aligner could not time (WhisperX leaves digits and symbols untimed);
 - ``aligner``: which aligner timed the words, ``"whisperx"`` or ``"faster-whisper"``;
+- ``n_speakers``: with ``diarize``, the speakers WhisperX's pyannote pipeline found in the segment, and
+  each word carries its ``speaker`` (``build.diarize.join_speakers``); null without it;
 - ``asr_error``: null, or a message naming the file and the problem. One bad item never fails the
   batch.
 
@@ -61,6 +66,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, decode_span
 from .devices import cached, device_for, torch_threads
+from .diarize import diarize_audio, join_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +117,11 @@ def _pyannote_checkpoint_globals() -> list:
         dict,
         list,
     ]
+
+
+def fixed_language(language: str | None) -> str | None:
+    """``asr.language``: a Whisper language code, or ``auto``/None (identified per segment) -> the code or None."""
+    return None if language in (None, "auto") else language
 
 
 def _ctranslate2_device(device: str) -> tuple[str, int]:
@@ -240,8 +251,8 @@ def _to_recording_time(words: list[dict], start: float, end: float) -> list[dict
 
 
 def _transcribe_segment(pipeline, audio: np.ndarray, *, aligner: str, language: str | None, batch_size: int, device: str) -> tuple[str, str, list[dict], str]:
+    language = language or _detect_language(pipeline, audio)  # one language id per segment, whichever aligner
     if aligner == "whisperx":
-        language = language or _detect_language(pipeline, audio)
         align_model = _align_model(language, device)
         if align_model is not None:
             transcript, words = _whisperx_words(pipeline, align_model, audio, language, batch_size, device)
@@ -261,29 +272,40 @@ def transcribe_and_align(
     compute_type: str,
     batch_size: int,
     device: str = "auto",
+    diarize: bool = False,
 ) -> dict[str, list]:
     if aligner not in ALIGNERS:
         raise ValueError(f"unknown aligner {aligner!r}; expected one of {ALIGNERS}")
+    language = fixed_language(language)
     device = device_for(rank, device)
     pipeline = _whisperx_pipeline(model, device, compute_type, language)
-    out = {"transcript": [], "language": [], "words": [], "aligner": [], "asr_error": []}
+    if language not in (None, "en") and not pipeline.model.model.is_multilingual:
+        raise ValueError(f"asr.model {model!r} is English-only: asr.language must be en or auto, not {language!r}")
+    out = {"transcript": [], "language": [], "words": [], "aligner": [], "n_speakers": [], "asr_error": []}
     for path, start, end in zip(batch["audio_path"], batch["start"], batch["end"]):
         try:
             audio = decode_span(path, start, end, SAMPLE_RATE)
             transcript, used_language, words, used_aligner = _transcribe_segment(
                 pipeline, audio, aligner=aligner, language=language, batch_size=batch_size, device=device
             )
+            n_speakers = None
+            if diarize:
+                turns = diarize_audio(audio, device)
+                words = join_speakers(words, turns)
+                n_speakers = len({t["speaker"] for t in turns})
         except Exception as exc:  # one bad segment never stops the batch
             message = str(exc) if str(exc).startswith(str(path)) else f"{path}: transcription failed ({exc})"
             out["transcript"].append(None)
             out["language"].append(None)
             out["words"].append([])
             out["aligner"].append(None)
+            out["n_speakers"].append(None)
             out["asr_error"].append(message)
             continue
         out["transcript"].append(transcript)
         out["language"].append(used_language)
         out["words"].append(_to_recording_time(words, start, end))
         out["aligner"].append(used_aligner)
+        out["n_speakers"].append(n_speakers)
         out["asr_error"].append(None)
     return out

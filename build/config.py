@@ -89,11 +89,16 @@ class AsrConfig:
     # "whisperx": WhisperX's wav2vec2 forced alignment (downloads an align model per language);
     # "faster-whisper": Whisper's own word timestamps (offline, any language).
     aligner: str = "whisperx"
-    language: str | None = "en"  # None: detect per segment
+    # a Whisper language code ("en", "zh", ...), or "auto": Whisper's language id per segment, each
+    # segment transcribed in its language and aligned with WhisperX's model for it (None = "auto")
+    language: str | None = "en"
     # CTranslate2 precision: "default" keeps the checkpoint's (float16 for large-v3) where the device
     # supports it and converts where not (float32 on CPU); "int8" is the fast choice on CPU.
     compute_type: str = "default"
     batch_size: int = 16
+    # Speakers per clip with WhisperX's pyannote pipeline (pyannote/speaker-diarization-3.1, a gated
+    # model: accept its terms on the Hub and set HF_TOKEN); each word then carries a speaker id.
+    diarize: bool = False
 
 
 @dataclass
@@ -113,6 +118,7 @@ class QaConfig:
     concurrency: int = 8
     max_retries: int = 5  # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
     timeout_s: float = 120.0
+    language: str = "en"  # "en": pairs in English; "segment": in the language of the segment's speech
 
 
 @dataclass

@@ -271,6 +271,7 @@ def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dic
         data = data.add_column(name, [value] * len(data))
     keep = ["context"] if audio else []
     keep += [*_SEGMENT_COLUMNS, "emotion_counts", "emotion_windows", "gender_windows", "n_pairs", "language", "aligner", "llm_model", "prompt_version", *models]
+    keep += [name for name in ("n_speakers",) if name in data.column_names]  # null without asr.diarize
     return data.select_columns(keep)
 
 
@@ -368,6 +369,11 @@ def _quota_table(quota: dict | None) -> str:
     return markdown_table(("primary emotion", "asked", "candidates", "sampled (with top-ups)", "delivered"), rows)
 
 
+def _counts_table(values: list, header: str) -> str:
+    counts = Counter(v if v is not None else "(none)" for v in values)
+    return markdown_table((header, "count"), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) if counts else "(none)"
+
+
 def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models: dict, *, license: str, sources: str, load_path: str) -> dict[str, str]:
     """Every ``$field`` of dataset_card.md, from the built tables, the funnel and the config."""
     funnel_rows = [(name, count) for name, count in report["counts"].items()]
@@ -379,7 +385,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
     c = config
     return {
         "license": license,
-        "language": c.asr.language or "multilingual",
+        "language": "\n- ".join(sorted({l for l in segment_rows["language"] if l})) or "multilingual",  # YAML list items
         "pretty_name": "CPQA: contextual paralinguistic QA" + (" (demo build)" if c.profile == "tiny" else ""),
         "size_category": _size_category(len(qa)),
         "profile_note": PROFILE_NOTES.get(c.profile, ""),
@@ -389,6 +395,7 @@ def card_values(config, qa: Dataset, segment_rows: Dataset, report: dict, models
         "n_recordings": str(len(set(segment_rows["recording_id"]))),
         "hours": f"{sum(segment_rows['duration']) / 3600:.2f}",
         "quota_table": _quota_table(report.get("quota")),
+        "language_table": _counts_table(segment_rows["language"], "language"),
         "funnel_table": markdown_table(("step", "count"), funnel_rows),
         "models_table": markdown_table(("role", "model"), model_rows),
         "merge_gap_s": f"{c.vad.merge_gap_s:g}",
@@ -450,7 +457,8 @@ def write_dataset(
     licences = licences if licences is not None else [license] * len(segments)
     segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only")
     qa_rows = qa_table(pairs, segment_rows)
-    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], None, e.split_by), e.splits, e.seed)
+    speakers = [sorted({w["speaker"] for w in words or [] if w.get("speaker")}) for words in segment_rows["words"]] if e.split_by == "speaker" else None
+    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], speakers, e.split_by), e.splits, e.seed)
     split_of = dict(zip(segment_rows["segment_id"], segment_splits))
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, categories, condense, empathy, export, ingest, label, postfilter, preflight, prompting, publish, qa, schema, segment, splits, words
+from . import align, categories, condense, diarize, empathy, export, ingest, label, postfilter, preflight, prompting, publish, qa, schema, segment, splits, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -317,6 +317,7 @@ def stage_params(config: Config) -> dict[str, dict]:
             "temperature": c.qa.temperature,
             "max_tokens": c.qa.max_tokens,
             "structured_output": c.qa.structured_output,
+            "language": c.qa.language,
         },
         "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment, "categoriser_model": categories.llm_model(c.postfilter.categoriser, c.qa)},
         "empathy": {
@@ -388,7 +389,11 @@ def build(
         raise ValueError(f"outputs must be qa or qa,empathy, got {','.join(outputs) or 'none'}")
     publish.check_mode(config.export.publish)  # before any audio is read
     splits.check_splits(config.export.splits)
-    splits.check_split_by(config.export.split_by, diarize=False)
+    splits.check_split_by(config.export.split_by, diarize=config.asr.diarize)
+    if config.qa.language not in qa.QA_LANGUAGES:
+        raise ValueError(f"qa.language {config.qa.language!r}: expected one of {', '.join(qa.QA_LANGUAGES)}")
+    if config.asr.diarize and stop_after is None:
+        diarize.check_available()  # the gated pyannote model needs a token: say so before any audio is read
     out_dir = Path(out_dir)
     ranks = ranks or current()
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
@@ -498,7 +503,8 @@ def build(
         write_report(result, out_dir)
         return result
     result = dataclasses.replace(finish(segments, pairs, "built", stages), empathy=samples)
-    export_dataset(result, config, out_dir, license=license, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
+    licences = publish.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
+    export_dataset(result, config, out_dir, license=license, licences=licences, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
     return result
 
 
@@ -721,6 +727,7 @@ def _asr(segments: dict[str, list], config: Config, ranks: Ranks, bar: StageProg
     out = _map_with_progress(
         segments, align.transcribe_and_align, asr.batch_size, bar, ranks.local,
         model=asr.model, aligner=asr.aligner, language=asr.language, compute_type=asr.compute_type, batch_size=asr.batch_size, device=config.runtime.device,
+        diarize=asr.diarize,
     )  # fmt: skip
     errors = [e or None for e in out.get("asr_error", [])]
     reasons = [ASR_FAILED if e else (None if t and t.strip() else NO_WORDS) for e, t in zip(errors, out.get("transcript", []))]
@@ -735,7 +742,7 @@ def _qa(segments: dict[str, list], qa_config, base_url: str, cache_dir: str, bar
     kwargs = dict(
         base_url=base_url, model=q.model, api_key_env=q.api_key_env, cache_dir=cache_dir, pairs_per_segment=q.pairs_per_segment,
         temperature=q.temperature, max_tokens=q.max_tokens, structured_output=q.structured_output, concurrency=q.concurrency,
-        max_retries=q.max_retries, timeout_s=q.timeout_s, prompt_version=q.prompt_version, word_timing=q.word_timing,
+        max_retries=q.max_retries, timeout_s=q.timeout_s, prompt_version=q.prompt_version, word_timing=q.word_timing, language=q.language,
     )  # fmt: skip
     client = prompting.llm_client(base_url, q.model, q.api_key_env, cache_dir, q.concurrency, q.max_retries, q.timeout_s)
     before = client.calls.snapshot()
@@ -889,14 +896,15 @@ def model_ids(config: Config) -> dict[str, object]:
     }
 
 
-def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None) -> Path:
-    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the reports."""
+def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None, licences: list[str] | None = None) -> Path:
+    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the
+    reports (``licences``: each segment's source licence, default ``license``)."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
     export.write_dataset(
         result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
-        empathy=result.empathy,
+        licences=licences, empathy=result.empathy,
     )  # fmt: skip
     write_report(result, out_dir)
     return out_dir

@@ -74,18 +74,37 @@ def most_restrictive(licences: list[str]) -> str:
 
 
 def source_sha256(path: str) -> str:
-    """sha256 of a source file's bytes, or of the referenced cell's audio bytes (``build.audio`` references)."""
-    digest = hashlib.sha256()
+    """sha256 of a source file's bytes (``build.ingest.content_hash``), or of the referenced cell's audio
+    bytes for a ``build.audio`` reference (whose file is a whole table, not this recording)."""
+    from .ingest import content_hash
+
     if audio.is_reference(path):
         cell = audio._cell(audio.parse_reference(path))
-        if cell.get("bytes") is not None:
-            digest.update(cell["bytes"])
-            return digest.hexdigest()
-        path = cell["path"]
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        if cell.get("bytes") is None:
+            return content_hash(cell["path"])
+        return hashlib.sha256(cell["bytes"]).hexdigest()
+    return content_hash(path)
+
+
+def row_licences(source: str | Path, audio_paths: list[str], default: str, allow_outside_root: bool = False) -> list[str]:
+    """Each row's source licence: a ``.csv``/``.jsonl`` manifest's ``license`` column where it has a
+    value for the row's file, else ``default`` (``--license``)."""
+    import csv
+    import json
+
+    from .ingest import _read_manifest
+
+    path = Path(str(source))
+    if path.suffix.lower() not in (".csv", ".jsonl") or not path.is_file():
+        return [default] * len(audio_paths)
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+    else:
+        records = [json.loads(line) for line in open(path) if line.strip()]
+    listed = _read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
+    by_path = {row[1]: str(record["license"]).strip() for row, record in zip(listed, records) if str(record.get("license") or "").strip()}
+    return [by_path.get(p, default) for p in audio_paths]
 
 
 def source_columns(paths: list[str], licences: list[str]) -> dict[str, list]:

@@ -116,8 +116,25 @@ def _seconds(value: float | None, digits: int = 1) -> str:
     return "?" if value is None else f"{value:.{digits}f}"
 
 
-def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION, word_timing: str = "spans") -> list[dict]:
-    """System and user messages for one segment row."""
+QA_LANGUAGES = ("en", "segment")
+
+
+def format_speaker_turns(words: list[dict], clip_start: float = 0.0) -> str:
+    """Consecutive words of one speaker (``asr.diarize``) as one line: clip-relative seconds, speaker, words."""
+    turns: list[dict] = []
+    for w in words:
+        if turns and turns[-1]["speaker"] == w.get("speaker"):
+            turns[-1]["end"] = w["end"] if w["end"] is not None else turns[-1]["end"]
+            turns[-1]["words"].append(w["word"].strip())
+        else:
+            turns.append({"speaker": w.get("speaker"), "start": w["start"], "end": w["end"], "words": [w["word"].strip()]})
+    shift = lambda t: None if t is None else t - clip_start
+    return "\n".join(f"{_seconds(shift(t['start']))}-{_seconds(shift(t['end']))} | {t['speaker'] or 'unknown'} | {' '.join(t['words'])}" for t in turns)
+
+
+def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PROMPT_VERSION, word_timing: str = "spans", language: str = "en") -> list[dict]:
+    """System and user messages for one segment row; with ``language="segment"`` the pairs of a segment
+    whose speech is not English are asked for in its language (the row's ``language``)."""
     prompt = load_prompt(version)
     words = row.get("tagged_words") or []
     clip_start = row.get("start") or 0.0
@@ -133,9 +150,16 @@ def render_messages(row: dict, n_pairs: int, structured: bool, version: str = PR
         "n_pairs": n_pairs,
         "output_format": prompt["format_json" if structured else "format_text"].substitute(),
     }
+    user = prompt["user"].substitute(fields)
+    if any(w.get("speaker") for w in words):
+        user += "\nSpeaker turns from diarization (seconds | speaker | words):\n" + format_speaker_turns(words, clip_start)
+    if language == "segment" and row.get("language") not in (None, "en"):
+        from whisperx.utils import LANGUAGES
+
+        user += f"\nWrite the questions and answers in {LANGUAGES.get(row['language'], row['language']).title()}, the language spoken in the recording."
     return [
         {"role": "system", "content": prompt["system"].substitute(fields)},
-        {"role": "user", "content": prompt["user"].substitute(fields)},
+        {"role": "user", "content": user},
     ]
 
 
@@ -293,13 +317,16 @@ def generate_qa(
     timeout_s: float,
     prompt_version: str = PROMPT_VERSION,
     word_timing: str = "spans",
+    language: str = "en",
 ) -> dict[str, list]:
     """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
     check_structured_mode(structured_output)
+    if language not in QA_LANGUAGES:
+        raise ValueError(f"qa.language must be one of {QA_LANGUAGES}, got {language!r}")
     client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
-    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, prompt_version, word_timing) for i in askable]
+    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, prompt_version, word_timing, language) for i in askable]
     results = dict(zip(askable, client.complete_many(requests)))
 
     out: dict[str, list] = {"qa_pairs": [], "qa_raw": [], "qa_error": [], "prompt_version": [], "llm_model": []}
@@ -321,7 +348,7 @@ def generate_qa(
 
 
 def qa_request(
-    row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, prompt_version: str = PROMPT_VERSION, word_timing: str = "spans"
+    row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, prompt_version: str = PROMPT_VERSION, word_timing: str = "spans", language: str = "en"
 ) -> dict:
-    messages = render_messages(row, n_pairs, structured_output != "text", prompt_version, word_timing)
+    messages = render_messages(row, n_pairs, structured_output != "text", prompt_version, word_timing, language)
     return chat_request(messages, temperature=temperature, max_tokens=max_tokens, structured_output=structured_output, schema_name="qa_pairs", schema=qa_schema(n_pairs))

@@ -154,13 +154,20 @@ CONDENSED_SEGMENT = Features(
 )
 
 # stage 8-9: ASR + alignment, then word labels (columns added to condensed segment rows)
-WORD = {"word": Value("string"), "start": Value("float64"), "end": Value("float64"), "score": Value("float32")}
+WORD = {
+    "word": Value("string"),
+    "start": Value("float64"),
+    "end": Value("float64"),
+    "score": Value("float32"),
+    "speaker": Value("string"),  # with asr.diarize: the clip's diarization label (SPEAKER_00, ...); else null
+}
 ASR_OUTPUT = Features(
     {
         "transcript": Value("string"),
         "language": Value("string"),
         "words": List(WORD),  # times in seconds of the recording; null for words the aligner left untimed
         "aligner": Value("string"),  # which aligner produced the times
+        "n_speakers": Value("int32"),  # speakers the diarization found in the clip; null without asr.diarize
         "asr_error": Value("string"),
     }
 )

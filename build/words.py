@@ -3,7 +3,8 @@
 ``tag_words`` is a batched map over condensed segment rows. Input columns: ``words`` (stage 8:
 ``{word, start, end, score}``, seconds in the recording), ``emotion_windows`` and ``gender_windows``
 (stage 7, ``schema.CONDENSED_SEGMENT``). Output column, and only this: ``tagged_words``, the same
-words in the same order as ``{word, start, end, score, emotion, gender}``.
+words in the same order as ``{word, start, end, score, emotion, gender}`` (and ``speaker`` as stage 8
+gave it, when the words have one: diarization).
 
 Rule for a timed word, applied separately to the emotion windows and to the gender windows:
 
@@ -70,7 +71,7 @@ def _fill_untimed(labels: list[tuple | None]) -> list[tuple]:
 def tag_segment_words(words: list[dict], emotion_windows: list[dict], gender_windows: list[dict]) -> list[dict]:
     labels = _fill_untimed(_labels_of_timed_words(words, emotion_windows or [], gender_windows or []))
     return [
-        {"word": w["word"], "start": w.get("start"), "end": w.get("end"), "score": w.get("score"), "emotion": emotion, "gender": gender}
+        {"word": w["word"], "start": w.get("start"), "end": w.get("end"), "score": w.get("score"), **({"speaker": w["speaker"]} if "speaker" in w else {}), "emotion": emotion, "gender": gender}
         for w, (emotion, gender) in zip(words, labels)
     ]
 

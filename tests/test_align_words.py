@@ -120,7 +120,7 @@ def faster_whisper_run(tmp_path_factory):
 
 def test_transcript_matches_the_ravdess_sentences(faster_whisper_run):
     _, out = faster_whisper_run
-    assert set(out) == {"transcript", "language", "words", "aligner", "asr_error"}
+    assert set(out) == {"transcript", "language", "words", "aligner", "n_speakers", "asr_error"}
     expected = " ".join(c["text"] for c in _clips_in(*SEGMENT))
     assert _normalise(expected) == "kids are talking by the door dogs are sitting by the door kids are talking by the door kids are talking by the door"
     assert _normalise(out["transcript"][0]) == _normalise(expected)

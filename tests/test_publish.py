@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from build import export, publish, stats
+from build import export, publish
 from build.audio import decode_span
 from build.config import paper_config
 from conftest import AMI
@@ -24,6 +24,13 @@ def _config(mode):
 
 def _shards(out):
     return {str(p.relative_to(out)): pq.read_table(p) for p in sorted((out / "data").rglob("*.parquet"))}
+
+
+def _plots(out):
+    """The card's statistics plots (build.stats), uploaded with it."""
+    plots = sorted(f"stats/{p.name}" for p in (out / "stats").glob("*.png"))
+    assert plots  # the card embeds them
+    return plots
 
 
 def _audio_hashes(table):
@@ -109,8 +116,7 @@ def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
-    plots = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics
-    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *plots]
+    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *_plots(metadata_only)]
     publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
         export.files_to_upload(metadata_only)
@@ -160,7 +166,7 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         "  README.md",
         "  data/qa/test-00000-of-00001.parquet",
         "  data/segments/test-00000-of-00001.parquet",
-        *(f"  stats/{name}.png" for name in sorted(stats.PLOTS)),
+        *[f"  {plot}" for plot in _plots(metadata_only)],
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
 
@@ -186,3 +192,16 @@ def test_an_unknown_mode_is_refused_before_any_audio_is_read(tmp_path):
 
     with pytest.raises(ValueError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
         pipeline.build(tmp_path / "nothing-here", _config("public"), tmp_path / "out", progress=False)
+
+
+def test_a_manifest_license_column_gives_each_row_its_licence(tmp_path):
+    from conftest import ravdess_recording
+
+    shutil.copy(AMI, tmp_path / "meeting.flac")
+    shutil.copy(ravdess_recording(1), tmp_path / "actor.flac")
+    (tmp_path / "list.csv").write_text("audio_path,license\nmeeting.flac,cc-by-4.0\nactor.flac,\n")
+    (tmp_path / "list.jsonl").write_text('{"audio_path": "actor.flac", "license": "cc-by-nc-sa-4.0"}\n{"audio_path": "meeting.flac"}\n')
+    paths = [str((tmp_path / name).resolve()) for name in ("meeting.flac", "actor.flac", "meeting.flac")]
+    assert publish.row_licences(tmp_path / "list.csv", paths, "other") == ["cc-by-4.0", "other", "cc-by-4.0"]  # an empty cell: --license
+    assert publish.row_licences(tmp_path / "list.jsonl", paths, "cc0-1.0") == ["cc0-1.0", "cc-by-nc-sa-4.0", "cc0-1.0"]
+    assert publish.row_licences(tmp_path, paths, "cc-by-4.0") == ["cc-by-4.0"] * 3  # a folder: --license for all

@@ -87,3 +87,29 @@ def test_written_splits_load_by_name_and_the_card_lists_their_sizes(tmp_path):
     assert "recording-disjoint: no recording has clips in two splits" in card
     assert sorted(p.name for p in (out / "data" / "qa").glob("*.parquet")) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
     assert pq.read_metadata(out / "data" / "qa" / "train-00000-of-00001.parquet").num_rows == len(qa_train)
+
+
+def test_split_by_speaker_keeps_each_speaker_in_one_split(tmp_path):
+    from datasets import Dataset, load_dataset
+
+    speakers = {("rec0", 0): ["SPEAKER_00"], ("rec0", 1): ["SPEAKER_01"], ("rec1", 0): ["SPEAKER_00", "SPEAKER_01"], ("rec1", 1): ["SPEAKER_01"]}
+    rows = []
+    for (rid, i), names in speakers.items():
+        row = _segments().to_list()[i]
+        words = [{**w, "speaker": names[k % len(names)]} for k, w in enumerate(row["tagged_words"])]
+        rows.append({**row, "recording_id": rid, "segment_id": f"{rid}-{i:04d}", "tagged_words": words})
+    config = paper_config().with_overrides(['export.splits={"train": 0.5, "test": 0.5}', "export.split_by=speaker"])
+    apart = []
+    for seed in range(8):
+        out = tmp_path / f"seed{seed}"
+        config.export.seed = seed
+        write(out, config, segments=Dataset.from_list(rows))
+        parts = {split: load_dataset(str(out), "segments", split=split) for split in ("train", "test") if (out / "data" / "segments" / f"{split}-00000-of-00001.parquet").exists()}
+        keys = {split: {f"{r['recording_id']}:{w['speaker']}" for r in data for w in r["words"] if w["speaker"]} for split, data in parts.items()}
+        assert sum(len(d) for d in parts.values()) == 4
+        if len(keys) == 2:
+            assert keys["train"].isdisjoint(keys["test"])
+        in_split = {r["segment_id"]: s for s, d in parts.items() for r in d}
+        assert in_split["rec1-0000"] == in_split["rec1-0001"]  # they share rec1's SPEAKER_01
+        apart.append(in_split["rec0-0000"] != in_split["rec0-0001"])
+    assert any(apart)  # rec0's two speakers may go to different splits: speaker-, not recording-disjoint
