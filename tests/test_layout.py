@@ -20,7 +20,7 @@ def test_gitignore_does_not_ignore_the_build_package():
     assert result.returncode == 1  # 1: not ignored
 
 
-SHARED = {"config", "schema", "devices", "audio", "batching", "errors", "models", "llm", "llm_server", "work", "ranks", "progress", "splits", "categories", "corpora", "prompting"}
+SHARED = {"config", "schema", "devices", "audio", "batching", "errors", "models", "llm", "llm_server", "work", "ranks", "progress", "splits", "categories", "corpora", "prompting", "diarize"}
 # pipeline sequences every stage; label runs the three labellers over one decoded segment; preflight
 # checks what every stage will load before any audio is read; publish rebuilds exported tables (rehydrate);
 # calibrate runs the labellers and condensation over a labelled corpus; stats reads exported tables
