@@ -65,7 +65,7 @@ import tempfile
 import numpy as np
 
 from .audio import SAMPLE_RATE, decode_span
-from .devices import cached, device_for
+from .devices import cached, device_for, torch_threads
 from .diarize import diarize_audio, join_speakers
 
 logger = logging.getLogger(__name__)
@@ -140,16 +140,6 @@ def _whisperx_logs_to_stderr() -> None:
             handler.setStream(sys.stderr)
 
 
-@contextlib.contextmanager
-def _torch_threads_restored(threads: int):
-    import torch
-
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _load_whisperx(model_path: str, device: str, compute_type: str, language: str | None):
     import torch
     import whisperx
@@ -160,9 +150,8 @@ def _load_whisperx(model_path: str, device: str, compute_type: str, language: st
     # CTranslate2 sets OpenMP's thread count for the whole process when it loads (cpu_threads), which
     # would change torch's too, and with it the float rounding of the labelling models of any later
     # build in this process: torch's count is restored afterwards.
-    threads = torch.get_num_threads()
     # pyannote print()s version warnings about the bundled VAD checkpoint: to stderr with them.
-    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr), _torch_threads_restored(threads):
+    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr), torch_threads():
         return whisperx.load_model(
             model_path,
             kind,

@@ -8,8 +8,9 @@ only ever carry names and numbers and the datasets fingerprint stays stable.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _CACHE: dict[tuple, Any] = {}
@@ -38,3 +39,18 @@ def cached(key: tuple, loader: Callable[[], Any]) -> Any:
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None = None) -> Iterator[None]:
+    """Run with ``count`` torch threads (None: as they are); the process's count is restored afterwards,
+    whatever the body set (CTranslate2 sets OpenMP's count for the whole process when it loads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

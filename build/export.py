@@ -15,7 +15,6 @@ import io
 import math
 import string
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Audio, Dataset
@@ -385,15 +384,16 @@ def publication_values(out_dir: str | Path, mode: str, licence: str, segment_spl
 
 def write_dataset(
     segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
-    card_template: str, license: str, sources: str, licences: list[str] | None = None, card_sections: Callable[[Path], dict[str, str]] | None = None,
+    card_template: str, license: str, sources: str, licences: list[str] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
 
     ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
-    most restrictive. ``card_sections(out_dir)`` adds card fields computed from the written tables (the
-    statistics). Returns the (qa, segments) tables as written (before the split into files)."""
+    most restrictive; its statistics (``build.stats``) are computed from the written tables. Returns the
+    (qa, segments) tables as written (before the split into files)."""
     from . import splits
     from .publish import most_restrictive
+    from .stats import card_section
 
     e = config.export
     licences = licences if licences is not None else [license] * len(segments)
@@ -408,7 +408,6 @@ def write_dataset(
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
     values.update(publication_values(out_dir, e.publish, licence, segment_splits, qa_splits, e))
-    if card_sections is not None:
-        values.update(card_sections(Path(out_dir)))
+    values["stats_section"] = card_section(out_dir)
     (Path(out_dir) / "README.md").write_text(render_card(card_template, values))
     return qa_rows, segment_rows

@@ -104,6 +104,8 @@ def probe_recordings(batch: dict[str, list]) -> dict[str, list]:
                 reason, error = exc.reason, str(exc)
             except AudioError as exc:
                 reason, error = UNREADABLE, str(exc)
+            except OSError as exc:  # a file that cannot be read while hashing (permissions, I/O error)
+                reason, error = UNREADABLE, f"{path}: cannot read the file ({first_line(exc, with_type=False)})"
         out["duration"].append(duration)
         out["error"].append(error)
         out["sha256"].append(digest)

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, categories, condense, diarize, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, stats, words
+from . import align, categories, condense, diarize, export, ingest, label, postfilter, preflight, publish, qa, schema, segment, splits, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -840,9 +840,6 @@ def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, 
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
-    export.write_dataset(
-        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources, licences=licences,
-        card_sections=lambda folder: {"stats_section": stats.card_section(folder)},
-    )  # fmt: skip
+    export.write_dataset(result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources, licences=licences)
     write_report(result, out_dir)
     return out_dir

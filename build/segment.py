@@ -31,13 +31,11 @@ A single region longer than the maximum stays as it is, and the length filter dr
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, iter_blocks
 from .config import VadConfig
-from .devices import cached
+from .devices import cached, torch_threads
 from .errors import first_line
 
 _WINDOW = 512  # silero's window at 16 kHz
@@ -64,20 +62,6 @@ def _silero():
     return load_silero_vad()
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """silero runs fastest on one thread (and ``import silero_vad`` sets one for the whole process):
-    one thread while VAD runs, the process's own count again afterwards, for the labelling models."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def detect_speech(
     batch: dict[str, list],
     *,
@@ -87,7 +71,9 @@ def detect_speech(
     speech_pad_ms: int = 30,
     block_s: float = VadConfig.block_s,
 ) -> dict[str, list]:
-    with _one_torch_thread():
+    # silero runs fastest on one thread (and ``import silero_vad`` sets one for the whole process): one
+    # thread while VAD runs, the process's own count again afterwards, for the labelling models
+    with torch_threads(1):
         return _detect_speech(batch, threshold, min_speech_ms, min_silence_ms, speech_pad_ms, block_s)
 
 

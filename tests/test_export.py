@@ -61,7 +61,7 @@ def write(out, config=None, segments=None, **kwargs):
     """The export step of a build over ``segments`` (default ``_segments()``) into ``out`` (what ``pipeline.export_dataset`` does)."""
     segments = segments if segments is not None else _segments()
     config = config or paper_config()
-    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", "card_sections": lambda folder: {"stats_section": stats.card_section(folder)}, **kwargs}
+    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", **kwargs}
     return export.write_dataset(segments, _pairs(segments), config, out, models=pipeline.model_ids(config), report=REPORT, card_template=(REPO / "dataset_card.md").read_text(), **kwargs)
 
 

@@ -4,13 +4,12 @@ reported, never used; gated cards and pushes; per-row licences and the most rest
 import hashlib
 import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import yaml
 
-from build import export, publish
+from build import export, publish, stats
 from build.audio import decode_span
 from build.config import paper_config
 from conftest import AMI
@@ -25,13 +24,6 @@ def _config(mode):
 
 def _shards(out):
     return {str(p.relative_to(out)): pq.read_table(p) for p in sorted((out / "data").rglob("*.parquet"))}
-
-
-def _plots(out):
-    """The card's statistics plots (build.stats), uploaded with it."""
-    plots = sorted(f"stats/{p.name}" for p in (out / "stats").glob("*.png"))
-    assert plots  # the card embeds them
-    return plots
 
 
 def _audio_hashes(table):
@@ -117,7 +109,8 @@ def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
-    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *_plots(metadata_only)]
+    plots = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics
+    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *plots]
     publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
         export.files_to_upload(metadata_only)
@@ -167,7 +160,7 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         "  README.md",
         "  data/qa/test-00000-of-00001.parquet",
         "  data/segments/test-00000-of-00001.parquet",
-        *[f"  {plot}" for plot in _plots(metadata_only)],
+        *(f"  stats/{name}.png" for name in sorted(stats.PLOTS)),
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
 
