@@ -92,10 +92,10 @@ def check_available(model: str = DIARIZATION_MODEL, token_env: str = TOKEN_ENV) 
             f"asr.diarize needs {model}, a gated model: accept its terms on huggingface.co/{model} "
             f"(and on pyannote/segmentation-3.0), then set {token_env} to a token of that account"
         )
-    try:
-        import pyannote.audio  # noqa: F401  (installed with whisperx)
-    except ImportError as exc:
-        raise RuntimeError(f"asr.diarize needs pyannote.audio ({exc}); it comes with whisperx (requirements.txt)") from exc
+    import importlib.util
+
+    if importlib.util.find_spec("pyannote.audio") is None:
+        raise RuntimeError("asr.diarize needs pyannote.audio; it comes with whisperx (requirements.txt)")
     return token or ""
 
 

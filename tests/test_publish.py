@@ -26,13 +26,6 @@ def _shards(out):
     return {str(p.relative_to(out)): pq.read_table(p) for p in sorted((out / "data").rglob("*.parquet"))}
 
 
-def _plots(out):
-    """The card's statistics plots (build.stats), uploaded with it."""
-    plots = sorted(f"stats/{p.name}" for p in (out / "stats").glob("*.png"))
-    assert plots  # the card embeds them
-    return plots
-
-
 def _audio_hashes(table):
     return [hashlib.sha256(cell["bytes"]).hexdigest() for cell in table.column("context").to_pylist()]
 
