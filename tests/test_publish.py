@@ -9,11 +9,13 @@ import pytest
 import soundfile as sf
 import yaml
 
-from build import export, publish
+from build import export, publish, stats
 from build.audio import decode_span
 from build.config import paper_config
 from conftest import AMI
 from test_export import write
+
+PLOTS = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics, uploaded with it
 
 N_PAIRS, N_CLIPS = 3, 2  # test_export's two AMI clips, with 2 + 1 QA pairs
 
@@ -109,7 +111,7 @@ def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
-    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *_plots(metadata_only)]
+    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *PLOTS]
     publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
         export.files_to_upload(metadata_only)
@@ -159,7 +161,7 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         "  README.md",
         "  data/qa/test-00000-of-00001.parquet",
         "  data/segments/test-00000-of-00001.parquet",
-        *[f"  {plot}" for plot in _plots(metadata_only)],
+        *(f"  {plot}" for plot in PLOTS),
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
 
