@@ -290,6 +290,16 @@ def test_windows_cover_the_first_and_the_last_30_seconds(modules):
     assert [name for name, _ in windows(clip[: 30 * SR], SR)] == ["full"]
 
 
+def test_windows_are_named_after_their_length(modules):
+    windows = modules["speech_llm"].audio_windows
+    clip = np.arange(45 * SR, dtype=np.float32)
+    for seconds, names in [(10, ["first_10s", "last_10s"]), (60.0, ["full"]), (2.5, ["first_2.5s", "last_2.5s"])]:
+        got = windows(clip, SR, seconds)
+        assert [name for name, _ in got] == names
+        assert all(len(samples) == min(len(clip), int(seconds * SR)) for _, samples in got)
+    assert [name for name, _ in windows(clip, SR, None)] == ["full"]
+
+
 def test_list_predictions_keep_the_best_window(metric):
     scores = {"early": 2, "late": 4, "same-a": 3, "same-b": 3}
 
@@ -427,6 +437,20 @@ def test_a_datasets_audio_column_goes_in_as_it_is(metric):
         prompts=["audiobench"],
     )
     assert [(p["window"], p["text"]) for p in results["items"][0]["predictions"]] == [("first_30s", "30 s"), ("last_30s", "30 s")]
+
+
+def test_ten_second_windows_are_labelled_as_such_in_the_results(metric):
+    results = metric.compute(
+        questions=["q"],
+        references=["r"],
+        audio=[(np.zeros(45 * SR, dtype=np.float32), SR)],
+        model=lambda questions, waveforms, rate: [f"{len(w) / rate:.0f} s" for w in waveforms],
+        window_seconds=10,
+        judges=[lambda messages: rated(2)],
+        prompts=["audiobench"],
+    )
+    assert [(p["window"], p["text"]) for p in results["items"][0]["predictions"]] == [("first_10s", "10 s"), ("last_10s", "10 s")]
+    assert results["items"][0]["judgements"]["<lambda>"]["audiobench"]["window"] == "first_10s"  # a tie: the first
 
 
 # --- a tiny Qwen2-Audio, built offline ---------------------------------------------------------------

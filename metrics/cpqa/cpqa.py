@@ -84,7 +84,8 @@ Args:
         *optional*: cuda when available), dtype (`str`, *optional*: bfloat16 on cuda, else float32):
         settings of the in-process Qwen2-Audio.
     window_seconds (`float` or None, *optional*, 30): longer audio is answered on its first and last
-        window; None sends the whole clip. With predictions, recorded in the config only.
+        window, named after its length (`first_30s`, `last_30s`; `first_10s`, `last_10s` for 10); shorter
+        audio, or any audio when None, is sent whole as `full`. With predictions, recorded in the config only.
     answer_cache_dir (`str`, *optional*): a folder caching the speech-LLM's answers by model, generation
         parameters, window audio hash and question, so a rerun generates only what is missing.
     prediction_windows (`list` of `list` of `str`, *optional*): window names of list predictions.

@@ -1,8 +1,9 @@
 """The speech-LLM side of CPQA: decode audio, cut the 30 s windows, and answer questions.
 
 Audio longer than the window is answered twice, on its first and on its last ``window_seconds``
-(the paper's protocol); the judge keeps the better answer. ``window_seconds=None`` sends the whole
-clip as one window (``full``), for models that take long audio. The protocol is the same for every
+(the paper's protocol), as windows named after their length (``first_30s``/``last_30s`` for 30 s,
+``first_10s``/``last_10s`` for 10 s); the judge keeps the better answer. ``window_seconds=None`` sends
+the whole clip as one window (``full``), for models that take long audio. The protocol is the same for every
 backend:
 
 - ``TransformersBackend``: a Qwen2-Audio checkpoint (hub id or local folder) in-process, bf16 on CUDA,
@@ -35,7 +36,7 @@ import numpy as np
 DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
 WINDOW_SECONDS = 30.0
 
-FULL, FIRST, LAST = "full", "first_30s", "last_30s"
+FULL = "full"
 
 
 # --- audio -------------------------------------------------------------------------------------
@@ -116,13 +117,21 @@ def audio_windows(
     waveform: np.ndarray, sampling_rate: int, window_seconds: float | None = WINDOW_SECONDS
 ) -> list[tuple[str, np.ndarray]]:
     """``[("full", all)]`` up to ``window_seconds`` (or always, when it is None: the whole clip);
-    else ``[("first_30s", head), ("last_30s", tail)]``."""
+    else ``[("first_<N>s", head), ("last_<N>s", tail)]``, N the window's length (``first_30s``)."""
     if window_seconds is None:
         return [(FULL, waveform)]
     size = int(round(window_seconds * sampling_rate))
     if len(waveform) <= size:
         return [(FULL, waveform)]
-    return [(FIRST, waveform[:size]), (LAST, waveform[-size:])]
+    first, last = window_names(window_seconds)
+    return [(first, waveform[:size]), (last, waveform[-size:])]
+
+
+def window_names(window_seconds: float) -> tuple[str, str]:
+    """The names of the head and tail windows of ``window_seconds``: ``("first_30s", "last_30s")``,
+    ``("first_2.5s", "last_2.5s")``."""
+    length = f"{window_seconds:g}s"
+    return f"first_{length}", f"last_{length}"
 
 
 def wav_base64(samples: np.ndarray, sampling_rate: int) -> str:
