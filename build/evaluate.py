@@ -11,6 +11,9 @@ folder, a ``save_to_disk`` folder, or a Hub id, with the columns ``context`` (au
   an empty category is ``unknown``;
 - ``transcript`` (or ``words``, joined): needed only by the text-only control.
 
+With ``--predictions``, a line's ``qa_set`` (when it has one) picks the set it answers, matched on the
+set's label: derived question ids collide between two sets over the same clips.
+
 Outputs in OUT: ``predictions.jsonl`` (qa_set, question_id, window, answer, error: one line per
 answered window), ``results.json`` (per set the metric's results, with ``controls``) and
 ``results.md`` (Table 2 with 95 % bootstrap CIs over clips, per category, the controls per category,
@@ -158,10 +161,15 @@ def transcripts_of(data) -> list[str] | None:
     return None
 
 
-def read_predictions(path: str) -> dict[str, list[tuple[str, str | None, str | None]]]:
-    """``{question_id: [(window, text, error), ...]}`` from JSONL lines of ``{question_id, prediction}``
-    (a string, or a list of window answers) or of this command's own ``predictions.jsonl``."""
-    out: dict[str, list] = {}
+Predictions = dict[tuple[str | None, str], list[tuple[str, str | None, str | None]]]
+
+
+def read_predictions(path: str) -> Predictions:
+    """``{(qa_set, question_id): [(window, text, error), ...]}`` from JSONL lines of ``{question_id,
+    prediction}`` (a string, or a list of window answers) or of this command's own ``predictions.jsonl``.
+    ``qa_set`` is the line's own field, or None on lines without one (they answer any set): derived
+    question ids collide between two sets over the same clips, so a two-set file keeps them apart."""
+    out: Predictions = {}
     with open(path) as lines:
         for n, line in enumerate(lines, 1):
             if not line.strip():
@@ -170,15 +178,28 @@ def read_predictions(path: str) -> dict[str, list[tuple[str, str | None, str | N
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{n}: not JSON ({error})") from error
+            key = (record.get("qa_set"), record.get("question_id"))
             if "question_id" in record and "answer" in record and "window" in record:
-                out.setdefault(record["question_id"], []).append((record["window"], record["answer"], record.get("error")))
+                out.setdefault(key, []).append((record["window"], record["answer"], record.get("error")))
             elif "question_id" in record and "prediction" in record:
                 texts = record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]]
                 names = ["full"] if len(texts) == 1 else [f"window_{k}" for k in range(len(texts))]
-                out[record["question_id"]] = [(w, t, None) for w, t in zip(names, texts)]
+                out[key] = [(w, t, None) for w, t in zip(names, texts)]
             else:
                 raise ValueError(f"{path}:{n}: each line needs question_id and prediction (or window and answer)")
     return out
+
+
+def set_predictions(predictions: Predictions, qa: QaSet, path: str) -> list[list[speech_llm.Answer]]:
+    """The answers to each of ``qa``'s questions: its own lines (``qa_set`` = its label), else lines
+    without ``qa_set``; a question with neither is an error naming the file."""
+    found = [predictions.get((qa.label, q), predictions.get((None, q))) for q in qa.question_ids]
+    lacking = [q for q, answers in zip(qa.question_ids, found) if answers is None]
+    if lacking:
+        labels = sorted({label for label, _ in predictions if label is not None})
+        hint = f" (its qa_set labels: {', '.join(labels)}; --labels names the sets)" if labels else ""
+        raise ValueError(f"{path}: no prediction for {len(lacking)} question(s) of {qa.label}, e.g. {lacking[0]}{hint}")
+    return [[speech_llm.Answer(*answer) for answer in answers] for answers in found]
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -226,21 +247,17 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
     backend = make_backend(options)
     sets = [load_qa_set(d, label, name=options.name, split=options.split, limit=options.limit) for d, label in zip(options.datasets, labels)]
     predictions = read_predictions(options.predictions) if options.backend == "predictions" else None
-    if predictions is not None:
-        for qa in sets:
-            lacking = [q for q in qa.question_ids if q not in predictions]
-            if lacking:
-                raise ValueError(f"{options.predictions}: no prediction for {len(lacking)} question(s) of {qa.label}, e.g. {lacking[0]}")
+    given = [set_predictions(predictions, qa, options.predictions) for qa in sets] if predictions is not None else None
     control_client = text_control_client(options, judges) if options.controls else None
     metric = evaluate.load(str(REPO / "metrics" / "cpqa"))
 
     out.mkdir(parents=True, exist_ok=True)
     results, prediction_lines = {}, []
-    for qa in sets:
+    for index, qa in enumerate(sets):
         for note in qa.notes:
             say(f"{qa.label}: {note}")
-        if predictions is not None:
-            answers = [[speech_llm.Answer(*answer) for answer in predictions[q]] for q in qa.question_ids]
+        if given is not None:
+            answers = given[index]
         else:
             answers = generate(backend, qa, options, "answer", say)
         prediction_lines += [

@@ -290,3 +290,52 @@ def test_the_metric_takes_a_served_model_as_a_dict(tmp_path):
         ("last_30s", "30.0 s of voice at 16000 Hz: How many people speak?"),
     ]
     assert results["config"]["speech_llm"] == "audio-stub"
+
+
+def test_a_two_set_predictions_file_keeps_each_sets_answers_apart(tmp_path, capsys):
+    # two sets over the same clips and questions: the derived question ids are the same in both
+    a, b = audiobench_set(tmp_path / "a"), audiobench_set(tmp_path / "b")
+    audio_hash = [hashlib.sha256(CLIPS[c]).hexdigest() for c, *_ in ROWS]
+    ids = ["q-" + hashlib.sha256(f"{h}\n{q}".encode()).hexdigest()[:16] for h, (_, q, _, _) in zip(audio_hash, ROWS)]
+    heard = {"first": "30.0 s of voice", "second": "30.0 s of silence"}  # rated 4 and 1 by the stub judge
+    lines = [{"qa_set": label, "question_id": q, "window": "full", "answer": f"{said}: {k}", "error": None}
+             for label, said in heard.items() for k, q in enumerate(ids)]
+    published = tmp_path / "predictions.jsonl"
+    published.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with OpenAIStub(judge_and_text_llm) as judge:
+        common = ["--predictions", str(published), "--judge", f"model=judge,base_url={judge.base_url},name=stub",
+                  "--prompts", "audiobench", "--no-controls"]
+        code, printed, err = evaluate([str(a), str(b), "--labels", "first", "second", "--out", str(tmp_path / "r")] + common, capsys)
+        assert code == 0, err
+        results = json.loads((tmp_path / "r" / "results.json").read_text())
+        for label, said in heard.items():
+            assert [i["predictions"] for i in results[label]["items"]] == [
+                [{"window": "full", "text": f"{said}: {k}", "error": None}] for k in range(len(ROWS))
+            ]
+        assert results["first"]["judges"]["stub"]["audiobench"]["score"] == 80.0
+        assert results["second"]["judges"]["stub"]["audiobench"]["score"] == 20.0
+        # labels the file does not hold: one line naming the file and the labels it has
+        code, printed, err = evaluate([str(a), "--labels", "other", "--out", str(tmp_path / "s")] + common, capsys)
+    assert code != 0
+    assert err == (f"cpqa evaluate: {published}: no prediction for 4 question(s) of other, e.g. {ids[0]} "
+                   "(its qa_set labels: first, second; --labels names the sets) (--debug shows the traceback)\n")
+
+
+def test_predictions_without_a_set_answer_every_set(tmp_path, capsys):
+    a, b = audiobench_set(tmp_path / "a"), audiobench_set(tmp_path / "b")
+    audio_hash = [hashlib.sha256(CLIPS[c]).hexdigest() for c, *_ in ROWS]
+    ids = ["q-" + hashlib.sha256(f"{h}\n{q}".encode()).hexdigest()[:16] for h, (_, q, _, _) in zip(audio_hash, ROWS)]
+    given = tmp_path / "given.jsonl"
+    given.write_text("".join(json.dumps({"question_id": q, "prediction": [f"of voice {k}", f"of silence {k}"]}) + "\n"
+                             for k, q in enumerate(ids)))
+    with OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(a), str(b), "--labels", "x", "y", "--predictions", str(given), "--judge", f"model=judge,base_url={judge.base_url},name=stub",
+                "--prompts", "audiobench", "--no-controls", "--out", str(tmp_path / "r")]
+        code, printed, err = evaluate(argv, capsys)
+        assert code == 0, err
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    for label in ("x", "y"):
+        assert [[p["text"] for p in i["predictions"]] for i in results[label]["items"]] == [
+            [f"of voice {k}", f"of silence {k}"] for k in range(len(ROWS))
+        ]
+        assert results[label]["judges"]["stub"]["audiobench"]["score"] == 80.0  # the better window
