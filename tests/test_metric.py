@@ -91,6 +91,21 @@ def test_metric_card_has_the_evaluate_yaml_header():
     assert "## How to Use" in card and "## Citation" in card
 
 
+def test_metric_card_states_what_the_code_does(modules):
+    import re
+
+    card = " ".join((METRIC_DIR / "README.md").read_text().split())
+    judge = modules["judge"]
+    assert re.findall(r'"prompt_version": "([^"]+)"', card) == [judge.PROMPT_VERSION]
+    # the verdict: lines starting with "Rating"; two different ratings fail (not "the last line wins")
+    assert judge.parse_rating("Rating: 5\nRating: 1")[0] is None
+    assert "two different ratings, or a rating outside the integers 0–5, make the judgement a failure" in card
+    assert "the last such line is parsed" not in card
+    # window names follow window_seconds
+    first, last = modules["speech_llm"].window_names(10)
+    assert f"`{first}`, `{last}`" in card
+
+
 # --- judges and score arithmetic -----------------------------------------------------------------
 
 
