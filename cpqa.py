@@ -174,10 +174,7 @@ def run_calibrate(args, config) -> int:
 def run_stats(args) -> int:
     from build import stats
 
-    names = args.names or [Path(d).name for d in args.dataset]
-    if len(names) != len(args.dataset) or len(set(names)) != len(names):
-        raise ValueError(f"--names needs one distinct name per folder ({len(args.dataset)} folders, names {names})")
-    collected = stats.collect(dict(zip(names, args.dataset)))
+    collected = stats.collect(stats.named_folders(args.dataset, args.names))
     path = stats.write_stats(collected, args.out)
     print(stats.table1(collected))
     print(f"wrote {path} and {', '.join(f'{p}.png' for p in stats.PLOTS)} in {args.out}")
@@ -283,18 +280,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "stats":
         return run_stats(args)
     if args.command == "push":
-        from build.export import files_to_upload, publication_mode, push
-        from build.preflight import check_push
+        from build.publish import push_build
 
-        if not args.dry_run:
-            check_push()
-        mode = publication_mode(args.folder)
-        verb = "would upload" if args.dry_run else "uploading"
-        print(f"{verb} ({mode}{', private' if not args.public else ', public'}):")
-        for name in files_to_upload(args.folder):
-            print(f"  {name}")
-        url = push(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run)
-        print(f"{'would create' if args.dry_run else 'done:'} {url}" + (" (gated: access requests on)" if mode == "gated" else ""))
+        push_build(args.folder, args.repo_id, public=args.public, dry_run=args.dry_run, say=print)
         return 0
     if args.command == "rehydrate":
         from build.publish import rehydrate

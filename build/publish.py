@@ -16,12 +16,17 @@ source's licence). The card states the most restrictive licence (``most_restrict
 sha256, and writes the ``context`` column back into every Parquet shard of ``out_dir``: rows whose
 source is missing or whose content changed since the build are left out and reported (never decoded
 from a changed file). The card's ``dataset_info`` is updated to the rewritten shards.
+
+``push_build(out_dir, repo_id, public=..., dry_run=...)`` is ``cpqa.py push``: the token check (not for
+a dry run), then what goes up (``export.files_to_upload``) told line by line before the upload
+(``export.push``), then the URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,3 +220,24 @@ def replace_dataset_info(card: str, info_yaml: str) -> str:
     start = lines.index("dataset_info:")
     end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "-")))
     return "\n".join(lines[:start] + info_yaml.split("\n") + lines[end:])
+
+
+def push_build(out_dir: str | Path, repo_id: str, *, public: bool, dry_run: bool, say: Callable[[str], None] = print) -> str:
+    """Upload a built folder to the Hub as ``cpqa.py push`` does; returns the dataset's URL.
+
+    Says ``would upload (MODE, private):`` (``uploading`` for a real push), one indented line per file,
+    before anything is sent, then ``would create URL`` / ``done: URL`` (`` (gated: access requests on)``
+    for a gated build). A real push first checks for a Hub token (``preflight.check_push``); a dry run
+    contacts nothing."""
+    from .export import files_to_upload, publication_mode, push
+    from .preflight import check_push
+
+    if not dry_run:
+        check_push()
+    mode = publication_mode(out_dir)
+    say(f"{'would upload' if dry_run else 'uploading'} ({mode}, {'public' if public else 'private'}):")
+    for name in files_to_upload(out_dir):
+        say(f"  {name}")
+    url = push(out_dir, repo_id, private=not public, dry_run=dry_run)
+    say(f"{'would create' if dry_run else 'done:'} {url}" + (" (gated: access requests on)" if mode == "gated" else ""))
+    return url

@@ -72,6 +72,15 @@ def set_stats(folder: str | Path) -> SetStats:
     )
 
 
+def named_folders(folders: list[str], names: list[str] | None = None) -> dict[str, str]:
+    """Set name -> built folder, as ``cpqa.py stats --names`` gives them (default: each folder's name);
+    one distinct name per folder, else a ``ValueError``."""
+    names = names or [Path(folder).name for folder in folders]
+    if len(names) != len(folders) or len(set(names)) != len(names):
+        raise ValueError(f"--names needs one distinct name per folder ({len(folders)} folders, names {names})")
+    return dict(zip(names, folders))
+
+
 def collect(folders: dict[str, str | Path]) -> dict[str, SetStats]:
     """Set name -> its statistics, in the given order."""
     return {name: set_stats(folder) for name, folder in folders.items()}

@@ -147,6 +147,40 @@ def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
     assert calls == [("create", "you/cpqa"), ("upload", export.files_to_upload(out)), ("settings", "you/cpqa", "manual", "dataset")]
 
 
+def test_push_build_checks_the_token_then_lists_the_files_before_uploading(full, monkeypatch):
+    from build.preflight import PreflightError
+
+    events = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            events.append(("create", repo_id, kwargs.get("private")))
+
+        def upload_folder(self, allow_patterns, **kwargs):
+            events.append(("upload", sorted(allow_patterns)))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no saved login
+    monkeypatch.setenv("HF_TOKEN", "")
+    with pytest.raises(PreflightError, match="no Hugging Face token"):
+        publish.push_build(full, "you/cpqa", public=True, dry_run=False, say=events.append)
+    assert events == []  # nothing said, nothing sent
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    url = publish.push_build(full, "you/cpqa", public=True, dry_run=False, say=events.append)
+    files = export.files_to_upload(full)
+    assert url == "https://huggingface.co/datasets/you/cpqa"
+    assert events == [
+        "uploading (full, public):", *(f"  {name}" for name in files),  # said before anything is sent
+        ("create", "you/cpqa", False), ("upload", sorted(files)),
+        f"done: {url}",
+    ]
+
+
 def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only, monkeypatch, capsys):
     import huggingface_hub
 

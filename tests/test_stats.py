@@ -63,6 +63,21 @@ def test_cli_writes_markdown_and_plots(two_sets, tmp_path, capsys):
     assert f"cpqa stats: {tmp_path / 'nothing'}: no built dataset here (data/qa/*.parquet expected)" in capsys.readouterr().err
 
 
+def test_set_names_default_to_the_folders_and_must_be_one_distinct_per_folder(capsys):
+    import cpqa
+
+    assert stats.named_folders(["runs/a", "other/b"]) == {"a": "runs/a", "b": "other/b"}
+    assert stats.named_folders(["runs/a", "other/b"], ["llm", "human"]) == {"llm": "runs/a", "human": "other/b"}
+    with pytest.raises(ValueError, match=r"^--names needs one distinct name per folder \(2 folders, names \['x'\]\)$"):
+        stats.named_folders(["runs/a", "other/b"], ["x"])
+    with pytest.raises(ValueError, match=r"\(2 folders, names \['a', 'a'\]\)"):
+        stats.named_folders(["runs/a", "other/a"])
+    assert cpqa.main(["stats", "runs/a", "other/b", "--names", "x", "x", "--out", "unused"]) == 2
+    assert capsys.readouterr().err == (
+        "cpqa stats: --names needs one distinct name per folder (2 folders, names ['x', 'x']) (--debug shows the traceback)\n"
+    )
+
+
 def test_card_section_links_the_plots_beside_the_card(two_sets):
     section = stats.card_section(two_sets["llm"])
     assert section.startswith("### QA pairs per category (Table 1)\n\n| category | this dataset: pairs | this dataset: % |")
