@@ -92,7 +92,7 @@ def row_licences(source: str | Path, audio_paths: list[str], default: str, allow
     import csv
     import json
 
-    from .ingest import _read_manifest
+    from .ingest import read_manifest
 
     path = Path(str(source))
     if path.suffix.lower() not in (".csv", ".jsonl") or not path.is_file():
@@ -102,7 +102,7 @@ def row_licences(source: str | Path, audio_paths: list[str], default: str, allow
             records = list(csv.DictReader(f))
     else:
         records = [json.loads(line) for line in open(path) if line.strip()]
-    listed = _read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
+    listed = read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
     by_path = {row[1]: str(record["license"]).strip() for row, record in zip(listed, records) if str(record.get("license") or "").strip()}
     return [by_path.get(p, default) for p in audio_paths]
 
