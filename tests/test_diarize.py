@@ -155,6 +155,8 @@ def test_split_by_speaker_needs_diarization(tmp_path):
     from build import pipeline
     from build.config import paper_config
 
+    from build.preflight import PreflightError
+
     config = paper_config().with_overrides(["export.split_by=speaker"])
-    with pytest.raises(ValueError, match=r"--split-by speaker needs speaker labels: turn diarization on \(asr.diarize=true\)"):
+    with pytest.raises(PreflightError, match=r"--split-by speaker needs speaker labels: turn diarization on \(asr.diarize=true\)"):
         pipeline.build(tmp_path / "nothing", config, tmp_path / "out", progress=False)
