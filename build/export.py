@@ -315,11 +315,11 @@ def empathy_table(samples: Dataset, audio: bool = True) -> Dataset:
     return data.select_columns([c for c in _EMPATHY_FIRST if audio or c != "audio"] + list(rest))
 
 
-def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_recording: dict[str, str], export_config) -> None:
+def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_segment: dict[str, str], split_of_recording: dict[str, str], export_config) -> None:
     """The ``empathy`` config, or none (an earlier build's removed) when there is no sample.
 
-    A sample goes to the split of its recording in the ``segments`` config; recordings found only here
-    are split among themselves by the same rule, so no recording has rows in two splits."""
+    A sample goes to the split of its clip in the ``segments`` config, else to that of its recording
+    there; recordings found only here are split among themselves by recording."""
     from . import splits
 
     folder = Path(out_dir) / "data" / "empathy"
@@ -330,7 +330,8 @@ def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_recordi
     others = sorted({rid for rid in rows["recording_id"] if rid not in split_of_recording})
     assigned = splits.assign_splits(splits.split_keys(others, None, "recording"), export_config.splits, export_config.seed)
     split_of = {**split_of_recording, **dict(zip(others, assigned))}
-    write_config(rows, out_dir, "empathy", [split_of[rid] for rid in rows["recording_id"]])
+    names = [split_of_segment.get(sid) or split_of[rid] for sid, rid in zip(rows["segment_id"], rows["recording_id"])]
+    write_config(rows, out_dir, "empathy", names)
 
 
 def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
@@ -463,7 +464,7 @@ def write_dataset(
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)
     write_config(segment_rows, out_dir, "segments", segment_splits)
-    write_empathy(empathy, out_dir, dict(zip(segment_rows["recording_id"], segment_splits)), e)
+    write_empathy(empathy, out_dir, split_of, dict(zip(segment_rows["recording_id"], segment_splits)), e)
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
     values.update(empathy_card_values(empathy))
