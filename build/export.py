@@ -328,7 +328,7 @@ def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_segment
         return
     rows = empathy_table(samples, audio=export_config.publish != "metadata-only")
     others = sorted({rid for rid in rows["recording_id"] if rid not in split_of_recording})
-    assigned = splits.assign_splits(splits.split_keys(others, None, "recording"), export_config.splits, export_config.seed)
+    assigned = splits.assign_splits(splits.split_keys(others), export_config.splits, export_config.seed)
     split_of = {**split_of_recording, **dict(zip(others, assigned))}
     names = [split_of_segment.get(sid) or split_of[rid] for sid, rid in zip(rows["segment_id"], rows["recording_id"])]
     write_config(rows, out_dir, "empathy", names)
@@ -458,8 +458,7 @@ def write_dataset(
     licences = licences if licences is not None else [license] * len(segments)
     segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only")
     qa_rows = qa_table(pairs, segment_rows)
-    speakers = [sorted({w["speaker"] for w in words or [] if w.get("speaker")}) for words in segment_rows["words"]] if e.split_by == "speaker" else None
-    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], speakers, e.split_by), e.splits, e.seed)
+    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"]), e.splits, e.seed)
     split_of = dict(zip(segment_rows["segment_id"], segment_splits))
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)

@@ -158,7 +158,7 @@ def check_config(config: Config) -> list[str]:
 
     if c.qa.language not in QA_LANGUAGES:
         problems.append(_bad("qa.language", c.qa.language, f"one of {', '.join(QA_LANGUAGES)}"))
-    for check in (lambda: publish.check_mode(c.export.publish), lambda: splits.check_splits(c.export.splits), lambda: splits.check_split_by(c.export.split_by, diarize=c.asr.diarize)):
+    for check in (lambda: publish.check_mode(c.export.publish), lambda: splits.check_splits(c.export.splits), lambda: splits.check_split_by(c.export.split_by)):
         try:
             check()
         except ValueError as error:
