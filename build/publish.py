@@ -160,9 +160,9 @@ def _index(audio_root: Path) -> dict[str, list[Path]]:
 
 
 def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
-    """Write ``context`` back into every shard of a metadata-only build from the sources under ``audio_root``."""
+    """Write the audio back into every shard of a metadata-only build from the sources under ``audio_root``:
+    ``context`` (the clip) in ``qa`` and ``segments``, ``audio`` (clip start to the target's end) in ``empathy``."""
     from .export import dataset_info_yaml, embed_segment_audio
-    from .audio import SAMPLE_RATE
 
     out_dir, audio_root = Path(out_dir), Path(audio_root)
     shards = sorted((out_dir / "data").rglob("*.parquet"))
@@ -175,8 +175,9 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
     report = RehydrateReport()
     for shard in shards:
         table = pq.read_table(shard)
-        if "context" in table.column_names:
-            raise ValueError(f"{shard}: already has audio (context): rehydrate reads metadata-only builds")
+        audio_name = "audio" if shard.parent.name == "empathy" else "context"
+        if audio_name in table.column_names:
+            raise ValueError(f"{shard}: already has audio ({audio_name}): rehydrate reads metadata-only builds")
         for column in ("source_file", "source_sha256", "clip_start", "clip_end", "segment_id"):
             if column not in table.column_names:
                 raise ValueError(f"{shard}: no {column} column: not a cpqa metadata-only build")
@@ -197,7 +198,7 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
         data = data.select(keep)
         paths = [str(located[i]) for i in keep]
         contexts = embed_segment_audio({"segment_id": data["segment_id"], "audio_path": paths, "start": data["clip_start"], "end": data["clip_end"]})["context"]
-        audio_column = Dataset.from_dict({"context": contexts}, features=Features({"context": Audio(sampling_rate=SAMPLE_RATE)}))
+        audio_column = Dataset.from_dict({audio_name: contexts}, features=Features({audio_name: Audio(sampling_rate=audio.SAMPLE_RATE)}))
         data = concatenate_datasets([audio_column, data.flatten_indices()], axis=1)
         tmp = shard.with_name(shard.name + ".tmp")
         data.to_parquet(str(tmp))

@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from build import devices, empathy
@@ -323,7 +324,7 @@ def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem)
 def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode(tmp_path):
     from datasets import Dataset, load_dataset
 
-    from build import export, schema
+    from build import export, publish, schema
     from build.config import ExportConfig
     from conftest import AMI
 
@@ -349,5 +350,13 @@ def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode
     export.write_empathy(samples, tmp_path, {}, {}, ExportConfig(publish="metadata-only"))
     bare = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train")
     assert "audio" not in bare.column_names and sorted(bare["id"]) == ["a-0000-empathy", "b-0000-empathy", "c-0000-empathy"]
+    assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {publish.source_sha256(str(AMI))}
+    # rehydrate puts back exactly the audio a full build embeds
+    report = publish.rehydrate(tmp_path, AMI.parent)
+    assert (report.rows, report.missing, report.changed) == (3, {}, {})
+    restored = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train").sort("id")
+    embedded = one.sort("id")  # the full build's rows of split "test" (clip a-0000)
+    a_restored = restored[restored["id"].index("a-0000-empathy")]["audio"]["array"]
+    assert np.array_equal(a_restored, embedded[0]["audio"]["array"])
     export.write_empathy(None, tmp_path, {}, {}, config)
     assert not (tmp_path / "data" / "empathy").exists()  # no sample: no config left from an earlier build
