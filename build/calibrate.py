@@ -60,7 +60,7 @@ from .corpora import normalise_labels
 from .export import markdown_table, public_model_id
 from .schema import EMOTION_LABELS, SENTIMENT_CLASSES
 from .windows import explode_windows
-from .work import _atomic_write, fingerprint
+from .work import atomic_write, fingerprint
 
 LABEL_COLUMNS = ("emotion", "label")
 PATH_COLUMNS = ("audio_path", "path", "audio", "file", "recording")
@@ -166,22 +166,7 @@ def dataset_records(source: str, recording_ids: list[str]) -> list[dict]:
 def _read_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such labels file")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    elif path.suffix.lower() == ".jsonl":
-        records = []
-        for n, line in enumerate(open(path), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from exc
-    else:
-        raise ValueError(f"{path}: labels must be a .csv or .jsonl file")
-    if not records:
-        raise ValueError(f"{path}: no labelled rows")
-    return records
+    return ingest.read_records(path, "labelled rows")
 
 
 def _resolved(path: str) -> str:
@@ -271,7 +256,7 @@ def label_windows(utterances: Utterances, config: Config, cache_dir: Path) -> tu
         schema=WINDOW_SCHEMA,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return table, False
 
 

@@ -11,7 +11,8 @@ Definitions (the paper's Table 1):
 With a client (``build.llm.LlmClient``, the QA endpoint) an LLM reads these definitions and labels
 the questions in batches of ``BATCH`` with structured output (a JSON list of categories, one per
 question); replies are cached by the client. A batch whose reply does not parse into exactly one
-known category per question falls back to the rules for that batch (counted in a warning).
+known category per question falls back to the rules for that batch (counted in a warning; a build counts
+the failed calls and redoes that post-filter shard on its next run).
 
 Without a client, rules decide, checked in this order:
 1. "contextual paralinguistic reasoning": an emotion word together with a cause word
@@ -153,8 +154,6 @@ def llm_model(mode: str, qa_config) -> str | None:
     if mode not in MODES:
         raise ValueError(f"postfilter.categoriser must be one of {MODES}, got {mode!r}")
     base_url, model = resolve_endpoint(qa_config)
-    if mode == "llm" and base_url is None:
-        raise ValueError("postfilter.categoriser=llm needs an endpoint: set qa.base_url or OPENAI_BASE_URL")
     return model if mode != "rules" and base_url is not None else None
 
 
@@ -162,6 +161,8 @@ def client_for(mode: str, qa_config, cache_dir: str | None) -> LlmClient | None:
     """The QA endpoint's client when ``mode`` and the environment call for the LLM, else None."""
     model = llm_model(mode, qa_config)
     if model is None:
+        if mode == "llm":  # the preflight says so before a build starts
+            raise ValueError("postfilter.categoriser=llm needs an endpoint: set qa.base_url or OPENAI_BASE_URL")
         return None
     base_url, _ = resolve_endpoint(qa_config)
     q = qa_config

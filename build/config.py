@@ -164,7 +164,7 @@ class ExportConfig:
     # span): users rebuild the audio from their own copy with `cpqa.py rehydrate`.
     publish: str = "full"
     splits: dict[str, float] = field(default_factory=lambda: {"test": 1.0})  # name -> fraction of clips
-    split_by: str = "recording"  # "recording" or "speaker" (needs asr.diarize): no group in two splits
+    split_by: str = "recording"  # no recording in two splits ("speaker" is refused: diarized speakers are per clip)
     seed: int = 0  # split assignment
 
 

@@ -147,7 +147,7 @@ def files_to_upload(out_dir: str | Path) -> list[str]:
     shards = sorted((root / "data").rglob("*.parquet"))
     if publication_mode(root) == "metadata-only":
         for shard in shards:
-            if "context" in pq.read_schema(shard).names:
+            if {"context", "audio"} & set(pq.read_schema(shard).names):
                 raise ValueError(f"{shard}: holds audio (rehydrated?) but {root} was built metadata-only: refusing to upload audio")
     files += [str(p.relative_to(root)) for p in shards]
     return files + sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
@@ -297,40 +297,51 @@ def qa_table(pairs: Dataset, segment_rows: Dataset) -> Dataset:
 _EMPATHY_FIRST = ("id", "audio", "text_context", "target_utterance", "desired_response")
 
 
-def empathy_table(samples: Dataset, audio: bool = True) -> Dataset:
-    """One row per empathy sample: the sample's columns first, then provenance (source file, clip span in
-    the recording). ``audio=False`` (metadata-only publication) leaves the audio out."""
+def empathy_table(samples: Dataset, audio: bool = True, licence_of: dict[str, str] | None = None) -> Dataset:
+    """One row per empathy sample: the sample's columns first, then provenance (source file, its sha256
+    and licence (``licence_of`` by source path, ``other`` when absent), clip span in the recording).
+    ``audio=False`` (metadata-only publication) leaves the audio out; ``cpqa.py rehydrate`` puts it back."""
+    from .publish import source_columns
 
-    def own(batch: dict[str, list]) -> dict[str, list]:
+    licence_of = licence_of or {}
+    provenance = source_columns(samples["audio_path"], [licence_of.get(p, "other") for p in samples["audio_path"]])
+
+    def own(batch: dict[str, list], idx: list[int]) -> dict[str, list]:
         ids = [f"{sid}-empathy" for sid in batch["segment_id"]]
-        columns = {"id": ids, "source_file": [Path(p).name for p in batch["audio_path"]]}
+        columns = {
+            "id": ids, "source_file": [Path(p).name for p in batch["audio_path"]],
+            "source_sha256": [provenance["source_sha256"][i] for i in idx], "license": [provenance["license"][i] for i in idx],
+        }  # fmt: skip
         if audio:
             columns["audio"] = _embedded(ids, batch["audio_path"], batch["clip_start"], batch["clip_end"])
         return columns
 
-    data = samples.map(own, batched=True, batch_size=16, desc="embed audio")
+    data = samples.map(own, batched=True, batch_size=16, with_indices=True, desc="embed audio")
     if audio:
         data = data.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
-    rest = ("segment_id", "recording_id", "source_file", "clip_start", "clip_end", "prompt_version", "llm_model")
+    rest = ("segment_id", "recording_id", "source_file", "source_sha256", "license", "clip_start", "clip_end", "prompt_version", "llm_model")
     return data.select_columns([c for c in _EMPATHY_FIRST if audio or c != "audio"] + list(rest))
 
 
-def write_empathy(samples: Dataset | None, out_dir: str | Path, split_of_recording: dict[str, str], export_config) -> None:
+def write_empathy(
+    samples: Dataset | None, out_dir: str | Path, split_of_segment: dict[str, str], split_of_recording: dict[str, str], export_config, licence_of: dict[str, str] | None = None
+) -> None:
     """The ``empathy`` config, or none (an earlier build's removed) when there is no sample.
 
-    A sample goes to the split of its recording in the ``segments`` config; recordings found only here
-    are split among themselves by the same rule, so no recording has rows in two splits."""
+    A sample goes to the split of its clip in the ``segments`` config, else to that of its recording
+    there; recordings found only here are split among themselves by recording."""
     from . import splits
 
     folder = Path(out_dir) / "data" / "empathy"
     if samples is None or len(samples) == 0:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    rows = empathy_table(samples, audio=export_config.publish != "metadata-only")
+    rows = empathy_table(samples, audio=export_config.publish != "metadata-only", licence_of=licence_of)
     others = sorted({rid for rid in rows["recording_id"] if rid not in split_of_recording})
-    assigned = splits.assign_splits(splits.split_keys(others, None, "recording"), export_config.splits, export_config.seed)
+    assigned = splits.assign_splits(splits.split_keys(others), export_config.splits, export_config.seed)
     split_of = {**split_of_recording, **dict(zip(others, assigned))}
-    write_config(rows, out_dir, "empathy", [split_of[rid] for rid in rows["recording_id"]])
+    names = [split_of_segment.get(sid) or split_of[rid] for sid, rid in zip(rows["segment_id"], rows["recording_id"])]
+    write_config(rows, out_dir, "empathy", names)
 
 
 def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
@@ -457,13 +468,12 @@ def write_dataset(
     licences = licences if licences is not None else [license] * len(segments)
     segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only")
     qa_rows = qa_table(pairs, segment_rows)
-    speakers = [sorted({w["speaker"] for w in words or [] if w.get("speaker")}) for words in segment_rows["words"]] if e.split_by == "speaker" else None
-    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"], speakers, e.split_by), e.splits, e.seed)
+    segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"]), e.splits, e.seed)
     split_of = dict(zip(segment_rows["segment_id"], segment_splits))
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)
     write_config(segment_rows, out_dir, "segments", segment_splits)
-    write_empathy(empathy, out_dir, dict(zip(segment_rows["recording_id"], segment_splits)), e)
+    write_empathy(empathy, out_dir, split_of, dict(zip(segment_rows["recording_id"], segment_splits)), e, dict(zip(segments["audio_path"], licences)))
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
     values.update(empathy_card_values(empathy))

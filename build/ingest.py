@@ -83,7 +83,7 @@ def list_recordings(source: str | Path, cache_dir: str | Path | None = None, *, 
             raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) among its {len(everything)} file(s)")
         return _table([(_id_from_path(p.relative_to(path)), str(p.resolve())) for p in files])
     if path.suffix.lower() in (".csv", ".jsonl"):
-        return _table(_read_manifest(path, allow_outside_root))
+        return _table(read_manifest(path, allow_outside_root))
     return _table([(_id_from_path(Path(path.name)), str(path.resolve()))])
 
 
@@ -177,11 +177,12 @@ def _unique_ids(ids: list[str]) -> list[str]:
     return out
 
 
-def _read_manifest(path: Path, allow_outside_root: bool = False) -> list[tuple[str, str, str | None]]:
+def read_records(path: Path, what: str = "recordings") -> list[dict]:
+    """The rows of a ``.csv`` (header row) or ``.jsonl`` file as dicts; an empty file is an error naming ``what``."""
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
             records = list(csv.DictReader(f))
-    else:
+    elif path.suffix.lower() == ".jsonl":
         records = []
         for n, line in enumerate(open(path), 1):
             if line.strip():
@@ -189,8 +190,15 @@ def _read_manifest(path: Path, allow_outside_root: bool = False) -> list[tuple[s
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from exc
+    else:
+        raise ValueError(f"{path}: expected a .csv or .jsonl file")
     if not records:
-        raise ValueError(f"{path}: the manifest lists no recordings")
+        raise ValueError(f"{path}: lists no {what}")
+    return records
+
+
+def read_manifest(path: Path, allow_outside_root: bool = False) -> list[tuple[str, str, str | None]]:
+    records = read_records(path)
     column = next((c for c in _PATH_COLUMNS if c in records[0]), None)
     if column is None:
         raise ValueError(f"{path}: the manifest needs one of the columns {', '.join(_PATH_COLUMNS)}; it has {', '.join(records[0])}")

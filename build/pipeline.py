@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from tqdm.auto import tqdm
 
-from . import align, categories, condense, diarize, empathy, export, ingest, label, postfilter, preflight, prompting, publish, qa, schema, segment, splits, words
+from . import align, categories, condense, empathy, export, ingest, label, postfilter, preflight, prompting, publish, qa, schema, segment, words
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
@@ -293,7 +293,10 @@ VAD_RECORDING = _features(schema.PLANNED_RECORDING, schema.VAD_OUTPUT)
 # ---------------------------------------------------------------- fingerprints
 def stage_params(config: Config) -> dict[str, dict]:
     """The config values each stage reads (what its fingerprint hashes; devices and batch sizes are not results)."""
+    from .llm_server import resolve_endpoint
+
     c = config
+    qa_model = resolve_endpoint(c.qa)[1]
     return {
         # block_s changes how a recording is read, not the regions (silero's state runs across blocks)
         "vad": {"vad": {k: v for k, v in dataclasses.asdict(c.vad).items() if k not in ("merge_gap_s", "block_s")}, "sample_rate": c.sample_rate},
@@ -310,7 +313,7 @@ def stage_params(config: Config) -> dict[str, dict]:
         "sample": {"n": c.condense.samples_per_category, "seed": c.condense.seed, "segments_per_shard": c.runtime.segments_per_shard},
         "asr": {k: v for k, v in dataclasses.asdict(c.asr).items() if k != "batch_size"},
         "qa": {
-            "model": c.qa.model,
+            "model": qa_model,  # the model that answers (the embedded one when no endpoint is set)
             "prompt_version": c.qa.prompt_version,
             "word_timing": c.qa.word_timing,
             "pairs_per_segment": c.qa.pairs_per_segment,
@@ -322,7 +325,7 @@ def stage_params(config: Config) -> dict[str, dict]:
         "postfilter": {**dataclasses.asdict(c.postfilter), "pairs_per_segment": c.qa.pairs_per_segment, "categoriser_model": categories.llm_model(c.postfilter.categoriser, c.qa)},
         "empathy": {
             **dataclasses.asdict(c.empathy),
-            "model": c.qa.model,
+            "model": qa_model,
             "prompt_version": empathy.PROMPT_VERSION,
             "demos": empathy.DEMOS_FILE.read_text(),
         },
@@ -387,21 +390,13 @@ def build(
     if "qa" not in outputs or any(o not in OUTPUTS for o in outputs):
         # QA is always built: its deliveries decide the top-up rounds that both outputs draw from
         raise ValueError(f"outputs must be qa or qa,empathy, got {','.join(outputs) or 'none'}")
-    publish.check_mode(config.export.publish)  # before any audio is read
-    splits.check_splits(config.export.splits)
-    splits.check_split_by(config.export.split_by, diarize=config.asr.diarize)
-    if config.qa.language not in qa.QA_LANGUAGES:
-        raise ValueError(f"qa.language {config.qa.language!r}: expected one of {', '.join(qa.QA_LANGUAGES)}")
-    if config.asr.diarize and stop_after is None:
-        diarize.check_available()  # the gated pyannote model needs a token: say so before any audio is read
     out_dir = Path(out_dir)
     ranks = ranks or current()
-    run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
-    params = stage_params(config)
-
     # ---- preflight (config, output, models, endpoint) on every rank, so none waits at a barrier for
     # a rank 0 that stopped; then ingest: one plan for every process
     preflight.check_build(config, out_dir, stop_after=stop_after)
+    run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
+    params = stage_params(config)
     if ranks.is_main:
         _plan(run, source, allow_outside_root)
     ranks.barrier()
@@ -498,8 +493,8 @@ def build(
     segments = segments.select([i for i, sid in enumerate(segments["segment_id"]) if sid in with_pairs])
     stages = ("asr", "qa", "postfilter", *(("empathy",) if "empathy" in outputs else ()))
     samples = _dataset(run.table("empathy", sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE) if "empathy" in outputs else None
-    if len(pairs) == 0:
-        result = dataclasses.replace(finish(segments, pairs, "no pairs", stages), empathy=samples)
+    if len(pairs) == 0:  # nothing is exported, so no recording is kept (empathy samples included)
+        result = finish(segments, pairs, "no pairs", stages)
         write_report(result, out_dir)
         return result
     result = dataclasses.replace(finish(segments, pairs, "built", stages), empathy=samples)
@@ -808,10 +803,13 @@ def _postfilter(segments: dict[str, list], config: Config, ranks: Ranks, categor
     texts = [f"Q: {q} | A: {a}" for q, a in zip(pairs["question"], pairs["answer"])]
     keep, dropped = _split("pairs", pairs, reasons["drop_reason"], texts)
     kept = _pick(pairs, keep)
+    before = categoriser.calls.snapshot() if categoriser is not None else None
     kept = {**kept, **postfilter.categorise(kept, categoriser)}
     with_pairs = set(kept["segment_id"])
     dropped += _split("postfilter", segments, [None if sid in with_pairs else NO_PAIR_SURVIVED for sid in segments["segment_id"]])[1]
     counts = {"generated": len(pairs["segment_id"]), "pairs": len(keep), "postfilter": len(with_pairs)}
+    if categoriser is not None:  # a failed call fell back to the rules: the shard is redone on the next run
+        counts.update(_llm_counts(stats_delta(categoriser.calls.snapshot(), before)))
     return kept, schema.QA_PAIR, counts, dropped
 
 

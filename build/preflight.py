@@ -1,11 +1,11 @@
 """Preflight: what a build needs that can fail, checked before any audio is processed.
 
 ``check_build(config, out_dir, stop_after=...)`` raises ``PreflightError`` when something is missing;
-``pipeline.build`` calls it first, on rank 0. Every problem is one line that names the cause and the
+``pipeline.build`` calls it first, on every rank (so none waits at a barrier for a rank 0 that stopped). Every problem is one line that names the cause and the
 fix; the error's first line is the first problem (and says how many there are), its other lines the
 rest (``--debug`` shows them all). Checked, in this order:
 
-- config values: each has the type of its default (a float may be given as an int, an optional one
+- config values (``check_config``): each has the type of its default (a float may be given as an int, an optional one
   as null), and the closed sets and ranges of the method (``condense.x`` and ``y`` in [0, 1], α
   keys among the emotion labels and α >= 1, the aligner, the structured-output mode, the precision,
   the device form);
@@ -78,8 +78,34 @@ def check_build(config: Config, out_dir: str | Path, *, stop_after: str | None =
             name = config.postfilter.embedding_model
             problems += check_model("postfilter.embedding_model", name, TRANSFORMERS_FILES, hub, repo=name if "/" in name else f"sentence-transformers/{name}")
         problems += check_qa_endpoint(config.qa)
+        problems += check_categoriser(config)
+        if config.asr.diarize:
+            problems += _raised(diarize_check)
     if problems:
         raise PreflightError(problems)
+
+
+def diarize_check() -> None:
+    from .diarize import check_available
+
+    check_available()  # the gated pyannote model needs a token
+
+
+def check_categoriser(config: Config) -> list[str]:
+    """``postfilter.categoriser=llm`` needs an endpoint (the embedded server never categorises)."""
+    from .llm_server import resolve_endpoint
+
+    if config.postfilter.categoriser == "llm" and resolve_endpoint(config.qa)[0] is None:
+        return ["postfilter.categoriser=llm needs an endpoint: set qa.base_url or $OPENAI_BASE_URL, or use postfilter.categoriser=rules"]
+    return []
+
+
+def _raised(check) -> list[str]:
+    try:
+        check()
+    except (RuntimeError, ValueError) as error:
+        return [str(error)]
+    return []
 
 
 # ---------------------------------------------------------------- config values
@@ -127,6 +153,16 @@ def check_config(config: Config) -> list[str]:
     for key, value in (("empathy.max_response_chars", c.empathy.max_response_chars), ("empathy.pause_s", c.empathy.pause_s)):
         if value <= 0:
             problems.append(_bad(key, value, "a positive number"))
+    from . import publish, splits
+    from .qa import QA_LANGUAGES
+
+    if c.qa.language not in QA_LANGUAGES:
+        problems.append(_bad("qa.language", c.qa.language, f"one of {', '.join(QA_LANGUAGES)}"))
+    for check in (lambda: publish.check_mode(c.export.publish), lambda: splits.check_splits(c.export.splits), lambda: splits.check_split_by(c.export.split_by)):
+        try:
+            check()
+        except ValueError as error:
+            problems.append(str(error))
     if not problems and c.min_segment_s > c.max_segment_s:
         problems.append(f"config value min_segment_s = {c.min_segment_s:g} is above max_segment_s = {c.max_segment_s:g}: no segment could pass the length filter; lower it with --set min_segment_s=...")
     return problems

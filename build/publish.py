@@ -97,7 +97,7 @@ def row_licences(source: str | Path, audio_paths: list[str], default: str, allow
     import csv
     import json
 
-    from .ingest import _read_manifest
+    from .ingest import read_manifest
 
     path = Path(str(source))
     if path.suffix.lower() not in (".csv", ".jsonl") or not path.is_file():
@@ -107,7 +107,7 @@ def row_licences(source: str | Path, audio_paths: list[str], default: str, allow
             records = list(csv.DictReader(f))
     else:
         records = [json.loads(line) for line in open(path) if line.strip()]
-    listed = _read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
+    listed = read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
     by_path = {row[1]: str(record["license"]).strip() for row, record in zip(listed, records) if str(record.get("license") or "").strip()}
     return [by_path.get(p, default) for p in audio_paths]
 
@@ -165,9 +165,9 @@ def _index(audio_root: Path) -> dict[str, list[Path]]:
 
 
 def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
-    """Write ``context`` back into every shard of a metadata-only build from the sources under ``audio_root``."""
+    """Write the audio back into every shard of a metadata-only build from the sources under ``audio_root``:
+    ``context`` (the clip) in ``qa`` and ``segments``, ``audio`` (clip start to the target's end) in ``empathy``."""
     from .export import dataset_info_yaml, embed_segment_audio
-    from .audio import SAMPLE_RATE
 
     out_dir, audio_root = Path(out_dir), Path(audio_root)
     shards = sorted((out_dir / "data").rglob("*.parquet"))
@@ -180,8 +180,9 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
     report = RehydrateReport()
     for shard in shards:
         table = pq.read_table(shard)
-        if "context" in table.column_names:
-            raise ValueError(f"{shard}: already has audio (context): rehydrate reads metadata-only builds")
+        audio_name = "audio" if shard.parent.name == "empathy" else "context"
+        if audio_name in table.column_names:
+            raise ValueError(f"{shard}: already has audio ({audio_name}): rehydrate reads metadata-only builds")
         for column in ("source_file", "source_sha256", "clip_start", "clip_end", "segment_id"):
             if column not in table.column_names:
                 raise ValueError(f"{shard}: no {column} column: not a cpqa metadata-only build")
@@ -202,7 +203,7 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
         data = data.select(keep)
         paths = [str(located[i]) for i in keep]
         contexts = embed_segment_audio({"segment_id": data["segment_id"], "audio_path": paths, "start": data["clip_start"], "end": data["clip_end"]})["context"]
-        audio_column = Dataset.from_dict({"context": contexts}, features=Features({"context": Audio(sampling_rate=SAMPLE_RATE)}))
+        audio_column = Dataset.from_dict({audio_name: contexts}, features=Features({audio_name: Audio(sampling_rate=audio.SAMPLE_RATE)}))
         data = concatenate_datasets([audio_column, data.flatten_indices()], axis=1)
         tmp = shard.with_name(shard.name + ".tmp")
         data.to_parquet(str(tmp))

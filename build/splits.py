@@ -1,11 +1,14 @@
-"""Splits for training use: every clip goes to one named split, and no group (a recording, or with
-diarization a speaker) has clips in two splits.
+"""Splits for training use: every clip goes to one named split, and no recording has clips in two splits.
+
+Why not speaker-disjoint: diarization runs per clip, so its labels are local to a clip (SPEAKER_00 of
+one clip need not be SPEAKER_00 of the next), and no split derived from them can keep a person out of
+two splits; ``split_by=speaker`` is refused with that reason. Recording-disjoint splits keep every
+diarized speaker of a recording in one split.
 
 ``parse_splits("train=0.8,test=0.2")`` -> ``{"train": 0.8, "test": 0.2}`` (fractions of clips, summing to 1).
 
-``assign_splits(keys, fractions, seed)``: ``keys[i]`` are the group keys of clip i (its recording id, or
-its speakers' ids). Clips that share a key, directly or through other clips, form one group (union-find),
-so a clip with two speakers ties both speakers' clips together. Groups are shuffled with ``seed`` and
+``assign_splits(keys, fractions, seed)``: ``keys[i]`` are the group keys of clip i (its recording id).
+Clips that share a key, directly or through other clips, form one group (union-find). Groups are shuffled with ``seed`` and
 each goes, in that order, to the split furthest below its share of the clips placed so far plus this
 group (ties: the split listed first). The result depends only on the keys, the fractions and the seed.
 """
@@ -15,7 +18,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-SPLIT_BY = ("recording", "speaker")
+SPLIT_BY = ("recording",)
+SPEAKER_REFUSED = (
+    "export.split_by=speaker: diarization labels speakers per clip (SPEAKER_00 in one clip is not SPEAKER_00 in the next), "
+    "so no split can keep a speaker out of two splits; use split_by=recording, which keeps every diarized speaker of a recording in one split"
+)
 
 
 def parse_splits(text: str) -> dict[str, float]:
@@ -41,11 +48,11 @@ def check_splits(splits: dict[str, float]) -> dict[str, float]:
     return {str(name): float(f) for name, f in splits.items()}
 
 
-def check_split_by(split_by: str, diarize: bool) -> str:
+def check_split_by(split_by: str) -> str:
+    if split_by == "speaker":
+        raise ValueError(SPEAKER_REFUSED)
     if split_by not in SPLIT_BY:
         raise ValueError(f"export.split_by {split_by!r}: expected one of {', '.join(SPLIT_BY)}")
-    if split_by == "speaker" and not diarize:
-        raise ValueError("--split-by speaker needs speaker labels: turn diarization on (asr.diarize=true)")
     return split_by
 
 
@@ -61,7 +68,7 @@ def _groups(keys: list[list[str]]) -> list[list[int]]:
 
     for clip_keys in keys:
         if not clip_keys:
-            raise ValueError("every clip needs at least one group key (its recording or speaker ids)")
+            raise ValueError("every clip needs at least one group key (its recording id)")
         for other in clip_keys[1:]:
             a, b = find(clip_keys[0]), find(other)
             if a != b:
@@ -90,11 +97,6 @@ def assign_splits(keys: list[list[str]], fractions: dict[str, float], seed: int)
     return out
 
 
-def split_keys(recording_ids: list[str], speakers: list[list[str] | None] | None, split_by: str) -> list[list[str]]:
-    """Group keys per clip: its recording, or its speakers (``recording:speaker``, as diarization labels
-    are per recording; a clip without any diarized speaker falls back to its recording)."""
-    if split_by == "recording":
-        return [[rid] for rid in recording_ids]
-    if speakers is None:
-        raise ValueError("--split-by speaker needs speaker labels: turn diarization on (asr.diarize=true)")
-    return [[f"{rid}:{s}" for s in spk] if spk else [rid] for rid, spk in zip(recording_ids, speakers)]
+def split_keys(recording_ids: list[str]) -> list[list[str]]:
+    """Group keys per clip: its recording."""
+    return [[rid] for rid in recording_ids]

@@ -83,7 +83,7 @@ def table_from_columns(columns: dict[str, list], features: Features) -> pa.Table
     return table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode()})
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -137,12 +137,12 @@ class WorkDir:
     ) -> None:
         """Write a finished task: dropped rows, then stats, then the output (its completion marker)."""
         dropped_table = table_from_columns({name: [row.get(name) for row in dropped] for name in DROPPED}, DROPPED)
-        _atomic_write(self.dropped_path(stage, shard), lambda p: pq.write_table(dropped_table, p))
+        atomic_write(self.dropped_path(stage, shard), lambda p: pq.write_table(dropped_table, p))
         entry = {"stage": stage, "shard": shard, "fingerprint": fp, **stats}
-        _atomic_write(self.stats_path(stage, shard), lambda p: p.write_text(json.dumps(entry, indent=1) + "\n"))
+        atomic_write(self.stats_path(stage, shard), lambda p: p.write_text(json.dumps(entry, indent=1) + "\n"))
         table = table_from_columns(columns, features)
         metadata = {**(table.schema.metadata or {}), _METADATA_KEY: json.dumps({"stage": stage, "shard": shard, "fingerprint": fp}).encode()}
-        _atomic_write(self.output(stage, shard), lambda p: pq.write_table(table.replace_schema_metadata(metadata), p))
+        atomic_write(self.output(stage, shard), lambda p: pq.write_table(table.replace_schema_metadata(metadata), p))
 
     # ---------------------------------------------------------------- read
     def read(self, stage: str, shard: str) -> dict[str, list]:

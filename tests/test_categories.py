@@ -156,7 +156,7 @@ def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert llm_model("auto", qa) is None and client_for("auto", qa, None) is None  # the embedded server never categorises
     with pytest.raises(ValueError, match="categoriser=llm needs an endpoint"):
-        llm_model("llm", qa)
+        client_for("llm", qa, None)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     assert llm_model("auto", qa) == "gpt-4o" and llm_model("rules", qa) is None
     assert client_for("auto", qa, None).model == "gpt-4o"

@@ -151,10 +151,12 @@ def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
     assert off["n_speakers"] == [None] and all("speaker" not in w for w in off["words"][0])
 
 
-def test_split_by_speaker_needs_diarization(tmp_path):
+def test_split_by_speaker_is_refused_even_with_diarization(tmp_path):
     from build import pipeline
     from build.config import paper_config
 
-    config = paper_config().with_overrides(["export.split_by=speaker"])
-    with pytest.raises(ValueError, match=r"--split-by speaker needs speaker labels: turn diarization on \(asr.diarize=true\)"):
+    from build.preflight import PreflightError
+
+    config = paper_config().with_overrides(["export.split_by=speaker", "asr.diarize=true"])
+    with pytest.raises(PreflightError, match=r"export.split_by=speaker: diarization labels speakers per clip"):
         pipeline.build(tmp_path / "nothing", config, tmp_path / "out", progress=False)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from build import devices, empathy
@@ -318,3 +319,44 @@ def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem)
 
     key = override.split("=")[0]
     assert preflight.check_config(tiny_config.with_overrides([override])) == [f"{problem}: fix it with --set {key}=... or in --config"]
+
+
+def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode(tmp_path):
+    from datasets import Dataset, load_dataset
+
+    from build import export, publish, schema
+    from build.config import ExportConfig
+    from conftest import AMI
+
+    def sample(sid, rid, start):
+        target = {"text": "Really?", "start": 1.0, "end": 1.5, "emotions": {"primary": "surprised", "secondary": None}}
+        response = {"text": "Tell me more.", "response_strategy": "open-ended questioning", "emotion_awareness": "They sound taken aback."}
+        return {"segment_id": sid, "recording_id": rid, "audio_path": str(AMI), "clip_start": start, "clip_end": start + 2.0, "text_context": [],
+                "target_utterance": target, "desired_response": response, "empathy_raw": "", "prompt_version": "empathy_v1", "llm_model": "m"}  # fmt: skip
+
+    rows = [sample("a-0000", "a", 1.0), sample("b-0000", "b", 5.0), sample("c-0000", "c", 9.0)]
+    samples = Dataset.from_list(rows, features=schema.EMPATHY_SAMPLE)
+    config = ExportConfig(splits={"train": 0.5, "test": 0.5})
+    # a and b are in the segments config (a by clip, b by recording); c is split on its own
+    export.write_empathy(samples, tmp_path, {"a-0000": "test"}, {"a": "test", "b": "train"}, config)
+    written = {p.name.split("-")[0] for p in (tmp_path / "data" / "empathy").glob("*.parquet")}
+    assert written <= {"train", "test"}
+    by_split = {name: load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / f"{name}-*.parquet"), split="train")["segment_id"] for name in written}
+    assert "a-0000" in by_split["test"] and "b-0000" in by_split["train"]
+    assert sum(len(v) for v in by_split.values()) == 3
+    one = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "test-*.parquet"), split="train")
+    assert one.column_names[:5] == ["id", "audio", "text_context", "target_utterance", "desired_response"]
+
+    export.write_empathy(samples, tmp_path, {}, {}, ExportConfig(publish="metadata-only"))
+    bare = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train")
+    assert "audio" not in bare.column_names and sorted(bare["id"]) == ["a-0000-empathy", "b-0000-empathy", "c-0000-empathy"]
+    assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {publish.source_sha256(str(AMI))}
+    # rehydrate puts back exactly the audio a full build embeds
+    report = publish.rehydrate(tmp_path, AMI.parent)
+    assert (report.rows, report.missing, report.changed) == (3, {}, {})
+    restored = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train").sort("id")
+    embedded = one.sort("id")  # the full build's rows of split "test" (clip a-0000)
+    a_restored = restored[restored["id"].index("a-0000-empathy")]["audio"]["array"]
+    assert np.array_equal(a_restored, embedded[0]["audio"]["array"])
+    export.write_empathy(None, tmp_path, {}, {}, config)
+    assert not (tmp_path / "data" / "empathy").exists()  # no sample: no config left from an earlier build

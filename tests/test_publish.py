@@ -218,9 +218,11 @@ def test_most_restrictive_licence():
 
 def test_an_unknown_mode_is_refused_before_any_audio_is_read(tmp_path):
     from build import pipeline
+    from build.preflight import PreflightError
 
-    with pytest.raises(ValueError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
+    with pytest.raises(PreflightError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
         pipeline.build(tmp_path / "nothing-here", _config("public"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "work").exists()
 
 
 def test_a_manifest_license_column_gives_each_row_its_licence(tmp_path):

@@ -33,19 +33,19 @@ def test_the_assignment_is_deterministic_by_seed():
     assert (first.count("train"), first.count("validation"), first.count("test")) == (42, 6, 12)
 
 
-def test_clips_that_share_a_speaker_stay_together_across_recordings():
-    # clip 0 has speakers A and B, clip 1 only B, clip 2 B and C: A, B and C form one group
-    keys = [["r1:A", "r1:B"], ["r1:B"], ["r1:B", "r1:C"], ["r2:D"], ["r3:E"], ["r4:F"], ["r5:G"]]
+def test_clips_that_share_a_key_stay_together():
+    keys = [["r1", "r2"], ["r2"], ["r2", "r3"], ["r4"], ["r5"], ["r6"], ["r7"]]
     for seed in range(10):
         out = splits.assign_splits(keys, {"train": 0.5, "test": 0.5}, seed=seed)
         assert out[0] == out[1] == out[2]
 
 
-def test_split_keys_by_recording_and_by_speaker():
-    assert splits.split_keys(["a", "a", "b"], None, "recording") == [["a"], ["a"], ["b"]]
-    assert splits.split_keys(["a", "b"], [["SPEAKER_00", "SPEAKER_01"], []], "speaker") == [["a:SPEAKER_00", "a:SPEAKER_01"], ["b"]]
-    with pytest.raises(ValueError, match=r"--split-by speaker needs speaker labels: turn diarization on \(asr.diarize=true\)"):
-        splits.split_keys(["a"], None, "speaker")
+def test_split_keys_are_recordings_and_speaker_splits_are_refused_with_the_reason():
+    assert splits.split_keys(["a", "a", "b"]) == [["a"], ["a"], ["b"]]
+    with pytest.raises(ValueError, match=r"export.split_by=speaker: diarization labels speakers per clip .* use split_by=recording"):
+        splits.check_split_by("speaker")
+    with pytest.raises(ValueError, match=r"export.split_by 'clip': expected one of recording"):
+        splits.check_split_by("clip")
 
 
 @pytest.mark.parametrize(
@@ -87,29 +87,3 @@ def test_written_splits_load_by_name_and_the_card_lists_their_sizes(tmp_path):
     assert "recording-disjoint: no recording has clips in two splits" in card
     assert sorted(p.name for p in (out / "data" / "qa").glob("*.parquet")) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
     assert pq.read_metadata(out / "data" / "qa" / "train-00000-of-00001.parquet").num_rows == len(qa_train)
-
-
-def test_split_by_speaker_keeps_each_speaker_in_one_split(tmp_path):
-    from datasets import Dataset, load_dataset
-
-    speakers = {("rec0", 0): ["SPEAKER_00"], ("rec0", 1): ["SPEAKER_01"], ("rec1", 0): ["SPEAKER_00", "SPEAKER_01"], ("rec1", 1): ["SPEAKER_01"]}
-    rows = []
-    for (rid, i), names in speakers.items():
-        row = _segments().to_list()[i]
-        words = [{**w, "speaker": names[k % len(names)]} for k, w in enumerate(row["tagged_words"])]
-        rows.append({**row, "recording_id": rid, "segment_id": f"{rid}-{i:04d}", "tagged_words": words})
-    config = paper_config().with_overrides(['export.splits={"train": 0.5, "test": 0.5}', "export.split_by=speaker"])
-    apart = []
-    for seed in range(8):
-        out = tmp_path / f"seed{seed}"
-        config.export.seed = seed
-        write(out, config, segments=Dataset.from_list(rows))
-        parts = {split: load_dataset(str(out), "segments", split=split) for split in ("train", "test") if (out / "data" / "segments" / f"{split}-00000-of-00001.parquet").exists()}
-        keys = {split: {f"{r['recording_id']}:{w['speaker']}" for r in data for w in r["words"] if w["speaker"]} for split, data in parts.items()}
-        assert sum(len(d) for d in parts.values()) == 4
-        if len(keys) == 2:
-            assert keys["train"].isdisjoint(keys["test"])
-        in_split = {r["segment_id"]: s for s, d in parts.items() for r in d}
-        assert in_split["rec1-0000"] == in_split["rec1-0001"]  # they share rec1's SPEAKER_01
-        apart.append(in_split["rec0-0000"] != in_split["rec0-0001"])
-    assert any(apart)  # rec0's two speakers may go to different splits: speaker-, not recording-disjoint

@@ -56,7 +56,7 @@ def builds(source, tiny_config, tmp_path_factory):
         results = {}
         for rounds in (0, 1, 2):
             before = len(stub.requests)
-            results[rounds] = pipeline.build(source, _config(tiny_config, stub.base_url, rounds), out, progress=False)
+            results[rounds] = pipeline.build(source, _config(tiny_config, stub.base_url, rounds), out, progress=False, outputs=("qa",))  # QA requests only
             results[rounds, "requests"] = len(stub.requests) - before
     return results, label, order, orders, out
 
