@@ -47,3 +47,12 @@ def test_tiny_model_builders_import_model_classes_not_stages():
 def test_no_wheel_or_build_output_is_committed():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert [f for f in tracked if f.endswith((".whl", ".parquet", ".arrow")) or f.startswith(("runs/", ".cpqa/"))] == []
+
+
+def test_no_link_or_environment_is_committed():
+    # a symlinked .venv once slipped past a ".venv/" ignore rule (which matches folders only); a checkout
+    # of it replaced the real environment
+    staged = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [line.split("\t", 1)[1] for line in staged if line.startswith("120000 ")] == []  # mode 120000: a symbolic link
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", ".venv"], cwd=REPO)
+    assert ignored.returncode == 0  # .venv is ignored as a file or link too
