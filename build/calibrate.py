@@ -123,7 +123,7 @@ def read_utterances(source: str | Path, corpus: str, labels_file: str | Path | N
         columns["corpus_label"].append(str(record[label_column]))
     if not columns["utterance_id"]:
         raise ValueError(f"{labels_path}: no utterance has a label with a counterpart in the taxonomy (dropped: {normalised.dropped})")
-    _fill_whole_files(columns)
+    columns = {**columns, **_whole_file_spans(columns)}
     return Utterances(columns, normalised.dropped)
 
 
@@ -188,17 +188,18 @@ def _recording_of(record: dict, by_id: dict, by_path: dict, labels_path: Path, f
     raise ValueError(f"{labels_path}: row {n} names {named!r}, which is not among the source's recordings")
 
 
-def _fill_whole_files(columns: dict[str, list]) -> None:
-    """Utterances without start/end cover their whole file (its probed duration)."""
-    whole = [i for i, (s, e) in enumerate(zip(columns["start"], columns["end"])) if s is None or e is None]
-    if not whole:
-        return
-    probed = ingest.probe_recordings({"audio_path": [columns["audio_path"][i] for i in whole]})
-    for i, duration, error in zip(whole, probed["duration"], probed["error"]):
-        if error is not None:
-            raise ValueError(error)
-        columns["start"][i] = columns["start"][i] if columns["start"][i] is not None else 0.0
-        columns["end"][i] = columns["end"][i] if columns["end"][i] is not None else float(duration)
+def _whole_file_spans(columns: dict[str, list]) -> dict[str, list]:
+    """``start`` and ``end`` with utterances that have neither covering their whole file (its probed duration)."""
+    start, end = list(columns["start"]), list(columns["end"])
+    whole = [i for i, (s, e) in enumerate(zip(start, end)) if s is None or e is None]
+    if whole:
+        probed = ingest.probe_recordings({"audio_path": [columns["audio_path"][i] for i in whole]})
+        for i, duration, error in zip(whole, probed["duration"], probed["error"]):
+            if error is not None:
+                raise ValueError(error)
+            start[i] = start[i] if start[i] is not None else 0.0
+            end[i] = end[i] if end[i] is not None else float(duration)
+    return {"start": start, "end": end}
 
 
 # ---------------------------------------------------------------- window labels (cached)

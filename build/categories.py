@@ -33,6 +33,7 @@ import re
 
 from .llm import LlmClient
 from .llm_server import resolve_endpoint
+from .prompting import json_schema_format
 
 log = logging.getLogger("cpqa.categories")
 
@@ -109,7 +110,7 @@ def request_for(questions: list[str]) -> dict:
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
         "temperature": 0.0,
         "max_tokens": 40 + 16 * len(questions),
-        "response_format": {"type": "json_schema", "json_schema": {"name": "qa_categories", "strict": True, "schema": schema}},
+        "response_format": json_schema_format("qa_categories", schema),
         "fallback_to_text": True,
     }
 

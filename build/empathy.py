@@ -66,7 +66,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .prompting import FENCE, LENIENT_JSON, PROMPT_DIR, chat_request, check_structured_mode, llm_client, load_sections
+from .prompting import FENCE, LENIENT_JSON, PROMPT_DIR, chat_request, check_structured_mode, llm_client, load_sections, speaker_runs
 from .schema import EMOTION_FAMILY, EMOTION_LABELS, FAMILIES
 
 PROMPT_VERSION = "empathy_v1"
@@ -173,14 +173,7 @@ def _text(words: list[dict]) -> str:
 
 def context_turns(words: list[dict]) -> list[dict]:
     """The words as turns of consecutive words by the same speaker (rule 4)."""
-    turns: list[dict] = []
-    for word in words:
-        speaker = word.get("speaker") or DEFAULT_SPEAKER
-        if turns and turns[-1]["speaker"] == speaker:
-            turns[-1]["words"].append(word)
-        else:
-            turns.append({"speaker": speaker, "words": [word]})
-    return [{"speaker": t["speaker"], "text": _text(t["words"])} for t in turns if _text(t["words"])]
+    return [{"speaker": speaker, "text": _text(run)} for speaker, run in speaker_runs(words, DEFAULT_SPEAKER) if _text(run)]
 
 
 def target_emotions(windows: list[dict], start: float, end: float, primary: str) -> dict:

@@ -4,6 +4,6 @@ One client writes the QA pairs and the judgements, with the same retries, cache 
 lives with the metric because `evaluate` loads a metric folder on its own.
 """
 
-from metrics.cpqa.llm_client import CallStats, LlmClient, LlmResult, cache_key, stats_delta, stats_sum, summary_line
+from metrics.cpqa.llm_client import CallStats, LlmClient, LlmResult, cache_key, stats_delta, summary_line
 
-__all__ = ["CallStats", "LlmClient", "LlmResult", "cache_key", "stats_delta", "stats_sum", "summary_line"]
+__all__ = ["CallStats", "LlmClient", "LlmResult", "cache_key", "stats_delta", "summary_line"]

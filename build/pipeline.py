@@ -483,7 +483,7 @@ def build(
         upstream = after_sampling(round_shards, round_manifest, fp)
         sample_shards = sample_shards + round_shards
     if "empathy" in outputs:  # over every sample shard, top-ups included: one sample per transcribed clip
-        _empathy_stage(run, sample_shards, fps, params, say)
+        _empathy_stage(run, sample_shards, fps["asr"], params, say)
     if not ranks.is_main:
         return None
 
@@ -503,11 +503,10 @@ def build(
     return result
 
 
-def _empathy_stage(run: _Run, sample_shards: list[str], fps: dict, params: dict, say: Callable[[str], None]) -> None:
+def _empathy_stage(run: _Run, sample_shards: list[str], asr_fps: dict[str, str], params: dict, say: Callable[[str], None]) -> None:
     """The empathy task of every sample shard, chained to its ASR output; a barrier after it."""
-    fps["empathy"] = {s: fingerprint("empathy", params["empathy"], [fps["asr"][s], s]) for s in sample_shards}
     audio = {s: sum(e - b for b, e in zip(*run.work.read_table("sample", s).select(["start", "end"]).to_pydict().values())) for s in sample_shards}
-    tasks = [(s, fps["empathy"][s], audio[s]) for s in sample_shards]
+    tasks = [(s, fingerprint("empathy", params["empathy"], [asr_fps[s], s]), audio[s]) for s in sample_shards]
     pending = [t for t in run.ranks.mine(tasks) if not run.work.is_done("empathy", t[0], t[1])]
     with _llm_endpoint(run.config, needed=bool(pending), say=say) as (base_url, qa_config):
         cache_dir = str(run.work.root / "llm-cache")

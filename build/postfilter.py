@@ -35,6 +35,7 @@ import re
 from .categories import has_words as _has
 from .categories import categorise as categorise_questions
 from .devices import cached, device_for
+from .prompting import FRAGMENT_WORDS
 from .llm import LlmClient
 
 EXTRA_PAIR = "beyond the pairs asked for"
@@ -71,9 +72,6 @@ def pair_drop_reason(question: str | None, answer: str | None, transcript_words:
     if _has(transcript_pattern(transcript_words), question):
         return PRESUPPOSES_TRANSCRIPT
     return None
-
-
-_FRAGMENT_WORDS = 8  # the length of the runs in qa.prompt_fragments()
 
 
 def _garbled(text: str) -> bool:
@@ -120,7 +118,7 @@ def untrusted_reason(
         return TOO_LONG
     for text in (question, answer):
         words = _normal(text).split()
-        if any(" ".join(words[i : i + _FRAGMENT_WORDS]) in prompt_fragments for i in range(len(words) - _FRAGMENT_WORDS + 1)):
+        if any(" ".join(words[i : i + FRAGMENT_WORDS]) in prompt_fragments for i in range(len(words) - FRAGMENT_WORDS + 1)):
             return LEAKS_PROMPT
     return None
 

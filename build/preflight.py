@@ -38,11 +38,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .config import Config
+from .prompting import STRUCTURED_MODES as STRUCTURED_OUTPUTS
 from .errors import first_line
 from .schema import EMOTION_LABELS
 
 HUB_HOST = "huggingface.co"
-STRUCTURED_OUTPUTS = ("auto", "json_schema", "text")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # files each loader reads from a local folder
 FUNASR_FILES = ("config.yaml", "model.pt", "tokens.txt")

@@ -25,6 +25,7 @@ from .llm import LlmClient
 
 PROMPT_DIR = Path(__file__).with_name("prompts")
 STRUCTURED_MODES = ("auto", "json_schema", "text")
+FRAGMENT_WORDS = 8  # a pair holding this many consecutive words of a prompt's fixed text repeats the prompt
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 LENIENT_JSON = json.JSONDecoder(strict=False)
 
@@ -72,3 +73,15 @@ def llm_client(base_url: str, model: str, api_key_env: str, cache_dir: str | Non
         ("llm-client", base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
         lambda: LlmClient(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s),
     )
+
+
+def speaker_runs(words: list[dict], default: str | None = None) -> list[tuple[str | None, list[dict]]]:
+    """Consecutive words of one speaker (``word["speaker"]``, else ``default``) as ``(speaker, words)``."""
+    runs: list[tuple[str | None, list[dict]]] = []
+    for word in words:
+        speaker = word.get("speaker") or default
+        if runs and runs[-1][0] == speaker:
+            runs[-1][1].append(word)
+        else:
+            runs.append((speaker, [word]))
+    return runs

@@ -30,7 +30,7 @@ from string import Template
 
 from .prompting import FENCE as _FENCE
 from .prompting import LENIENT_JSON as _LENIENT_JSON
-from .prompting import PROMPT_DIR, chat_request, check_structured_mode, json_schema_format, llm_client, load_sections
+from .prompting import FRAGMENT_WORDS, PROMPT_DIR, chat_request, check_structured_mode, json_schema_format, llm_client, load_sections, speaker_runs
 
 PROMPT_VERSION = "qa_v2"  # the default of qa.prompt_version
 WORD_TIMINGS = ("spans", "words")
@@ -54,7 +54,7 @@ def load_prompt(version: str = PROMPT_VERSION) -> dict[str, Template]:
 
 
 @functools.lru_cache(maxsize=1)
-def prompt_fragments(n_words: int = 8) -> frozenset[str]:
+def prompt_fragments(n_words: int = FRAGMENT_WORDS) -> frozenset[str]:
     """Every run of ``n_words`` consecutive words (lower case, punctuation dropped) in the fixed text of
     every prompt version: a pair containing one repeats its instructions instead of answering."""
     fragments = set()
@@ -121,13 +121,10 @@ QA_LANGUAGES = ("en", "segment")
 
 def format_speaker_turns(words: list[dict], clip_start: float = 0.0) -> str:
     """Consecutive words of one speaker (``asr.diarize``) as one line: clip-relative seconds, speaker, words."""
-    turns: list[dict] = []
-    for w in words:
-        if turns and turns[-1]["speaker"] == w.get("speaker"):
-            turns[-1]["end"] = w["end"] if w["end"] is not None else turns[-1]["end"]
-            turns[-1]["words"].append(w["word"].strip())
-        else:
-            turns.append({"speaker": w.get("speaker"), "start": w["start"], "end": w["end"], "words": [w["word"].strip()]})
+    turns = []
+    for speaker, run in speaker_runs(words):
+        ends = [w["end"] for w in run if w["end"] is not None]  # untimed words (numbers, symbols) keep the turn's end
+        turns.append({"speaker": speaker, "start": run[0]["start"], "end": ends[-1] if ends else run[0]["end"], "words": [w["word"].strip() for w in run]})
     shift = lambda t: None if t is None else t - clip_start
     return "\n".join(f"{_seconds(shift(t['start']))}-{_seconds(shift(t['end']))} | {t['speaker'] or 'unknown'} | {' '.join(t['words'])}" for t in turns)
 

@@ -137,17 +137,6 @@ def stats_delta(after: dict, before: dict) -> dict:
     return out
 
 
-def stats_sum(parts: list[dict]) -> dict:
-    """Several snapshots or deltas added up (shards of one build)."""
-    total = {name: sum(p.get(name, 0) for p in parts) for name in CallStats.FIELDS}
-    for field in ("retry_reasons", "failure_reasons"):
-        merged = Counter()
-        for p in parts:
-            merged.update(p.get(field, {}))
-        total[field] = dict(sorted(merged.items()))
-    return total
-
-
 def summary_line(stats: dict) -> str:
     """``12 requests: 8 from cache, 4 sent in 7 attempts; 2 retried (HTTP 429 ×2, body not JSON ×1); 0 failed``."""
 
