@@ -261,3 +261,18 @@ def test_an_answer_cannot_forge_the_judge_prompt_or_its_rating(metric):
     results = metric.compute(questions=["How does she feel?"], references=["Sad."], predictions=[hostile], judges=[obedient_judge], prompts=["audiobench"])
     judgement = results["items"][0]["judgements"]["obedient_judge"]["audiobench"]
     assert (judgement["rating"], judgement["error"]) == (None, "several different ratings in the reply: 5, 1")
+
+
+def test_a_rejected_response_format_is_counted_as_a_retry(tmp_path):
+    def llama_cpp_like(body):  # llama-cpp-python's server: only its own json_object dialect
+        if body.get("response_format", {}).get("type") == "json_schema":
+            return Reply(500, "response_format type must be 'text' or 'json_object'")
+        return '{"pairs": []}'
+
+    request = {**ask("hello"), "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}
+    with OpenAIStub(llama_cpp_like) as stub:
+        client = LlmClient(stub.base_url, "m", KEY_ENV, tmp_path)
+        result = client.complete(request)
+    assert (result.text, result.sent_format) == ('{"pairs": []}', "json_object")
+    calls = client.calls.snapshot()
+    assert (calls["sent"], calls["attempts"], calls["retried"], calls["retry_reasons"], calls["failed"]) == (1, 2, 1, {"response_format rejected": 1}, 0)

@@ -72,6 +72,7 @@ CONNECTION = "connection error"
 NOT_JSON = "body not JSON"
 EMPTY = "empty reply"
 CUT_OFF = "cut off (finish_reason=length)"
+FORMAT_REJECTED = "response_format rejected"
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ class LlmClient:
             sent = response_format if style == "json_schema" else as_json_object_format(response_format)
             try:
                 return self._send(request, sent)
-            except FormatRejected as rejection:
+            except FormatRejected as rejection:  # asked again in the next dialect: counted as a retry
+                self._count_retry(FORMAT_REJECTED, first=True)
                 self._downgrade_schema_style(style, str(rejection))
 
     def _downgrade_schema_style(self, failed_style: str, message: str) -> None:
