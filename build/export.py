@@ -245,14 +245,16 @@ def to_clip_time(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def segment_table(segments: Dataset, models: dict[str, object], pair_counts: dict[str, int], *, licences: list[str] | None = None, audio: bool = True) -> Dataset:
+def segment_table(
+    segments: Dataset, models: dict[str, object], pair_counts: dict[str, int], *, licences: list[str] | None = None, audio: bool = True, source_hashes: dict[str, str] | None = None
+) -> Dataset:
     """One row per clip: audio (unless ``audio`` is False: metadata-only), provenance with the source's
     sha256 and licence (``licences``, one per row; ``other`` when None), labels, words and windows
     (clip time), ``n_pairs`` (pairs kept), model ids."""
     from .publish import source_columns
 
     data = with_audio(segments) if audio else segments
-    provenance = source_columns(segments["audio_path"], licences if licences is not None else ["other"] * len(segments))
+    provenance = source_columns(segments["audio_path"], licences if licences is not None else ["other"] * len(segments), source_hashes)
     data = data.map(
         lambda b, idx: {
             "source_file": [Path(p).name for p in b["audio_path"]],
@@ -297,14 +299,14 @@ def qa_table(pairs: Dataset, segment_rows: Dataset) -> Dataset:
 _EMPATHY_FIRST = ("id", "audio", "text_context", "target_utterance", "desired_response")
 
 
-def empathy_table(samples: Dataset, audio: bool = True, licence_of: dict[str, str] | None = None) -> Dataset:
+def empathy_table(samples: Dataset, audio: bool = True, licence_of: dict[str, str] | None = None, source_hashes: dict[str, str] | None = None) -> Dataset:
     """One row per empathy sample: the sample's columns first, then provenance (source file, its sha256
     and licence (``licence_of`` by source path, ``other`` when absent), clip span in the recording).
     ``audio=False`` (metadata-only publication) leaves the audio out; ``cpqa.py rehydrate`` puts it back."""
     from .publish import source_columns
 
     licence_of = licence_of or {}
-    provenance = source_columns(samples["audio_path"], [licence_of.get(p, "other") for p in samples["audio_path"]])
+    provenance = source_columns(samples["audio_path"], [licence_of.get(p, "other") for p in samples["audio_path"]], source_hashes)
 
     def own(batch: dict[str, list], idx: list[int]) -> dict[str, list]:
         ids = [f"{sid}-empathy" for sid in batch["segment_id"]]
@@ -324,7 +326,8 @@ def empathy_table(samples: Dataset, audio: bool = True, licence_of: dict[str, st
 
 
 def write_empathy(
-    samples: Dataset | None, out_dir: str | Path, split_of_segment: dict[str, str], split_of_recording: dict[str, str], export_config, licence_of: dict[str, str] | None = None
+    samples: Dataset | None, out_dir: str | Path, split_of_segment: dict[str, str], split_of_recording: dict[str, str], export_config, licence_of: dict[str, str] | None = None,
+    source_hashes: dict[str, str] | None = None,
 ) -> None:
     """The ``empathy`` config, or none (an earlier build's removed) when there is no sample.
 
@@ -336,7 +339,7 @@ def write_empathy(
     if samples is None or len(samples) == 0:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    rows = empathy_table(samples, audio=export_config.publish != "metadata-only", licence_of=licence_of)
+    rows = empathy_table(samples, audio=export_config.publish != "metadata-only", licence_of=licence_of, source_hashes=source_hashes)
     others = sorted({rid for rid in rows["recording_id"] if rid not in split_of_recording})
     assigned = splits.assign_splits(splits.split_keys(others), export_config.splits, export_config.seed)
     split_of = {**split_of_recording, **dict(zip(others, assigned))}
@@ -453,12 +456,13 @@ def publication_values(out_dir: str | Path, mode: str, licence: str, segment_spl
 
 def write_dataset(
     segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
-    card_template: str, license: str, sources: str, licences: list[str] | None = None, empathy: Dataset | None = None,
+    card_template: str, license: str, sources: str, licences: list[str] | None = None, empathy: Dataset | None = None, source_hashes: dict[str, str] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
 
     ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
-    most restrictive; its statistics (``build.stats``) are computed from the written tables. Returns the
+    most restrictive. ``source_hashes`` (path -> sha256, the ingest plan's) spares hashing each source
+    again; its statistics (``build.stats``) are computed from the written tables. Returns the
     (qa, segments) tables as written (before the split into files)."""
     from . import splits
     from .publish import most_restrictive
@@ -466,14 +470,14 @@ def write_dataset(
 
     e = config.export
     licences = licences if licences is not None else [license] * len(segments)
-    segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only")
+    segment_rows = segment_table(segments, models, Counter(pairs["segment_id"]), licences=licences, audio=e.publish != "metadata-only", source_hashes=source_hashes)
     qa_rows = qa_table(pairs, segment_rows)
     segment_splits = splits.assign_splits(splits.split_keys(segment_rows["recording_id"]), e.splits, e.seed)
     split_of = dict(zip(segment_rows["segment_id"], segment_splits))
     qa_splits = [split_of[sid] for sid in qa_rows["segment_id"]]
     write_config(qa_rows, out_dir, "qa", qa_splits)
     write_config(segment_rows, out_dir, "segments", segment_splits)
-    write_empathy(empathy, out_dir, split_of, dict(zip(segment_rows["recording_id"], segment_splits)), e, dict(zip(segments["audio_path"], licences)))
+    write_empathy(empathy, out_dir, split_of, dict(zip(segment_rows["recording_id"], segment_splits)), e, dict(zip(segments["audio_path"], licences)), source_hashes)
     licence = most_restrictive(licences)
     values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
     values.update(empathy_card_values(empathy))

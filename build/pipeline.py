@@ -499,7 +499,11 @@ def build(
         return result
     result = dataclasses.replace(finish(segments, pairs, "built", stages), empathy=samples)
     licences = publish.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
-    export_dataset(result, config, out_dir, license=license, licences=licences, sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.", card_template=card_template)
+    hashes = {path: digest for path, digest in zip(plan["audio_path"], plan["sha256"]) if digest}  # hashed once, at ingest
+    export_dataset(
+        result, config, out_dir, license=license, licences=licences, source_hashes=hashes, card_template=card_template,
+        sources=sources or f"Recordings supplied by whoever built this dataset ({len(recording_ids)} files); their licences apply.",
+    )  # fmt: skip
     return result
 
 
@@ -893,15 +897,18 @@ def model_ids(config: Config) -> dict[str, object]:
     }
 
 
-def export_dataset(result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None, licences: list[str] | None = None) -> Path:
+def export_dataset(
+    result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None, licences: list[str] | None = None,
+    source_hashes: dict[str, str] | None = None,
+) -> Path:
     """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the
-    reports (``licences``: each segment's source licence, default ``license``)."""
+    reports (``licences``: each segment's source licence, default ``license``; ``source_hashes``: path -> sha256)."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
     export.write_dataset(
         result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
-        licences=licences, empathy=result.empathy,
+        licences=licences, empathy=result.empathy, source_hashes=source_hashes,
     )  # fmt: skip
     write_report(result, out_dir)
     return out_dir

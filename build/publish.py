@@ -94,27 +94,22 @@ def source_sha256(path: str) -> str:
 def row_licences(source: str | Path, audio_paths: list[str], default: str, allow_outside_root: bool = False) -> list[str]:
     """Each row's source licence: a ``.csv``/``.jsonl`` manifest's ``license`` column where it has a
     value for the row's file, else ``default`` (``--license``)."""
-    import csv
-    import json
-
-    from .ingest import read_manifest
+    from .ingest import read_manifest, read_records
 
     path = Path(str(source))
     if path.suffix.lower() not in (".csv", ".jsonl") or not path.is_file():
         return [default] * len(audio_paths)
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    else:
-        records = [json.loads(line) for line in open(path) if line.strip()]
+    records = read_records(path)
     listed = read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
     by_path = {row[1]: str(record["license"]).strip() for row, record in zip(listed, records) if str(record.get("license") or "").strip()}
     return [by_path.get(p, default) for p in audio_paths]
 
 
-def source_columns(paths: list[str], licences: list[str]) -> dict[str, list]:
-    """``source_sha256`` (each distinct source hashed once) and ``license`` per row."""
-    hashes = {p: source_sha256(p) for p in sorted(set(paths))}
+def source_columns(paths: list[str], licences: list[str], known: dict[str, str] | None = None) -> dict[str, list]:
+    """``source_sha256`` and ``license`` per row; each distinct source is hashed once, unless ``known``
+    (the ingest plan's ``sha256`` by path) already holds its hash."""
+    known = known or {}
+    hashes = {p: known.get(p) or source_sha256(p) for p in sorted(set(paths))}
     return {"source_sha256": [hashes[p] for p in paths], "license": list(licences)}
 
 

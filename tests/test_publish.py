@@ -236,3 +236,15 @@ def test_a_manifest_license_column_gives_each_row_its_licence(tmp_path):
     assert publish.row_licences(tmp_path / "list.csv", paths, "other") == ["cc-by-4.0", "other", "cc-by-4.0"]  # an empty cell: --license
     assert publish.row_licences(tmp_path / "list.jsonl", paths, "cc0-1.0") == ["cc0-1.0", "cc-by-nc-sa-4.0", "cc0-1.0"]
     assert publish.row_licences(tmp_path, paths, "cc-by-4.0") == ["cc-by-4.0"] * 3  # a folder: --license for all
+
+
+def test_a_built_dataset_names_each_source_by_the_hash_ingest_took(audited_build):
+    from build import ingest
+
+    plan = pq.read_table(audited_build.out / "work" / "ingest" / "recordings.parquet").to_pydict()
+    planned = dict(zip(plan["recording_id"], plan["sha256"]))
+    digest = ingest.content_hash(audited_build.source / "actor01.flac")
+    assert planned["actor01"] == digest
+    for config in ("qa", "segments"):
+        rows = pq.read_table(next((audited_build.out / "data" / config).glob("*.parquet")), columns=["recording_id", "source_sha256"]).to_pylist()
+        assert rows and {(r["recording_id"], r["source_sha256"]) for r in rows} == {("actor01", digest)}
