@@ -532,17 +532,15 @@ def section_fullsize(args, results: dict) -> None:
                 continue
             folder, params = built
             build_s = time.perf_counter() - started
-            models = {"emotion_models": list(tiny.emotion), "dimension_model": tiny.dimension, "gender_model": tiny.gender}
-            models[{"emotion": "emotion_models", "dimension": "dimension_model", "gender": "gender_model"}[kind]] = [folder] if kind == "emotion" else folder
+            models = dataclasses.replace(tiny, **{kind: [folder] if kind == "emotion" else folder})
+            runtime = dataclasses.replace(config.runtime, device=device, batch_size=batch_size, precision=precision)
+            run_config = dataclasses.replace(config, models=models, runtime=runtime)
             nulls = {k: null for k, (_, null) in labellers().items() if k != kind}
 
             def run_a(segs):
                 forget_decoders()
                 with labellers_replaced(nulls):
-                    out = label.label_segments(
-                        segs, emotion_window=dataclasses.asdict(config.emotion_window), gender_window=dataclasses.asdict(config.gender_window),
-                        device=device, batch_size=batch_size, loader_workers=config.runtime.loader_workers, precision=precision, **models,
-                    )  # fmt: skip
+                    out = label.label_segments(segs, run_config)
                 synchronize(device)
                 errors = [e for e in out["label_error"] if e]
                 if errors:

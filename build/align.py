@@ -65,6 +65,7 @@ import tempfile
 import numpy as np
 
 from .audio import SAMPLE_RATE, decode_span
+from .config import AsrConfig
 from .devices import cached, device_for, torch_threads
 from .diarize import diarize_audio, join_speakers
 
@@ -262,18 +263,10 @@ def _transcribe_segment(pipeline, audio: np.ndarray, *, aligner: str, language: 
 
 
 # ---- the map function ---------------------------------------------------------------------------
-def transcribe_and_align(
-    batch: dict[str, list],
-    rank: int | None = None,
-    *,
-    model: str,
-    aligner: str,
-    language: str | None,
-    compute_type: str,
-    batch_size: int,
-    device: str = "auto",
-    diarize: bool = False,
-) -> dict[str, list]:
+def transcribe_and_align(batch: dict[str, list], asr: AsrConfig, rank: int | None = None, device: str = "auto") -> dict[str, list]:
+    """Batched map function: each segment's transcript and words (recording time), or its error."""
+    model, aligner, batch_size = asr.model, asr.aligner, asr.batch_size
+    language, compute_type, diarize = asr.language, asr.compute_type, asr.diarize
     if aligner not in ALIGNERS:
         raise ValueError(f"unknown aligner {aligner!r}; expected one of {ALIGNERS}")
     language = fixed_language(language)

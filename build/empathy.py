@@ -66,7 +66,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .prompting import FENCE, LENIENT_JSON, PROMPT_DIR, chat_request, check_structured_mode, llm_client, load_sections, speaker_runs
+from .config import EmpathyConfig, QaConfig
+from .prompting import FENCE, LENIENT_JSON, PROMPT_DIR, chat_request, check_structured_mode, client_for, load_sections, speaker_runs
 from .schema import EMOTION_FAMILY, EMOTION_LABELS, FAMILIES
 
 PROMPT_VERSION = "empathy_v1"
@@ -385,35 +386,24 @@ OUTPUT_COLUMNS = ("clip_start", "clip_end", "text_context", "target_utterance", 
 
 
 def generate_empathy(
-    batch: dict[str, list],
-    *,
-    base_url: str,
-    model: str,
-    api_key_env: str,
-    cache_dir: str | None,
-    strategy: str,
-    demos_per_sample: int,
-    max_response_chars: int,
-    pause_s: float,
-    temperature: float,
-    max_tokens: int,
-    structured_output: str,
-    concurrency: int,
-    max_retries: int,
-    timeout_s: float,
+    batch: dict[str, list], empathy: EmpathyConfig, qa: QaConfig, *, base_url: str, cache_dir: str | None
 ) -> dict[str, list]:
-    """Batched map function: one LLM request per clip with a target utterance (cached), parsed and validated."""
-    check_structured_mode(structured_output)
-    if strategy not in STRATEGY_MODES:
-        raise ValueError(f"empathy.strategy must be one of {STRATEGY_MODES}, got {strategy!r}")
-    if not 1 <= demos_per_sample <= 3:
-        raise ValueError(f"empathy.demos_per_sample must be 1, 2 or 3, got {demos_per_sample}")
+    """Batched map function: one LLM request per clip with a target utterance (cached), parsed and validated.
+
+    The endpoint settings (model served, key, concurrency, retries, timeout) are those of ``qa``."""
+    e = empathy
+    check_structured_mode(e.structured_output)
+    if e.strategy not in STRATEGY_MODES:
+        raise ValueError(f"empathy.strategy must be one of {STRATEGY_MODES}, got {e.strategy!r}")
+    if not 1 <= e.demos_per_sample <= 3:
+        raise ValueError(f"empathy.demos_per_sample must be 1, 2 or 3, got {e.demos_per_sample}")
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-    prepared = [prepare_sample(row, pause_s) for row in rows]
-    assigned = [seeded_strategy(row["segment_id"], row["primary_emotion"]) if strategy == "seeded" else None for row in rows]
+    prepared = [prepare_sample(row, e.pause_s) for row in rows]
+    seeded = e.strategy == "seeded"
+    assigned = [seeded_strategy(row["segment_id"], row["primary_emotion"]) if seeded else None for row in rows]
     askable = [i for i, (sample, _) in enumerate(prepared) if sample is not None]
-    requests = [_request(rows[i], prepared[i][0], assigned[i], demos_per_sample, temperature, max_tokens, structured_output) for i in askable]
-    client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s) if askable else None
+    requests = [_request(rows[i], prepared[i][0], assigned[i], e) for i in askable]
+    client = client_for(qa, base_url, cache_dir) if askable else None
     results = dict(zip(askable, client.complete_many(requests))) if client else {}
 
     out: dict[str, list] = {name: [] for name in OUTPUT_COLUMNS}
@@ -426,7 +416,7 @@ def generate_empathy(
         elif result is not None:
             raw = result.text
             reply = parse_reply(raw)
-            error = rejection_reason(reply, family_of(row["primary_emotion"]), assigned[i], max_response_chars)
+            error = rejection_reason(reply, family_of(row["primary_emotion"]), assigned[i], e.max_response_chars)
             if error is None:
                 response = {"text": reply["response"], "response_strategy": canonical_strategy(reply["strategy"]) if reply["strategy"] else assigned[i], "emotion_awareness": reply["awareness"]}
         sample = sample or {}
@@ -438,13 +428,14 @@ def generate_empathy(
         out["empathy_raw"].append(raw)
         out["empathy_error"].append(error)
         out["prompt_version"].append(PROMPT_VERSION)
-        out["llm_model"].append(model)
+        out["llm_model"].append(qa.model)
     return out
 
 
-def _request(row: dict, sample: dict, assigned: str | None, n_demos: int, temperature: float, max_tokens: int, structured_output: str) -> dict:
+def _request(row: dict, sample: dict, assigned: str | None, e: EmpathyConfig) -> dict:
     emotion = row["primary_emotion"]
-    demos = pick_demos(emotion, assigned, row["segment_id"], n_demos)
-    messages = render_messages(sample, row.get("gender"), assigned, demos, structured_output != "text")
+    demos = pick_demos(emotion, assigned, row["segment_id"], e.demos_per_sample)
+    messages = render_messages(sample, row.get("gender"), assigned, demos, e.structured_output != "text")
     strategies = (assigned,) if assigned else FAMILIES[family_of(emotion)]
-    return chat_request(messages, temperature=temperature, max_tokens=max_tokens, structured_output=structured_output, schema_name="empathetic_response", schema=reply_schema(strategies))
+    limits = dict(temperature=e.temperature, max_tokens=e.max_tokens, structured_output=e.structured_output)
+    return chat_request(messages, **limits, schema_name="empathetic_response", schema=reply_schema(strategies))

@@ -40,6 +40,7 @@ Edge rules:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ import numpy as np
 
 from . import devices, dimension, emotion, gender
 from .audio import SAMPLE_RATE, AudioError, decode_span
+from .config import Config
 from .errors import first_line, span_label
 from .models import model_dtype
 from .schema import DIMENSIONS, SEGMENT
@@ -131,20 +133,19 @@ def _length_batches(jobs: list[_Job], batch_size: int) -> list[list[_Job]]:
 
 def label_segments(
     segments: dict[str, list],
+    config: Config,
     *,
-    emotion_window: dict,
-    gender_window: dict,
-    emotion_models: list[str],
-    dimension_model: str,
-    gender_model: str,
-    device: str = "auto",
     rank: int | None = None,
-    batch_size: int = 16,
-    loader_workers: int = 2,
-    precision: str = "auto",
     on_segment_done: Callable[[float], None] | None = None,
 ) -> dict[str, list]:
-    """emotion_windows, gender_windows, label_error for each segment (see the module docstring)."""
+    """emotion_windows, gender_windows, label_error for each segment (see the module docstring).
+
+    Reads the config's ``emotion_window``, ``gender_window``, ``models`` and ``runtime`` (device,
+    batch_size, loader_workers, precision) sections."""
+    emotion_window, gender_window = dataclasses.asdict(config.emotion_window), dataclasses.asdict(config.gender_window)
+    emotion_models, dimension_model, gender_model = list(config.models.emotion), config.models.dimension, config.models.gender
+    rt = config.runtime
+    device, batch_size, loader_workers, precision = rt.device, rt.batch_size, rt.loader_workers, rt.precision
     missing = [name for name in SEGMENT if name not in segments]
     if missing:
         raise ValueError(f"segments lack the column(s) {missing}")

@@ -34,6 +34,7 @@ import re
 
 from .categories import has_words as _has
 from .categories import categorise as categorise_questions
+from .config import PostFilterConfig
 from .devices import cached, device_for
 from .prompting import FRAGMENT_WORDS
 from .llm import LlmClient
@@ -99,12 +100,14 @@ def explode_pairs(batch: dict[str, list]) -> dict[str, list]:
 
 
 def filter_reasons(
-    batch: dict[str, list], *, transcript_words: list[str], min_answer_chars: int, max_question_chars: int, max_answer_chars: int, max_pairs: int,
-    prompt_fragments: frozenset[str],
+    batch: dict[str, list], pf: PostFilterConfig, *, max_pairs: int, prompt_fragments: frozenset[str]
 ) -> dict[str, list]:
-    limits = dict(max_question_chars=max_question_chars, max_answer_chars=max_answer_chars, max_pairs=max_pairs, prompt_fragments=prompt_fragments)
+    """Why each pair is dropped (or None), before the duplicate check: untrusted replies, then the rules."""
+    limits = dict(max_question_chars=pf.max_question_chars, max_answer_chars=pf.max_answer_chars)
+    limits |= dict(max_pairs=max_pairs, prompt_fragments=prompt_fragments)
+    words, min_chars = list(pf.transcript_words), pf.min_answer_chars
     rows = zip(batch["question"], batch["answer"], batch["pair_index"])
-    return {"drop_reason": [untrusted_reason(q, a, i, **limits) or pair_drop_reason(q, a, transcript_words, min_answer_chars) for q, a, i in rows]}
+    return {"drop_reason": [untrusted_reason(q, a, i, **limits) or pair_drop_reason(q, a, words, min_chars) for q, a, i in rows]}
 
 
 def untrusted_reason(
@@ -156,12 +159,14 @@ def duplicate_flags(segment_ids: list[str], vectors, threshold: float) -> list[b
     return flags
 
 
-def mark_duplicates(batch: dict[str, list], rank: int | None = None, *, model: str, threshold: float, device: str = "auto") -> dict[str, list]:
+def mark_duplicates(batch: dict[str, list], pf: PostFilterConfig, rank: int | None = None, device: str = "auto") -> dict[str, list]:
+    """``drop_reason`` with the near-duplicates of a clip's earlier questions marked
+    (``pf.embedding_model`` cosine at or above ``pf.duplicate_threshold``)."""
     reasons = list(batch["drop_reason"])
     alive = [i for i, r in enumerate(reasons) if r is None]
     if alive:
-        vectors = embed([batch["question"][i] for i in alive], model, device_for(rank, device))
-        flags = duplicate_flags([batch["segment_id"][i] for i in alive], vectors, threshold)
+        vectors = embed([batch["question"][i] for i in alive], pf.embedding_model, device_for(rank, device))
+        flags = duplicate_flags([batch["segment_id"][i] for i in alive], vectors, pf.duplicate_threshold)
         for i, flag in zip(alive, flags):
             if flag:
                 reasons[i] = NEAR_DUPLICATE

@@ -75,6 +75,11 @@ def llm_client(base_url: str, model: str, api_key_env: str, cache_dir: str | Non
     )
 
 
+def client_for(qa, base_url: str, cache_dir: str | None) -> LlmClient:
+    """The process's client for the QA section's endpoint settings (``qa.model``: the served model)."""
+    return llm_client(base_url, qa.model, qa.api_key_env, cache_dir, qa.concurrency, qa.max_retries, qa.timeout_s)
+
+
 def speaker_runs(words: list[dict], default: str | None = None) -> list[tuple[str | None, list[dict]]]:
     """Consecutive words of one speaker (``word["speaker"]``, else ``default``) as ``(speaker, words)``."""
     runs: list[tuple[str | None, list[dict]]] = []

@@ -30,7 +30,8 @@ from string import Template
 
 from .prompting import FENCE as _FENCE
 from .prompting import LENIENT_JSON as _LENIENT_JSON
-from .prompting import FRAGMENT_WORDS, PROMPT_DIR, chat_request, check_structured_mode, json_schema_format, llm_client, load_sections, speaker_runs
+from .config import QaConfig
+from .prompting import FRAGMENT_WORDS, PROMPT_DIR, chat_request, check_structured_mode, client_for, json_schema_format, load_sections, speaker_runs
 
 PROMPT_VERSION = "qa_v2"  # the default of qa.prompt_version
 WORD_TIMINGS = ("spans", "words")
@@ -298,32 +299,17 @@ def _clean(value: str) -> str:
 
 
 # ---------------------------------------------------------------- map function
-def generate_qa(
-    batch: dict[str, list],
-    *,
-    base_url: str,
-    model: str,
-    api_key_env: str,
-    cache_dir: str | None,
-    pairs_per_segment: int,
-    temperature: float,
-    max_tokens: int,
-    structured_output: str,
-    concurrency: int,
-    max_retries: int,
-    timeout_s: float,
-    prompt_version: str = PROMPT_VERSION,
-    word_timing: str = "spans",
-    language: str = "en",
-) -> dict[str, list]:
-    """Batched map function: one LLM request per segment (cached), parsed into QA pairs."""
-    check_structured_mode(structured_output)
-    if language not in QA_LANGUAGES:
-        raise ValueError(f"qa.language must be one of {QA_LANGUAGES}, got {language!r}")
-    client = llm_client(base_url, model, api_key_env, cache_dir, concurrency, max_retries, timeout_s)
+def generate_qa(batch: dict[str, list], qa: QaConfig, *, base_url: str, cache_dir: str | None) -> dict[str, list]:
+    """Batched map function: one LLM request per segment (cached), parsed into QA pairs.
+
+    ``qa.model`` names the model the endpoint at ``base_url`` serves."""
+    check_structured_mode(qa.structured_output)
+    if qa.language not in QA_LANGUAGES:
+        raise ValueError(f"qa.language must be one of {QA_LANGUAGES}, got {qa.language!r}")
+    client = client_for(qa, base_url, cache_dir)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     askable = [i for i, row in enumerate(rows) if (row.get("transcript") or "").strip()]
-    requests = [qa_request(rows[i], pairs_per_segment, temperature, max_tokens, structured_output, prompt_version, word_timing, language) for i in askable]
+    requests = [qa_request(rows[i], qa) for i in askable]
     results = dict(zip(askable, client.complete_many(requests)))
 
     out: dict[str, list] = {"qa_pairs": [], "qa_raw": [], "qa_error": [], "prompt_version": [], "llm_model": []}
@@ -339,13 +325,14 @@ def generate_qa(
         out["qa_pairs"].append(pairs)
         out["qa_raw"].append(raw)
         out["qa_error"].append(error)
-        out["prompt_version"].append(prompt_version)
-        out["llm_model"].append(model)
+        out["prompt_version"].append(qa.prompt_version)
+        out["llm_model"].append(qa.model)
     return out
 
 
-def qa_request(
-    row: dict, n_pairs: int, temperature: float, max_tokens: int, structured_output: str, prompt_version: str = PROMPT_VERSION, word_timing: str = "spans", language: str = "en"
-) -> dict:
-    messages = render_messages(row, n_pairs, structured_output != "text", prompt_version, word_timing, language)
-    return chat_request(messages, temperature=temperature, max_tokens=max_tokens, structured_output=structured_output, schema_name="qa_pairs", schema=qa_schema(n_pairs))
+def qa_request(row: dict, qa: QaConfig) -> dict:
+    """The chat request for one segment under the QA section's settings."""
+    n = qa.pairs_per_segment
+    messages = render_messages(row, n, qa.structured_output != "text", qa.prompt_version, qa.word_timing, qa.language)
+    limits = dict(temperature=qa.temperature, max_tokens=qa.max_tokens, structured_output=qa.structured_output)
+    return chat_request(messages, **limits, schema_name="qa_pairs", schema=qa_schema(n))

@@ -62,19 +62,13 @@ def _silero():
     return load_silero_vad()
 
 
-def detect_speech(
-    batch: dict[str, list],
-    *,
-    threshold: float = 0.5,
-    min_speech_ms: int = 250,
-    min_silence_ms: int = 100,
-    speech_pad_ms: int = 30,
-    block_s: float = VadConfig.block_s,
-) -> dict[str, list]:
+def detect_speech(batch: dict[str, list], vad: VadConfig | None = None) -> dict[str, list]:
+    """Batched map function: speech regions of each recording (``vad``: silero's settings, default VadConfig())."""
+    v = vad or VadConfig()
     # silero runs fastest on one thread (and ``import silero_vad`` sets one for the whole process): one
     # thread while VAD runs, the process's own count again afterwards, for the labelling models
     with torch_threads(1):
-        return _detect_speech(batch, threshold, min_speech_ms, min_silence_ms, speech_pad_ms, block_s)
+        return _detect_speech(batch, v.threshold, v.min_speech_ms, v.min_silence_ms, v.speech_pad_ms, v.block_s)
 
 
 def _detect_speech(batch: dict[str, list], threshold: float, min_speech_ms: int, min_silence_ms: int, speech_pad_ms: int, block_s: float) -> dict[str, list]:

@@ -4,6 +4,7 @@ per-speaker transcripts, and the diarization error rate of RTTM-shaped input (py
 import pytest
 
 from build import diarize
+from build.config import AsrConfig
 from conftest import SAMPLES
 
 RTTM = SAMPLES / "ami_es2004_excerpt.rttm"
@@ -140,14 +141,14 @@ def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
         return [{**t, "start": t["start"] - start, "end": t["end"] - start} for t in reference if t["end"] > start and t["start"] < end]
 
     monkeypatch.setattr(align, "diarize_audio", rttm_turns)
-    out = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, device="cpu", diarize=True)
+    out = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, diarize=True), device="cpu")
     assert out["asr_error"] == [None] and seen == [16_000 * 30]
     assert out["n_speakers"] == [4]  # FEE013, FEE016, MEE014, MEO015 all have a turn in 20-50 s
     words = out["words"][0]
     assert words and all("speaker" in w for w in words)
     expected = diarize.join_speakers([{k: w[k] for k in ("word", "start", "end")} for w in words], reference)  # the same join in recording time
     assert [w["speaker"] for w in words] == [w["speaker"] for w in expected]
-    off = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, device="cpu")
+    off = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1), device="cpu")
     assert off["n_speakers"] == [None] and all("speaker" not in w for w in off["words"][0])
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from build import devices, empathy
+from build.config import EmpathyConfig, QaConfig
 from build.empathy import (
     FAMILIES,
     context_turns,
@@ -234,7 +235,13 @@ def run(stub, rows, tmp_path, **overrides):
         demos_per_sample=2, max_response_chars=200, pause_s=0.7, temperature=0.7, max_tokens=300, structured_output="text",
         concurrency=2, max_retries=0, timeout_s=10,
     )  # fmt: skip
-    return generate_empathy(batch_of(rows), **{**kwargs, **overrides})
+    return generate_empathy(batch_of(rows), **sections(**{**kwargs, **overrides}))
+
+
+def sections(*, base_url, cache_dir, model, api_key_env, concurrency, max_retries, timeout_s, **empathy) -> dict:
+    """generate_empathy's arguments from flat settings: the empathy section, the QA section's endpoint."""
+    qa = QaConfig(model=model, api_key_env=api_key_env, concurrency=concurrency, max_retries=max_retries, timeout_s=timeout_s)
+    return {"empathy": EmpathyConfig(**empathy), "qa": qa, "base_url": base_url, "cache_dir": cache_dir}
 
 
 def test_generation_writes_exact_rows_and_records_every_failure(tmp_path):
@@ -300,9 +307,9 @@ def test_a_rerun_is_answered_from_the_cache(tmp_path):
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="empathy.strategy must be one of"):
-        generate_empathy(batch_of([clip_row()]), base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="random", demos_per_sample=1, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1)
+        generate_empathy(batch_of([clip_row()]), **sections(base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="random", demos_per_sample=1, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1))
     with pytest.raises(ValueError, match="demos_per_sample must be 1, 2 or 3, got 4"):
-        generate_empathy(batch_of([clip_row()]), base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="llm", demos_per_sample=4, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1)
+        generate_empathy(batch_of([clip_row()]), **sections(base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="llm", demos_per_sample=4, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1))
 
 
 @pytest.mark.parametrize(

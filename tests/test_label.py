@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from build.config import WindowSpec
 from build.dimension import label_dimensions
 from build.emotion import label_categorical_emotion
 from build.gender import label_gender
@@ -35,18 +36,13 @@ def rows(segments: dict[str, list], indices) -> dict[str, list]:
     return {name: [values[i] for i in indices] for name, values in segments.items()}
 
 
-def label(config, segments: dict[str, list], **overrides) -> dict[str, list]:
-    kwargs = dict(
-        emotion_window=dataclasses.asdict(config.emotion_window),
-        gender_window=dataclasses.asdict(config.gender_window),
-        emotion_models=list(config.models.emotion),
-        dimension_model=config.models.dimension,
-        gender_model=config.models.gender,
-        device="cpu",
-        batch_size=4,
-        loader_workers=0,
-    )
-    return label_segments(segments, **{**kwargs, **overrides})
+def label(config, segments: dict[str, list], on_segment_done=None, gender_window=None, **runtime) -> dict[str, list]:
+    """label_segments on CPU, batches of 4, decoding in-process; ``runtime`` overrides those settings."""
+    settings = {"device": "cpu", "batch_size": 4, "loader_workers": 0, **runtime}
+    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **settings))
+    if gender_window is not None:
+        config = dataclasses.replace(config, gender_window=WindowSpec(**gender_window))
+    return label_segments(segments, config, on_segment_done=on_segment_done)
 
 
 def spans(config, segments, i, which: str) -> list[tuple[float, float]]:

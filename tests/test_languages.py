@@ -17,6 +17,7 @@ import pytest
 from build import devices
 from build.align import align_model_key, transcribe_and_align
 from build.audio import decode_span
+from build.config import AsrConfig
 from conftest import AMI, ravdess_recording
 
 SPANS = {"audio_path": [str(AMI), str(ravdess_recording(2))], "start": [0.0, 5.0], "end": [4.0, 9.0]}  # short: decoding random weights is slow
@@ -95,7 +96,7 @@ def spies(monkeypatch):
 
 
 def _asr(model, language, aligner="whisperx"):
-    return transcribe_and_align(dict(SPANS), model=model, aligner=aligner, language=language, compute_type="int8", batch_size=2, device="cpu")
+    return transcribe_and_align(dict(SPANS), AsrConfig(model=model, aligner=aligner, language=language, compute_type="int8", batch_size=2), device="cpu")
 
 
 def test_the_tiny_model_is_multilingual_and_identifies_mandarin(multilingual_whisper):
@@ -141,7 +142,7 @@ def test_an_english_only_model_refuses_another_language():
 
 
 def test_an_english_only_model_says_english_in_auto_mode(spies):
-    out = transcribe_and_align({k: v[:1] for k, v in SPANS.items()}, model="bundled:tiny.en", aligner="faster-whisper", language="auto", compute_type="int8", batch_size=1, device="cpu")
+    out = transcribe_and_align({k: v[:1] for k, v in SPANS.items()}, AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="auto", compute_type="int8", batch_size=1), device="cpu")
     assert out["language"] == ["en"] and spies["transcribe"] == ["en"]
 
 

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from build import devices, postfilter
+from build.config import PostFilterConfig, QaConfig
 from build.llm import LlmClient, cache_key
 from build.qa import generate_qa, load_prompt, prompt_fragments
 from metrics.cpqa import llm_client
@@ -50,10 +51,11 @@ def qa_reply(body: dict) -> str:
 
 def run_qa(base_url: str, rows: list[dict], cache_dir, max_retries: int = 5) -> dict:
     batch = {key: [row[key] for row in rows] for key in rows[0]}
-    return generate_qa(
-        batch, base_url=base_url, model="stub-model", api_key_env=KEY_ENV, cache_dir=str(cache_dir), pairs_per_segment=2, temperature=0.7,
-        max_tokens=200, structured_output="text", concurrency=4, max_retries=max_retries, timeout_s=10,
+    qa = QaConfig(
+        model="stub-model", api_key_env=KEY_ENV, pairs_per_segment=2, temperature=0.7, max_tokens=200, structured_output="text",
+        concurrency=4, max_retries=max_retries, timeout_s=10,
     )  # fmt: skip
+    return generate_qa(batch, qa, base_url=base_url, cache_dir=str(cache_dir))
 
 
 def test_qa_at_a_30_percent_fault_rate_equals_the_fault_free_run(tmp_path):
@@ -187,7 +189,8 @@ def test_a_transcript_that_hijacks_the_llm_cannot_get_its_pairs_trusted():
         "answer": ["Calm.", leaked_sentence, "x" * 601, "Fine.", "Her flight was late.", "Yes, extra."],
         "pair_index": [0, 1, 2, 3, 4, 6],
     }
-    reasons = postfilter.filter_reasons(pairs, transcript_words=["transcript"], min_answer_chars=2, max_question_chars=300, max_answer_chars=600, max_pairs=6, prompt_fragments=prompt_fragments())
+    pf = PostFilterConfig(transcript_words=["transcript"], min_answer_chars=2, max_question_chars=300, max_answer_chars=600)
+    reasons = postfilter.filter_reasons(pairs, pf, max_pairs=6, prompt_fragments=prompt_fragments())
     assert reasons["drop_reason"] == [None, postfilter.LEAKS_PROMPT, postfilter.TOO_LONG, postfilter.TOO_LONG, None, postfilter.EXTRA_PAIR]
 
 

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from build import pipeline
+from build import pipeline, schema
 from build.audio import decode_span
 from build.config import PAPER_ALPHA
+from build.pipeline.columns import rows as rows_of
 from build.windows import window_spans
 from conftest import AMI, ravdess_recording
 
@@ -183,7 +184,7 @@ def test_a_build_where_nothing_survives_still_accounts_for_everything(tmp_path, 
     (folder / "empty.flac").write_bytes(b"")
     result = pipeline.build(folder, tiny_config, tmp_path / "out", progress=False)
     assert result.status == "nothing condensed"
-    assert len(result.segments) == 0 and result.segments.features == pipeline.schema.CONDENSED_SEGMENT
+    assert len(result.segments) == 0 and result.segments.features == schema.CONDENSED_SEGMENT
     assert [(e["recording_id"], e["status"], e["stage"]) for e in result.ledger] == [("empty", "failed", "ingest"), ("silence", "dropped", "vad")]
 
 
@@ -216,7 +217,7 @@ def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_co
     # what the stage should keep follows from the transcribed clips and the target-span rule
     asr = pq.read_table(out / "work" / "asr" / "s00000.parquet").to_pydict()
     asr = {**asr, **words.tag_words(asr)}
-    prepared = {sid: empathy.prepare_sample(row, config.empathy.pause_s) for sid, row in zip(asr["segment_id"], pipeline._rows(asr))}
+    prepared = {sid: empathy.prepare_sample(row, config.empathy.pause_s) for sid, row in zip(asr["segment_id"], rows_of(asr))}
     expected = sorted(sid for sid, (sample, _) in prepared.items() if sample is not None)
     assert expected, "the bundled clips should yield at least one target utterance"
     assert first_requests == len(expected)

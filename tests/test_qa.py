@@ -7,6 +7,7 @@ import time
 import pytest
 
 from build import devices
+from build.config import QaConfig
 from build.llm import LlmClient, cache_key
 from build.qa import PROMPT_VERSION, generate_qa, parse_qa, qa_schema, render_messages, word_spans
 from openai_stub import OpenAIStub, Reply
@@ -62,7 +63,9 @@ def run_qa(stub_url, rows, cache_dir, **overrides):
         max_retries=0,
         timeout_s=10,
     )
-    return generate_qa(batch_of(rows), **{**kwargs, **overrides})
+    settings = {**kwargs, **overrides}
+    base_url, cache = settings.pop("base_url"), settings.pop("cache_dir")
+    return generate_qa(batch_of(rows), QaConfig(**settings), base_url=base_url, cache_dir=cache)
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,12 @@
 import pytest
 
+from build.config import VadConfig
 from build.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
 from conftest import AMI, APOLLO, ravdess_recording
 
 
 def _vad(paths, **kwargs):
-    return detect_speech({"audio_path": [str(p) for p in paths], "error": [None] * len(paths)}, **kwargs)
+    return detect_speech({"audio_path": [str(p) for p in paths], "error": [None] * len(paths)}, VadConfig(**kwargs))
 
 
 def _silero_whole_file(path):

@@ -1,0 +1,140 @@
+"""The one loop around every step, in datatrove's manner: this rank's share of a step's shards, each
+skipped when its output carries the same fingerprint, else run, then written with its stats and
+dropped rows (``build.work``), with progress on stderr.
+
+A step's fingerprint chains to the fingerprint its input was *written* under, so an input that was
+redone (an LLM shard written "incomplete" and finished on a later run) makes its readers redo too.
+Rank r runs tasks r, r + N, ... of every step; the task lists of consecutive steps are in the same
+order, so a rank reads only outputs it wrote itself until the next barrier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from datasets import Features
+
+from .. import categories
+from ..config import Config, QaConfig
+from ..llm import LlmClient
+from ..llm_server import embedded_server, resolve_endpoint
+from ..progress import StageProgress
+from ..ranks import Ranks
+from ..work import Timer, WorkDir, fingerprint, incomplete
+from .columns import pick
+from .funnel import LLM_PREFIX
+from .steps import Step
+
+PLAN = ("ingest", "recordings")  # the work file of the ingest plan (build.pipeline.plan)
+
+
+class LlmEndpoint:
+    """The build's LLM endpoint: the configured one, or the embedded llama.cpp server, started on the
+    first request of the build and kept until its end (one server per build, QA and empathy alike)."""
+
+    def __init__(self, config: Config, say: Callable[[str], None], stack: contextlib.ExitStack):
+        self.base_url, model = resolve_endpoint(config.qa)
+        self.qa = dataclasses.replace(config.qa, model=model)
+        self._say, self._stack = say, stack
+
+    def open(self) -> tuple[str, QaConfig]:
+        """(base URL, QA config naming the model the endpoint serves)."""
+        if self.base_url is None:
+            self._say("starting the embedded LLM server (llama.cpp, SmolLM2-135M-Instruct) ...")
+            self.base_url = self._stack.enter_context(embedded_server(self.qa.model))
+        return self.base_url, self.qa
+
+
+@dataclass
+class Context:
+    """What a step's ``run`` may use besides its rows."""
+
+    config: Config
+    ranks: Ranks
+    work: WorkDir
+    endpoint: LlmEndpoint
+    _categoriser: list = field(default_factory=list)
+
+    @property
+    def cache_dir(self) -> str:
+        return str(self.work.root / "llm-cache")
+
+    def categoriser(self) -> LlmClient | None:
+        """The Table-1 categoriser's client (None: the rules), made once per build."""
+        if not self._categoriser:
+            pf, qa = self.config.postfilter, self.config.qa
+            self._categoriser.append(categories.client_for(pf.categoriser, qa, self.cache_dir))
+        return self._categoriser[0]
+
+
+class Executor:
+    """Runs steps over shards for one rank of one build."""
+
+    def __init__(self, ctx: Context, progress: bool = True):
+        self.ctx, self.work, self.ranks, self.progress = ctx, ctx.work, ctx.ranks, progress
+        self.plan: dict[str, list] = {}  # the ingest plan's columns, once read
+        self.members: dict[str, list[int]] = {}  # recording shard -> plan rows
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    def load_plan(self) -> None:
+        self.plan = self.work.read(*PLAN)
+        self.members = {}
+        for i, shard in enumerate(self.plan["shard"]):
+            self.members.setdefault(shard, []).append(i)
+
+    def input_fingerprint(self, reads: str, shard: str) -> str | None:
+        return self.work.fingerprint_of(*PLAN) if reads == "ingest" else self.work.fingerprint_of(reads, shard)
+
+    def fingerprint(self, step: Step, shard: str) -> str:
+        return fingerprint(step.name, step.params(self.config), [self.input_fingerprint(step.reads, shard), shard])
+
+    def read(self, reads: str, shard: str) -> dict[str, list]:
+        return pick(self.plan, self.members[shard]) if reads == "ingest" else self.work.read(reads, shard)
+
+    def pending(self, step: Step, shards: list[str]) -> list[str]:
+        """This rank's shards of ``step`` that are not finished."""
+        return [s for s in self.ranks.mine(shards) if not self.work.is_done(step.name, s, self.fingerprint(step, s))]
+
+    def run(self, step: Step, shards: list[str], audio_s: dict[str, float]) -> None:
+        """This rank's share of ``step`` over ``shards`` (``audio_s``: each shard's audio, for progress)."""
+        mine = self.ranks.mine(shards)
+        total = sum(audio_s[s] for s in mine)
+        bar = StageProgress(step.name, len(mine), total, rank=self.ranks.index, world=self.ranks.world, enabled=self.progress)
+        with bar:
+            for shard in mine:
+                fp = self.fingerprint(step, shard)
+                if self.work.is_done(step.name, shard, fp):
+                    bar.shard_done(audio_s[shard])
+                    continue
+                before = bar.bar.n
+                self._run_task(step, shard, fp, audio_s[shard], bar)
+                bar.shard_done(audio_s[shard] - (bar.bar.n - before))
+
+    def _run_task(self, step: Step, shard: str, fp: str, audio_s: float, bar: StageProgress) -> None:
+        timer = Timer()
+        result = step.run(self.read(step.reads, shard), self.ctx, bar.advance)
+        stats = {"counts": result.counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
+        # LLM calls that failed (after their retries) leave the shard unfinished: the next run redoes
+        # it, with every successful reply from the cache, so only the failures are sent.
+        written = incomplete(fp) if result.counts.get(f"{LLM_PREFIX}failed") else fp
+        self.work.write(step.name, shard, written, result.columns, result.features, stats=stats, dropped=result.dropped)
+
+    def table(self, stage: str, shards: list[str], features: Features) -> pa.Table:
+        """Every shard's output of ``stage`` as one table typed by ``features``."""
+        tables = [self.work.read_table(stage, s).cast(features.arrow_schema) for s in shards]
+        return pa.concat_tables(tables) if tables else features.arrow_schema.empty_table()
+
+    def segment_audio(self, stage: str, shards: list[str]) -> dict[str, float]:
+        """Seconds of segment audio per shard of ``stage`` (the sample's shards), for progress."""
+        out = {}
+        for s in shards:
+            spans = self.work.read_table(stage, s).select(["start", "end"]).to_pydict()
+            out[s] = sum(e - b for b, e in zip(spans["start"], spans["end"]))
+        return out
