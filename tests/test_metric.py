@@ -276,6 +276,91 @@ def test_parse_rating_accepts_formatting_and_rejects_out_of_range(modules):
     assert parse("Rating: 4\nExplanation: right.\n**Rating: 4**") == (4, None)
 
 
+NO_LINE = 'no "Rating: N" line in the reply'
+# (judge reply, expected parse): shapes real judges write; a doubt is a failure, never a successful 0
+REPLY_SHAPES = [
+    ("Rating: 4", (4, None)),
+    ("**Rating:** 4", (4, None)),
+    ("**Rating: 4**", (4, None)),
+    ("- **Rating**: 5", (5, None)),
+    ("### Rating: 2", (2, None)),
+    ("Final Rating: 3", (3, None)),
+    ("RATING: 5", (5, None)),
+    ("Rating:4", (4, None)),
+    ("Rating = 2", (2, None)),
+    ("Rating is 1", (1, None)),
+    ("rating - 4", (4, None)),
+    ("Rating: [[4]]", (4, None)),
+    ("Rating: [4]", (4, None)),
+    ("Rating: `4`", (4, None)),
+    ('Rating: "4"', (4, None)),
+    ("Rating: 5.", (5, None)),
+    ("Rating: 4.0", (4, None)),
+    ("Rating: 0", (0, None)),
+    ("Rating: 4/5", (4, None)),
+    ("Rating: **4/5**", (4, None)),
+    ("Rating: 0/5", (0, None)),
+    ("Rating: 4 out of 5", (4, None)),
+    ("Rating (0-5): 4", (4, None)),
+    ("Rating [0-5]: 2", (2, None)),
+    ("Rating (out of 5): 3", (3, None)),
+    ("Rating: 0-5 scale, I give 4", (4, None)),
+    ("Rating: on a scale of 0 to 5, 3", (3, None)),
+    ("Rating: 4 (on a 0-5 scale)", (4, None)),
+    ("Rating:\n4", (4, None)),
+    ("**Rating:**\n\n[4]", (4, None)),
+    ("Explanation: the answer names the emotion.\nIt misses that 2 people speak.\n\nRating: 4", (4, None)),
+    ("Rating: 4\nExplanation: 3 speakers in the reference, 2 in the answer; Rating: 2 is harsh.", (4, None)),
+    ("Rating: 4 - mostly right, though 2 details are missing", (4, None)),
+    ("Rating: 4, to be fair", (4, None)),
+    ("Rating scale: 0 = unrelated, 5 = the same\nRating: 3", (3, None)),
+    ("Explanation: fine. Rating: 4", (4, None)),  # no line starts with it: the sentence's counts
+    ("Rating: 4\n**Rating: 4**", (4, None)),  # the same verdict restated
+    ("Rating: 5\nRating: 1", (None, "several different ratings in the reply: 5, 1")),
+    ("Rating: 3.5", (None, "rating 3.5 outside the integers 0..5")),
+    ("Rating: 4,5", (None, "rating 4,5 outside the integers 0..5")),
+    ("Rating: 7", (None, "rating 7 outside the integers 0..5")),
+    ("Rating: -1", (None, "rating -1 outside the integers 0..5")),
+    ("Rating: 8/10", (None, "rating 8/10 is not on the 0..5 scale")),
+    ("Rating: 4 out of 10", (None, "rating 4/10 is not on the 0..5 scale")),
+    ("Rating: 3-4", (None, "a range, not one rating: '3-4'")),
+    ("Rating: 3 to 4", (None, "a range, not one rating: '3 to 4'")),
+    ("Rating: I give 4 or 5", (None, "several numbers on the rating line: 'I give 4 or 5'")),
+    ("Rating: four", (None, 'no number after "Rating" in the reply')),
+    ("Rating: N/A", (None, 'no number after "Rating" in the reply')),
+    ("Rating: 0-5", (None, 'no number after "Rating" in the reply')),  # the scale alone
+    ("Score: 4", (None, NO_LINE)),  # only the label the prompt asks for is read
+    ("I would give it a 4.", (None, NO_LINE)),
+    ("The answer deserves a rating of 4.", (None, NO_LINE)),
+    ("", (None, "empty reply")),
+    ("   \n", (None, "empty reply")),
+    (None, (None, "empty reply")),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REPLY_SHAPES)
+def test_parse_rating_reads_what_real_judges_write_and_fails_on_doubt(modules, reply, expected):
+    assert modules["judge"].parse_rating(reply) == expected
+
+
+def test_a_judge_that_names_the_scale_is_not_scored_zero(metric):
+    replies = {"a1": "Explanation: close.\nRating (0-5): 4", "a2": "Rating: 0-5 scale, I give 4",
+               "a3": "Rating: 0-5"}
+
+    def judge(messages):
+        return replies[model_answer({"messages": messages})]
+
+    results = metric.compute(questions=["q"] * 3, references=["r"] * 3, predictions=["a1", "a2", "a3"],
+                             judges=[judge], prompts=["audiobench"])
+    judgements = [item["judgements"]["judge"]["audiobench"] for item in results["items"]]
+    assert [(j["rating"], j["error"]) for j in judgements] == [
+        (4, None), (4, None), (None, 'no number after "Rating" in the reply')
+    ]
+    summary = results["judges"]["judge"]["audiobench"]
+    assert (summary["score"], summary["success_rate"]) == (pytest.approx(160 / 3), pytest.approx(2 / 3))
+    assert results["config"]["prompt_version"] == "cpqa-judge-v3"  # the parse changed: v2 read these as 0
+
+
 def test_bad_arguments_fail_loudly(metric):
     base = dict(questions=["q"], references=["r"], predictions=["p"])
     with pytest.raises(ValueError, match="judges"):
