@@ -476,6 +476,80 @@ def test_undecodable_audio_fails_its_item_only(metric, tmp_path):
     assert results["judges"]["<lambda>"]["audiobench"]["score"] == 50.0
 
 
+def test_a_speech_llm_call_that_raises_fails_only_the_window_it_raises_on(metric, caplog):
+    calls = []
+
+    def moody_speech_llm(questions, waveforms, rate):
+        calls.append(list(questions))
+        if "q2" in questions:
+            raise ValueError("cannot answer q2\nTraceback (most recent call last): ...")
+        return [f"answer to {q}" for q in questions]
+
+    audio = [(np.zeros(SR, dtype=np.float32), SR)] * 3
+    results = metric.compute(questions=["q1", "q2", "q3"], references=["r"] * 3, audio=audio,
+                             model=moody_speech_llm, judges=[lambda m: rated(5)], prompts=["audiobench"])
+    # the batch of three raised, so each window was asked alone: only q2's fails
+    assert calls == [["q1", "q2", "q3"], ["q1"], ["q2"], ["q3"]]
+    predictions = [item["predictions"] for item in results["items"]]
+    assert predictions == [
+        [{"window": "full", "text": "answer to q1", "error": None}],
+        [{"window": "full", "text": None, "error": "ValueError: cannot answer q2"}],
+        [{"window": "full", "text": "answer to q3", "error": None}],
+    ]
+    failed = results["items"][1]["judgements"]["<lambda>"]["audiobench"]
+    assert (failed["rating"], failed["error"]) == (None, "no answer to judge (ValueError: cannot answer q2)")
+    summary = results["judges"]["<lambda>"]["audiobench"]
+    assert (summary["score"], summary["score_successful"]) == (pytest.approx(200 / 3), 100.0)
+    assert (summary["n"], summary["n_judged"]) == (3, 2)
+    assert "the speech-LLM failed on a window of 'q2': ValueError: cannot answer q2" in caplog.text
+
+
+def test_a_bare_array_without_its_rate_is_refused_before_generating(metric):
+    calls = []
+
+    def speech_llm(questions, waveforms, rate):
+        calls.append(questions)
+        return [f"{len(w) / rate:.1f} s" for w in waveforms]
+
+    kwargs = dict(questions=["q1", "q2"], references=["r"] * 2, model=speech_llm, judges=[lambda m: rated(3)],
+                  prompts=["audiobench"])
+    for audio in ([np.zeros(SR, dtype=np.float32)] * 2, [str(AMI), [0.0] * SR]):
+        first = 0 if isinstance(audio[0], np.ndarray) else 1
+        with pytest.raises(ValueError) as refused:
+            metric.compute(audio=audio, **kwargs)
+        assert str(refused.value) == (
+            f"audio[{first}] ({2 - first} of 2 items) is a bare array without its sampling rate: "
+            "pass sampling_rate=..., or (array, rate) pairs, or {'array', 'sampling_rate'} dicts"
+        )
+    assert calls == []
+    results = metric.compute(audio=[np.zeros(SR, dtype=np.float32)] * 2, sampling_rate=8_000, **kwargs)
+    assert [item["predictions"][0]["text"] for item in results["items"]] == ["2.0 s", "2.0 s"]  # 1 s at 8 kHz
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "object", "list", "null", "number", "not json"])
+def test_a_damaged_answer_cache_entry_is_answered_again(metric, tmp_path, caplog, damage):
+    answered = []
+
+    def speech_llm(questions, waveforms, rate):
+        answered.extend(questions)
+        return ["ça va — oui" for _ in questions]
+
+    kwargs = dict(questions=["q"], references=["r"], audio=[(np.zeros(SR, dtype=np.float32), SR)],
+                  model=speech_llm, answer_cache_dir=str(tmp_path), judges=[lambda m: rated(3)],
+                  prompts=["audiobench"])
+    metric.compute(**kwargs)
+    (entry,) = tmp_path.rglob("*.json")
+    whole = entry.read_bytes()
+    damaged = {"cut": whole[: whole.index("—".encode()) + 1], "empty": b"", "object": b"{}", "list": b"[]",
+               "null": b'{"text": null}', "number": b'{"text": 4}', "not json": b"<html>"}
+    entry.write_bytes(damaged[damage])
+    again = metric.compute(**kwargs)
+    assert answered == ["q", "q"]  # asked again, not an error and not an empty answer
+    assert again["items"][0]["predictions"] == [{"window": "full", "text": "ça va — oui", "error": None}]
+    assert json.loads(entry.read_text(encoding="utf-8")) == {"text": "ça va — oui"}  # rewritten
+    assert f"answer cache entry {entry}" in caplog.text
+
+
 def test_judge_settings_are_checked_before_the_speech_llm_runs(metric, monkeypatch):
     monkeypatch.delenv("CPQA_TEST_JUDGE_KEY", raising=False)
     calls = []
