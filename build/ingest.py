@@ -15,8 +15,9 @@ Recording ids of files (a folder, a single file, a manifest row without ``record
 of the path below the folder without its extension (``sub/Café 1.wav`` -> ``sub__Café_1``; letters
 and digits of any script kept, NFC). Ids are unique: a given id (a manifest's ``recording_id``) is
 kept and may not repeat (an error naming the rows); a derived id, or a repeated id of a dataset's
-own column, that is already taken gets ``_`` + 6 hex digits of the sha1 of its path as listed
-(``a.mp3`` beside ``a.flac`` -> ``a_<hex>``), see ``unique_ids``. A null or empty ``recording_id``
+own column, that is already taken gets ``_`` + 6 hex digits of the sha1 of its key: the path below
+the folder, the manifest's path cell as written, or the dataset row's reference (``a.mp3`` beside
+``a.flac`` -> ``a_931e6b``), see ``unique_ids``. A null or empty ``recording_id``
 cell of a dataset is an error naming the row's reference.
 
 Manifests (and calibration label files, through ``read_rows``) are UTF-8, with or without a
@@ -178,7 +179,7 @@ class Listed(NamedTuple):
     recording_id: str
     audio_path: str
     error: str | None = None  # set only for a manifest row that is refused
-    key: str = ""  # what the hash suffix of a repeated id is taken from (the path as listed)
+    key: str = ""  # what the hash suffix of a taken id is made from (module docstring)
     explicit: bool = False  # the id was given (a manifest's recording_id column), not derived from the path
 
 
