@@ -80,6 +80,9 @@ CALIBRATION_ALPHA = {label: 1 for label in EMOTION_LABELS if any(label in member
 ENSEMBLE = "ensemble"
 GRID_SCORES = ("uwa", "accuracy", "weighted_f1", "uwa_all_classes")  # the columns of grid.csv after x, y
 SER_SCORES = ("accuracy", "uwa", "weighted_f1", "uwa_all_classes")  # the columns of ser.csv after model
+# the default grid of thresholds (start:stop:step, for ``parse_grid``)
+X_GRID = "0.3:0.7:0.05"
+Y_GRID = "0:0.5:0.05"
 
 
 @dataclass(frozen=True)
@@ -433,8 +436,8 @@ def calibrate(
     ys: list[float] | None = None,
 ) -> Calibration:
     out_dir = Path(out_dir)
-    xs = xs if xs is not None else parse_grid("0.3:0.7:0.05")
-    ys = ys if ys is not None else parse_grid("0:0.5:0.05")
+    xs = xs if xs is not None else parse_grid(X_GRID)
+    ys = ys if ys is not None else parse_grid(Y_GRID)
     utterances = read_utterances(source, corpus, labels_file)
     windows, hit = label_windows(utterances, config, out_dir / "cache")
     grouped = _by_utterance(windows)
