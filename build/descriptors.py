@@ -16,7 +16,10 @@ Everything is measured on the clip's samples already in memory (float32, mono, 1
   made. The model hears 9.01 s at a time; a shorter clip is repeated until it is that long (as the
   reference script does). The reference script slides the 9.01 s window by 1 s and averages;
   here the clip is covered by the fewest 9.01 s windows, spread evenly from its start to its end
-  (9x cheaper on a long clip); ``dnsmos_hop_s=1.0`` gives the reference's windows and scores.
+  (9x cheaper on a long clip); ``dnsmos_hop_s=1.0`` gives the reference's windows and scores,
+  including its float rounding: from the 8th window on (start 7 s) ``int((k + 9.01) * 16000)``
+  falls one sample short and the reference skips the window, so it only ever scores a clip's
+  first 16 s. The default windows are exact and cover the whole clip.
   Samples are clipped to [-1, 1] first (the models refuse anything outside).
 
 ``clip_descriptors(audio, words, windows, speech=None, language="en")``: all times are seconds from
@@ -40,7 +43,8 @@ plain floats, ints and None (null where a value is undefined):
 - ``descriptor_windows``: per window ``{start, end, f0_semitone_mean, loudness_mean}``: the mean F0
   of the voiced frames and the mean loudness of all frames whose centre lies in ``[start, end)``
   (eGeMAPS ``_sma3nz_amean`` / ``_sma3_amean``; a window over the whole clip gives the clip's
-  values). Frames come from one pass over the clip, so a window's edges see their neighbours.
+  values within 1 %: the functionals' loudness contour is not quite the low-level one). Frames
+  come from one pass over the clip, so a window's edges see their neighbours.
 
 Edge rules:
 
@@ -348,7 +352,7 @@ def dnsmos_windows(n_samples: int, hop_s: float | None = None) -> list[tuple[int
     ``hop_s`` None: the fewest windows that cover the clip, evenly spread from its start to its end.
     A number: the reference script's windows, ``int(k * hop_s * 16000)`` to
     ``int((k * hop_s + 9.01) * 16000)`` for k = 0 .. ``int((floor(seconds) - 9.01) / hop_s)``, a window
-    shorter than 9.01 s being skipped, as there.
+    shorter than 144160 samples being skipped, as there (with 1 s hops, every window from k = 7 on).
     """
     length = int(DNSMOS_SEGMENT_S * SAMPLE_RATE)
     if hop_s is None:
