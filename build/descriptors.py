@@ -39,12 +39,15 @@ plain floats, ints and None (null where a value is undefined):
 - ``pause_count``, ``pause_mean_s``: gaps of at least ``pause_min_s`` (0.25 s) between timed words;
 - ``loudness_lufs``; ``clipped_fraction``: the share of samples with ``|x| >= clip_level`` (0.999 of
   full scale);
-- ``dnsmos_sig``, ``dnsmos_bak``, ``dnsmos_ovrl``: DNSMOS P.835 scores (1-5, higher is better);
+- ``dnsmos_sig``, ``dnsmos_bak``, ``dnsmos_ovrl``: DNSMOS P.835 scores (1-5, higher is better;
+  the models score any sound, digital silence too: about 2.5 / 3.5 / 1.8);
 - ``descriptor_windows``: per window ``{start, end, f0_semitone_mean, loudness_mean}``: the mean F0
   of the voiced frames and the mean loudness of all frames whose centre lies in ``[start, end)``
   (eGeMAPS ``_sma3nz_amean`` / ``_sma3_amean``; a window over the whole clip gives the clip's
   values within 1 %: the functionals' loudness contour is not quite the low-level one). Frames
-  come from one pass over the clip, so a window's edges see their neighbours.
+  come from one pass over the clip, so a window's edges see their neighbours. A word's F0 and
+  loudness are its window's, joined by the word join's overlap rule (``build.words``) where the
+  stage is wired in, not here.
 
 Edge rules:
 
