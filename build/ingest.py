@@ -11,6 +11,19 @@ Sources accepted by ``list_recordings``:
   becomes ``parquet:hf://datasets/owner/name/<file>#<column>[<row>]``. Listing reads the Parquet
   footers and the ``recording_id`` column only, never the audio.
 
+Recording ids of files (a folder, a single file, a manifest row without ``recording_id``): ``slug``
+of the path below the folder without its extension (``sub/Café 1.wav`` -> ``sub__Café_1``; letters
+and digits of any script kept, NFC). Ids are unique: a given id (a manifest's ``recording_id``) is
+kept and may not repeat (an error naming the rows); a derived id, or a repeated id of a dataset's
+own column, that is already taken gets ``_`` + 6 hex digits of the sha1 of its key: the path below
+the folder, the manifest's path cell as written, or the dataset row's reference (``a.mp3`` beside
+``a.flac`` -> ``a_931e6b``), see ``unique_ids``. A null or empty ``recording_id``
+cell of a dataset is an error naming the row's reference.
+
+Manifests (and calibration label files, through ``read_rows``) are UTF-8, with or without a
+byte-order mark; a row without an audio path, or text that is not UTF-8, is an error naming the
+file and the row (CSV: ``row N``, data rows from 1) or line (JSONL: ``line N``).
+
 References are decoded on demand by ``build.audio`` (its docstring defines the form); nothing is
 downloaded or copied, and ``cache_dir`` is no longer written (the argument stays for callers).
 Recording ids: the ``recording_id`` column when the dataset has one, else ``<label>-<row:08d>``
@@ -38,9 +51,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
+import unicodedata
 from pathlib import Path
+from typing import NamedTuple
 
 from datasets import Dataset, Features
 
@@ -81,10 +97,12 @@ def list_recordings(source: str | Path, cache_dir: str | Path | None = None, *, 
         files = sorted(p for p in everything if p.suffix.lower() in AUDIO_EXTENSIONS)
         if not files:
             raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) among its {len(everything)} file(s)")
-        return _table([(_id_from_path(p.relative_to(path)), str(p.resolve())) for p in files])
+        relative = [p.relative_to(path) for p in files]
+        return _table([Listed(_id_from_path(r), str(p.resolve()), key=r.as_posix())
+                       for r, p in zip(relative, files)])
     if path.suffix.lower() in (".csv", ".jsonl"):
         return _table(read_manifest(path, allow_outside_root))
-    return _table([(_id_from_path(Path(path.name)), str(path.resolve()))])
+    return _table([Listed(_id_from_path(Path(path.name)), str(path.resolve()), key=path.name)])
 
 
 def probe_recordings(batch: dict[str, list]) -> dict[str, list]:
@@ -155,65 +173,171 @@ def mark_duplicates(ids: list[str], paths: list[str], hashes: list[str | None]) 
     return out
 
 
-def _table(rows: list[tuple]) -> Dataset:
-    """``(id, path[, error])`` rows -> the listing (``error``: null unless the row is refused)."""
-    ids = _unique_ids([r[0] for r in rows])
-    columns = {"recording_id": ids, "audio_path": [r[1] for r in rows], "error": [r[2] if len(r) > 2 else None for r in rows]}
+class Listed(NamedTuple):
+    """One listed recording before its id is made unique (see ``unique_ids``)."""
+
+    recording_id: str
+    audio_path: str
+    error: str | None = None  # set only for a manifest row that is refused
+    key: str = ""  # what the hash suffix of a taken id is made from (module docstring)
+    explicit: bool = False  # the id was given (a manifest's recording_id column), not derived from the path
+
+
+def _table(rows: list[Listed]) -> Dataset:
+    """The listing (``error``: null unless the row is refused), ids made unique by ``unique_ids``."""
+    ids = unique_ids(rows)
+    columns = {"recording_id": ids, "audio_path": [r.audio_path for r in rows],
+               "error": [r.error for r in rows]}
     return Dataset.from_dict(columns, features=Features({c: RECORDING[c] for c in columns}))
 
 
+def slug(relative: str | Path) -> str:
+    """A recording id from a file's path (relative to the listed folder, its extension dropped).
+
+    NFC first; letters, digits and combining marks of any script are kept, and ``_ . -``; every other run
+    of characters (spaces, punctuation, symbols, ``/``) becomes one ``_`` (folders: ``/`` -> ``__``
+    first). For ASCII names this is the former rule ``[^A-Za-z0-9_.-]+ -> _``. A slug of dots only
+    (``..``) becomes ``_``. The result is a safe file name and never holds ``/``."""
+    text = unicodedata.normalize("NFC", str(relative)).replace("/", "__")
+    marked = "".join(c if c in "_.-" or unicodedata.category(c)[0] in "LNM" else "\0" for c in text)
+    out = re.sub("\0+", "_", marked)  # NUL marks a character to replace: no file name holds one
+    return "_" if set(out) <= {"."} else out
+
+
 def _id_from_path(relative: Path) -> str:
-    stem = str(relative.with_suffix("")).replace("/", "__")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    return slug(relative.with_suffix(""))
 
 
-def _unique_ids(ids: list[str]) -> list[str]:
-    # Two files can share a stem (a.wav and a.mp3): suffix the later ones, deterministically.
-    seen: dict[str, int] = {}
-    out = []
-    for rid in ids:
-        seen[rid] = seen.get(rid, 0) + 1
-        out.append(rid if seen[rid] == 1 else f"{rid}_{seen[rid]}")
+def unique_ids(rows: list[Listed]) -> list[str]:
+    """One id per row, all distinct; an id that is unique stays as it is.
+
+    Given ids (``explicit``) are claimed first (a manifest refuses repeated ones before this, see
+    ``read_manifest``); then, in listing order, a derived id, or a repeated id of a dataset's column,
+    that is already taken gets ``_`` + the first 6 hex digits of sha1(``key``), then ``_2``, ``_3``, ...
+    after that while taken. No suffixed id can take an id that another row has as its own."""
+    taken = {r.recording_id for r in rows}
+    out: list[str | None] = [r.recording_id if r.explicit else None for r in rows]
+    claimed = {r.recording_id for r in rows if r.explicit}
+    for i, row in enumerate(rows):
+        if row.explicit:
+            continue
+        if row.recording_id not in claimed:
+            claimed.add(row.recording_id)
+            out[i] = row.recording_id
+            continue
+        base = f"{row.recording_id}_{hashlib.sha1(row.key.encode()).hexdigest()[:6]}"
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        taken.add(candidate)
+        out[i] = candidate
     return out
 
 
-def read_records(path: Path, what: str = "recordings") -> list[dict]:
-    """The rows of a ``.csv`` (header row) or ``.jsonl`` file as dicts; an empty file is an error naming ``what``."""
+def read_rows(path: Path, what: str = "recordings") -> list[tuple[str, dict]]:
+    """``(where, record)`` for each row of a ``.csv`` (header row) or ``.jsonl`` file, read as UTF-8 with
+    or without a byte-order mark. ``where`` names the row in messages: ``row N`` for a CSV (data rows
+    from 1, the header not counted), ``line N`` for a JSONL file (its line number; blank lines are
+    skipped). Text that is not UTF-8, a JSONL line that is not a JSON object, or no row at all (naming
+    ``what``) is a ``ValueError`` naming the file (and line)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        problem = f"not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"
+        raise ValueError(f"{path}: line {line}: {problem}") from None
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
+        rows = _csv_rows(path, text)
     elif path.suffix.lower() == ".jsonl":
-        records = []
-        for n, line in enumerate(open(path), 1):
+        rows = []
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from exc
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{n}: not a JSON object (a JSON {type(record).__name__})")
+                rows.append((f"line {n}", record))
     else:
         raise ValueError(f"{path}: expected a .csv or .jsonl file")
-    if not records:
+    if not rows:
         raise ValueError(f"{path}: lists no {what}")
-    return records
+    return rows
 
 
-def read_manifest(path: Path, allow_outside_root: bool = False) -> list[tuple[str, str, str | None]]:
-    records = read_records(path)
-    column = next((c for c in _PATH_COLUMNS if c in records[0]), None)
+def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return [(f"row {n}", record) for n, record in enumerate(reader, 1)]
+    except csv.Error as exc:
+        line = reader.line_num + 1  # the line being read
+        raise ValueError(f"{path}: line {line}: not CSV ({exc})") from None
+
+
+def read_records(path: Path, what: str = "recordings") -> list[dict]:
+    """The rows of a ``.csv`` or ``.jsonl`` file as dicts (``read_rows`` without the row names)."""
+    return [record for _, record in read_rows(path, what)]
+
+
+def read_manifest(path: Path, allow_outside_root: bool = False) -> list[Listed]:
+    """One ``Listed`` per manifest row, in order (the ids not yet made unique).
+
+    A row without an audio path (an empty cell, ``,,``, a JSONL line without the key) is an error
+    naming the file and row. ``recording_id``: given ids are kept as they are and must be distinct
+    (a repeat is an error naming every row that has it); an empty or null one is derived from the
+    file name (``slug``) and suffixed where it collides (``unique_ids``)."""
+    rows = read_rows(path)
+    column = next((c for c in _PATH_COLUMNS if c in rows[0][1]), None)
     if column is None:
-        raise ValueError(f"{path}: the manifest needs one of the columns {', '.join(_PATH_COLUMNS)}; it has {', '.join(records[0])}")
+        found = ", ".join(map(str, rows[0][1]))
+        wanted = ", ".join(_PATH_COLUMNS)
+        raise ValueError(f"{path}: the manifest needs one of the columns {wanted}; it has {found}")
+    _refuse_repeated_ids(path, rows)
     root = path.parent.resolve()
-    rows = []
-    for record in records:
+    out = []
+    for where, record in rows:
+        if record.get(column) is None or not str(record[column]).strip():
+            raise ValueError(f"{path}: {where}: no audio path ({column!r} is missing or empty)")
         listed = str(record[column])
         audio = Path(listed)
         audio = (audio if audio.is_absolute() else path.parent / audio).resolve()  # symlinks followed
-        rid = record.get("recording_id") or _id_from_path(Path(audio.name))
+        given = _given_id(record)
         refused = None
         if not allow_outside_root and not audio.is_relative_to(root):
             refused = f"{path}: {listed!r} resolves to {audio}, outside the manifest's folder {root}: refused (--allow-outside-root reads it)"
-        rows.append((str(rid), str(audio), refused))
-    return rows
+        rid = given if given is not None else _id_from_path(Path(audio.name))
+        out.append(Listed(rid, str(audio), refused, key=listed, explicit=given is not None))
+    return out
+
+
+def _given_id(record: dict) -> str | None:
+    value = record.get("recording_id")
+    return None if value is None or not str(value).strip() else str(value)
+
+
+def _refuse_repeated_ids(path: Path, rows: list[tuple[str, dict]]) -> None:
+    where: dict[str, list[str]] = {}
+    for name, record in rows:
+        given = _given_id(record)
+        if given is not None:
+            where.setdefault(given, []).append(name)
+    repeated = [f"{rid!r} ({', '.join(names)})" for rid, names in where.items() if len(names) > 1]
+    if repeated:
+        listed = "; ".join(repeated)
+        problem = f"a recording_id is given to more than one row: {listed}; give each its own id, or none"
+        raise ValueError(f"{path}: {problem}")
+
+
+def dataset_id(value, reference: str) -> str:
+    """A dataset's own ``recording_id`` cell as an id; a null or empty one is an error naming the row."""
+    if value is None or not str(value).strip():
+        what = "null" if value is None else "empty"
+        raise ValueError(f"{reference}: recording_id is {what}; every row of the column needs an id")
+    return str(value)
 
 
 def _audio_column(features: dict, names: list[str], where: str) -> str:
@@ -244,8 +368,11 @@ def _from_saved(folder: Path) -> Dataset:
     if len(refs) != len(data):
         raise ValueError(f"{folder}: its Arrow files hold {len(refs)} rows, the dataset {len(data)} (an indices mapping?)")
     label = folder.name
-    ids = [str(r) for r in data["recording_id"]] if "recording_id" in data.column_names else [f"{label}-{i:08d}" for i in range(len(refs))]
-    return _table(list(zip(ids, refs)))
+    if "recording_id" in data.column_names:
+        ids = [dataset_id(rid, ref) for rid, ref in zip(data["recording_id"], refs)]
+    else:
+        ids = [f"{label}-{i:08d}" for i in range(len(refs))]
+    return _table([Listed(rid, ref, key=ref) for rid, ref in zip(ids, refs)])
 
 
 _SPLIT_WORDS = ("train", "training", "validation", "valid", "val", "dev", "test", "testing", "eval", "evaluation")
@@ -304,7 +431,7 @@ def _from_hub(name: str) -> Dataset:
     if not files:
         raise ValueError(f"{where}: no Parquet data files for split {split!r} (main branch or refs/convert/parquet)")
     label = repo.replace("/", "__")
-    rows: list[tuple[str, str]] = []
+    rows: list[Listed] = []
     for url in files:
         try:
             with audio.reading():
@@ -318,8 +445,9 @@ def _from_hub(name: str) -> Dataset:
         features = info.get("info", {}).get("features", {})
         column = _audio_column(features, schema.names, url) if features else _struct_audio_column(schema, url)
         for row in range(count):
-            rid = str(ids[row]) if ids else f"{label}-{len(rows):08d}"
-            rows.append((rid, audio.make_reference("parquet", url, column, row)))
+            ref = audio.make_reference("parquet", url, column, row)
+            rid = dataset_id(ids[row], ref) if ids else f"{label}-{len(rows):08d}"
+            rows.append(Listed(rid, ref, key=ref))
     return _table(rows)
 
 

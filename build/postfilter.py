@@ -14,8 +14,11 @@ then the content:
 - "empty": question or answer blank (or the answer shorter than ``min_answer_chars``);
 - "garbled": fewer than half of the characters are letters, a word repeats five times in a row,
   or the answer only repeats the question;
-- "not a question": no question mark and no interrogative or imperative opening ("what", "is",
-  "describe", ...);
+- "not a question": no question mark of any script at its end (? ？ ؟ Greek ; ፧ ...; Armenian ՞
+  anywhere, as it sits on the questioned word; ``prompting.ends_with_question_mark``) and no English
+  interrogative or imperative opening ("what", "is", "describe", ...). A language that writes
+  questions without a mark (Thai, Lao, Burmese, Tibetan) has no such sign, so its questions are
+  dropped here unless they open with an English interrogative;
 - "presupposes a transcript": the question names a transcript, text, caption... (a listener has audio only).
 
 ``mark_duplicates`` (batched map over pair rows; call it with ``batch_size=None`` so that no segment
@@ -36,7 +39,7 @@ from .categories import has_words as _has
 from .categories import categorise as categorise_questions
 from .config import PostFilterConfig
 from .devices import cached, device_for
-from .prompting import FRAGMENT_WORDS
+from .prompting import ARMENIAN_QUESTION_MARK, FRAGMENT_WORDS, ends_with_question_mark
 from .llm import LlmClient
 
 EXTRA_PAIR = "beyond the pairs asked for"
@@ -68,11 +71,18 @@ def pair_drop_reason(question: str | None, answer: str | None, transcript_words:
         return EMPTY
     if _garbled(question) or _garbled(answer) or _normal(answer) == _normal(question):
         return GARBLED
-    if not question.rstrip().endswith("?") and not _has(_QUESTION_OPENINGS, question.split()[0]):
+    if not is_question(question):
         return NOT_A_QUESTION
     if _has(transcript_pattern(transcript_words), question):
         return PRESUPPOSES_TRANSCRIPT
     return None
+
+
+def is_question(text: str) -> bool:
+    """A question mark of any script at the end (Armenian's anywhere), or an English question opening."""
+    if ends_with_question_mark(text) or ARMENIAN_QUESTION_MARK in text:
+        return True
+    return _has(_QUESTION_OPENINGS, text.split()[0])
 
 
 def _garbled(text: str) -> bool:

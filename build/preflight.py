@@ -6,9 +6,11 @@ fix; the error's first line is the first problem (and says how many there are), 
 rest (``--debug`` shows them all). Checked, in this order:
 
 - config values (``check_config``): each has the type of its default (a float may be given as an int, an optional one
-  as null), and the closed sets and ranges of the method (``condense.x`` and ``y`` in [0, 1], α
-  keys among the emotion labels and α >= 1, the aligner, the structured-output mode, the precision,
-  the device form);
+  as null); every numeric setting lies in the range declared beside its default in ``build.config``
+  (``ranged``; for a mapping such as α, each value), found by walking every field of every section, one
+  line per bad setting naming it, its value and the range; then the closed sets of the method (α keys
+  among the emotion labels, the aligner, the structured-output mode, the precision, the device form)
+  and the rules across settings (split fractions summing to 1, ``min_segment_s`` <= ``max_segment_s``);
 - the output folder can be created and written;
 - every model the config names: a local folder exists and holds the files its loader reads
   (FunASR: ``config.yaml``, ``model.pt``, ``tokens.txt``; transformers: ``config.json``;
@@ -37,7 +39,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import Config
+from .config import Config, field_range
 from .prompting import STRUCTURED_MODES as STRUCTURED_OUTPUTS
 from .errors import first_line
 from .schema import EMOTION_LABELS
@@ -114,15 +116,11 @@ def check_config(config: Config) -> list[str]:
     problems = _check_types(config, "")
     if problems:
         return problems
+    problems = _check_ranges(config, "")
     c = config
-    for key, value in (("condense.x", c.condense.x), ("condense.y", c.condense.y)):
-        if not 0.0 <= value <= 1.0:
-            problems.append(_bad(key, value, "a valence threshold in [0, 1]"))
     for label, alpha in c.condense.alpha.items():
         if label not in EMOTION_LABELS:
             problems.append(_bad(f"condense.alpha.{label}", alpha, f"a key among {', '.join(EMOTION_LABELS)}"))
-        elif not isinstance(alpha, int) or isinstance(alpha, bool) or alpha < 1:
-            problems.append(_bad(f"condense.alpha.{label}", alpha, "an integer >= 1 (1 disables the occurrence filter)"))
     from .align import ALIGNERS
     from .categories import MODES as CATEGORISERS
     from .empathy import STRATEGY_MODES
@@ -141,24 +139,18 @@ def check_config(config: Config) -> list[str]:
     ):
         if value not in allowed:
             problems.append(_bad(key, value, f"one of {', '.join(allowed)}"))
-    if c.condense.topup_rounds < 0:
-        problems.append(_bad("condense.topup_rounds", c.condense.topup_rounds, "0 (no top-up) or more rounds"))
     if not _DEVICE.match(c.runtime.device):
         problems.append(_bad("runtime.device", c.runtime.device, "auto, cpu, mps, cuda or cuda:N"))
-    for key, value in (("min_segment_s", c.min_segment_s), ("max_segment_s", c.max_segment_s), ("runtime.recordings_per_shard", c.runtime.recordings_per_shard), ("runtime.segments_per_shard", c.runtime.segments_per_shard), ("qa.pairs_per_segment", c.qa.pairs_per_segment)):
-        if value <= 0:
-            problems.append(_bad(key, value, "a positive number"))
-    if c.empathy.demos_per_sample not in (1, 2, 3):
-        problems.append(_bad("empathy.demos_per_sample", c.empathy.demos_per_sample, "1, 2 or 3"))
-    for key, value in (("empathy.max_response_chars", c.empathy.max_response_chars), ("empathy.pause_s", c.empathy.pause_s)):
-        if value <= 0:
-            problems.append(_bad(key, value, "a positive number"))
     from . import publish, splits
     from .qa import QA_LANGUAGES
 
     if c.qa.language not in QA_LANGUAGES:
         problems.append(_bad("qa.language", c.qa.language, f"one of {', '.join(QA_LANGUAGES)}"))
-    for check in (lambda: publish.check_mode(c.export.publish), lambda: splits.check_splits(c.export.splits), lambda: splits.check_split_by(c.export.split_by)):
+    splits_in_range = not any(p.startswith("config value export.splits.") for p in problems)  # else said once
+    checks = [lambda: publish.check_mode(c.export.publish), lambda: splits.check_split_by(c.export.split_by)]
+    if splits_in_range:
+        checks.insert(1, lambda: splits.check_splits(c.export.splits))
+    for check in checks:
         try:
             check()
         except ValueError as error:
@@ -170,6 +162,29 @@ def check_config(config: Config) -> list[str]:
 
 def _bad(key: str, value, expected: str) -> str:
     return f"config value {key} = {value!r} is not {expected}: fix it with --set {key}=... or in --config"
+
+
+def _check_ranges(node, prefix: str) -> list[str]:
+    """Every numeric setting (each value of a numeric mapping) against the range declared with its default."""
+    problems = []
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            problems += _check_ranges(value, f"{key}.")
+            continue
+        allowed = field_range(f)
+        if allowed is None:
+            continue
+        entries = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
+        integers = str(f.type).endswith("int]")  # a mapping of integers (scalars: _check_types saw to it)
+        for name, v in entries:
+            if v is None:  # an optional setting left unset (its type was checked)
+                continue
+            if isinstance(v, bool) or not isinstance(v, int if integers else (int, float)):
+                problems.append(_bad(name, v, "an integer" if integers else "a number"))
+            elif v not in allowed:
+                problems.append(_bad(name, v, f"{allowed.what}in {allowed}"))
+    return problems
 
 
 def _check_types(node, prefix: str) -> list[str]:
@@ -206,6 +221,7 @@ def _expected_type(annotation: str) -> tuple[tuple[type, ...], bool, str] | None
         "bool": ((bool,), "true or false"),
         "list[str]": ((list,), "a list of strings"),
         "dict[str, int]": ((dict,), "a mapping"),
+        "dict[str, float]": ((dict,), "a mapping"),
     }
     if base not in table:
         return None

@@ -10,6 +10,9 @@
   numbers, never client objects).
 - ``FENCE`` / ``LENIENT_JSON``: how replies are searched for JSON (fenced blocks; raw newlines and tabs
   inside strings allowed, which small models write).
+- ``QUESTION_MARKS`` / ``ends_with_question_mark(text)``: the question marks of every script that has
+  one, for the reply parser and the post-filter (a reply in Chinese ends its questions with ？, in
+  Arabic with ؟, in Greek with ; ...).
 """
 
 from __future__ import annotations
@@ -28,6 +31,18 @@ STRUCTURED_MODES = ("auto", "json_schema", "text")
 FRAGMENT_WORDS = 8  # a pair holding this many consecutive words of a prompt's fixed text repeats the prompt
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 LENIENT_JSON = json.JSONDecoder(strict=False)
+# Question marks by script: Latin ?, fullwidth ？ (Chinese, Japanese, Korean), small and vertical forms,
+# Arabic ؟ (also Persian, Urdu), Greek ; (U+037E; NFC turns it into the semicolon, see below), Armenian ՞
+# (written over the questioned word, so it counts anywhere), Ethiopic ፧, Limbu, Vai, Bamum, Chakma,
+# Coptic Old Nubian, reversed ⸮, medieval, and the doubled forms ⁇ ⁈ ⁉ and ornaments ❓ ❔.
+QUESTION_MARKS = (
+    "?\uff1f\ufe56\ufe16\u061f\u037e\u055e\u1367\u1945\ua60f\ua6f7\U00011143\u2cfa\u2cfb"
+    "\u2e2e\u2e54\u2047\u2048\u2049\u2753\u2754"
+)
+ARMENIAN_QUESTION_MARK = "\u055e"
+# what may follow a question's mark: closing quotes and brackets of any script, markdown emphasis
+CLOSERS = "\"'\u201d\u2019\u00bb\u203a)]}\u300d\u300f\uff09\u3011\u3015\u300b\u3009*_ \t\n"
+_GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,3 +105,12 @@ def speaker_runs(words: list[dict], default: str | None = None) -> list[tuple[st
         else:
             runs.append((speaker, [word]))
     return runs
+
+
+def ends_with_question_mark(text: str) -> bool:
+    """True when ``text`` ends, before closing quotes, brackets and emphasis, with a question mark of any
+    script; in Greek text the semicolon (what the Greek question mark U+037E becomes under NFC) counts."""
+    end = text.rstrip(CLOSERS)
+    if not end:
+        return False
+    return end[-1] in QUESTION_MARKS or end[-1] == ";" and _GREEK.search(end) is not None

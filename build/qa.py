@@ -19,6 +19,13 @@ instructions: labels may be wrong, and questions should need both the words and 
 
 ``structured_output``: ``"json_schema"`` sends a JSON schema (the reply is then JSON); ``"text"`` asks for
 ``Q:``/``A:`` lines; ``"auto"`` sends the schema and falls back to plain text on a server that refuses it.
+
+``parse_qa``: pairs from JSON (bare, fenced, or truncated: the complete pairs are kept) or from labelled
+lines (``Q:``/``A:``, ``Question:``/``Answer:``, numbered, bold, any case, an ASCII or a fullwidth
+colon; unlabelled lines continue the field above them until a blank line). An answer label later on a
+question's line ("Q: Who speaks? A: A woman.") counts only where the question has ended: after a
+question mark of any script (``prompting.ends_with_question_mark``) or a sentence end (. ! 。 ！ ...,
+for imperative questions); elsewhere ("Q: What does A: mean?") it is part of the question.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .prompting import FENCE as _FENCE
 from .prompting import LENIENT_JSON as _LENIENT_JSON
 from .config import QaConfig
 from .prompting import FRAGMENT_WORDS, PROMPT_DIR, chat_request, check_structured_mode, client_for, json_schema_format, load_sections, speaker_runs
+from .prompting import CLOSERS, ends_with_question_mark
 
 PROMPT_VERSION = "qa_v2"  # the default of qa.prompt_version
 WORD_TIMINGS = ("spans", "words")
@@ -195,9 +203,16 @@ def response_format(n_pairs: int) -> dict:
 _JSON_PAIR = re.compile(r'\{\s*"question"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"answer"\s*:\s*("(?:[^"\\]|\\.)*")\s*\}', re.S)
 _MARK = r"(?:\*\*|__)?"
 # "Q:", "Question:", "Q1:", "Question 2:", "1. Q:", "- Q:", "**Q1:**" at the start of a line
-_LABEL = re.compile(rf"^\s*(?:[-*•]\s+)?(?:\d+\s*[.)]\s*)?{_MARK}(?P<kind>question|answer|q|a)\s*\d*\s*{_MARK}\s*:\s*{_MARK}\s*", re.I)
-# an answer label later on a question's line: "Q: Who speaks? A: A woman."
-_INLINE_ANSWER = re.compile(rf"\s{_MARK}(?:answer|a)\s*\d*\s*{_MARK}\s*:\s*{_MARK}\s*", re.I)
+_COLON = r"\s*[:：]\s*"  # an ASCII or a fullwidth colon
+_LABEL = re.compile(
+    rf"^\s*(?:[-*•]\s+)?(?:\d+\s*[.)]\s*)?{_MARK}(?P<kind>question|answer|q|a)\s*\d*\s*{_MARK}"
+    rf"{_COLON}{_MARK}\s*",
+    re.I,
+)
+# an answer label later on a question's line: "Q: Who speaks? A: A woman." (see _inline_answer)
+_INLINE_ANSWER = re.compile(rf"{_MARK}(?:answer|a)\s*\d*\s*{_MARK}{_COLON}{_MARK}\s*", re.I)
+# sentence ends of several scripts: an imperative question ("Describe her tone. A: Calm.") ends with one
+_SENTENCE_ENDS = ".!\u3002\uff01\uff0e\u0589\u0964\u104b\u1362\u06d4"
 
 
 def parse_qa(text: str | None) -> list[dict]:
@@ -276,7 +291,7 @@ def _pairs_from_lines(text: str) -> list[dict]:
             current = {"question": rest, "answer": ""}
             pairs.append(current)
             field = "question"
-            inline = _INLINE_ANSWER.search(rest)
+            inline = _inline_answer(rest)
             if inline:
                 current["question"], current["answer"] = rest[: inline.start()].strip(), rest[inline.end() :].strip()
                 field = "answer"
@@ -284,6 +299,19 @@ def _pairs_from_lines(text: str) -> list[dict]:
             current["answer"] = rest
             field = "answer"
     return [_clean_pair(p) for p in pairs]
+
+
+def _inline_answer(line: str) -> re.Match | None:
+    """The first answer label in the rest of a question's line that follows the end of the question (a
+    question mark of any script, or a sentence end), with or without a space after it; None if none."""
+    for match in _INLINE_ANSWER.finditer(line):
+        before = line[: match.start()]
+        if not before or before[-1].isalnum():
+            continue  # the line's start (an empty question), or inside a word ("Tina: ...")
+        end = before.rstrip(CLOSERS)
+        if ends_with_question_mark(before) or end and end[-1] in _SENTENCE_ENDS:
+            return match
+    return None
 
 
 def _clean_pair(pair: dict) -> dict:

@@ -174,6 +174,36 @@ ASR_OUTPUT = Features(
 TAGGED_WORD = {**WORD, "emotion": Value("string"), "gender": Value("string")}
 WORDS_OUTPUT = Features({"tagged_words": List(TAGGED_WORD)})
 
+# acoustic descriptors of a clip (build.descriptors; units and null rules in its docstring)
+DESCRIPTOR_WINDOW = {
+    "start": Value("float64"),
+    "end": Value("float64"),
+    "f0_semitone_mean": Value("float64"),
+    "loudness_mean": Value("float64"),
+}
+DESCRIPTORS_OUTPUT = Features(
+    {
+        **{
+            name: Value("float64")
+            for name in (
+                "f0_semitone_mean", "f0_semitone_median", "f0_semitone_range", "loudness_mean", "jitter_local",
+                "shimmer_local_db", "hnr_db", "voiced_fraction",
+            )
+        },
+        "descriptor_windows": List(DESCRIPTOR_WINDOW),
+        "syllable_count": Value("int64"),
+        "speech_s": Value("float64"),
+        "speaking_rate": Value("float64"),  # syllables per second of speech
+        "pause_count": Value("int64"),
+        "pause_mean_s": Value("float64"),
+        "loudness_lufs": Value("float64"),
+        "clipped_fraction": Value("float64"),
+        "dnsmos_sig": Value("float64"),
+        "dnsmos_bak": Value("float64"),
+        "dnsmos_ovrl": Value("float64"),
+    }
+)
+
 # stage 10: QA generation (columns added to segment rows)
 QA_OUTPUT = Features(
     {

@@ -27,6 +27,11 @@ regions whose pause is at most ``merge_gap_s`` while the joined segment stays wi
 A single region longer than the maximum stays as it is, and the length filter drops it.
 
 ``length_drop_reason``: the predicate of the length filter (τ <= duration <= max).
+
+Both rules compare whole samples at 16 kHz (``samples(t) = round(t * 16000)``), never differences of
+float seconds: 32.05 - 2.05 is 29.999999999999996 in floating point, but 512800 - 32800 samples is
+exactly 30 s, so a segment of exactly τ or the maximum passes and a pause of exactly ``merge_gap_s``
+joins, wherever the segment starts. Every bound is inclusive.
 """
 
 from __future__ import annotations
@@ -143,14 +148,20 @@ def speech_probabilities(path: str, model, block_s: float = VadConfig.block_s) -
     return probs, n_samples
 
 
+def samples(seconds: float) -> int:
+    """A time (or a duration) in whole samples at 16 kHz: what the length and merge rules compare."""
+    return int(round(seconds * SAMPLE_RATE))
+
+
 def merge_speech(regions: list[dict], merge_gap_s: float, max_segment_s: float) -> list[tuple[float, float]]:
     """Join speech regions into segments (see the module docstring for the rule)."""
+    gap, longest = samples(merge_gap_s), samples(max_segment_s)
     segments: list[list[float]] = []
     for region in sorted(regions, key=lambda r: r["start"]):
         start, end = region["start"], region["end"]
         if segments:
             last = segments[-1]
-            if start - last[1] <= merge_gap_s and end - last[0] <= max_segment_s:
+            if samples(start) - samples(last[1]) <= gap and samples(end) - samples(last[0]) <= longest:
                 last[1] = max(last[1], end)
                 continue
         segments.append([start, end])
@@ -170,9 +181,10 @@ def explode_segments(batch: dict[str, list], *, merge_gap_s: float, max_segment_
 
 
 def length_drop_reason(start: float, end: float, min_s: float, max_s: float) -> str | None:
-    duration = end - start
-    if duration < min_s:
+    """``SHORTER`` or ``LONGER`` when the segment's length in samples is outside [τ, max], else None."""
+    duration = samples(end) - samples(start)
+    if duration < samples(min_s):
         return SHORTER.format(min_s=min_s)
-    if duration > max_s:
+    if duration > samples(max_s):
         return LONGER.format(max_s=max_s)
     return None

@@ -10,7 +10,9 @@ diarized speaker of a recording in one split.
 ``assign_splits(keys, fractions, seed)``: ``keys[i]`` are the group keys of clip i (its recording id).
 Clips that share a key, directly or through other clips, form one group (union-find). Groups are shuffled with ``seed`` and
 each goes, in that order, to the split furthest below its share of the clips placed so far plus this
-group (ties: the split listed first). The result depends only on the keys, the fractions and the seed.
+group (ties: the split with the larger fraction, then the name first in alphabetical order, so the
+order the splits are written in never matters). The result depends only on the keys, the fractions
+and the seed.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def assign_splits(keys: list[list[str]], fractions: dict[str, float], seed: int)
     """The split of each clip (see the module docstring)."""
     groups = _groups(keys)
     random.Random(seed).shuffle(groups)
-    names = list(fractions)
+    names = sorted(fractions, key=lambda n: (-fractions[n], n))  # the tie order, whatever the mapping's order
     counts: Counter = Counter()
     placed = 0
     out = [""] * len(keys)

@@ -34,7 +34,7 @@ from datasets import Features
 from .schema import DROPPED
 
 # Bump a stage's version when its code changes what it writes: its outputs (and those after) are then recomputed.
-STAGE_VERSIONS = {"ingest": 2, "vad": 2, "label": 1, "condense": 1, "sample": 2, "asr": 2, "qa": 1, "postfilter": 2, "calibrate": 1, "empathy": 1}
+STAGE_VERSIONS = {"ingest": 2, "vad": 2, "label": 2, "condense": 2, "sample": 2, "asr": 2, "qa": 2, "postfilter": 3, "calibrate": 1, "empathy": 1}
 _METADATA_KEY = b"cpqa"
 
 

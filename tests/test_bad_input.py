@@ -78,7 +78,7 @@ def test_every_awkward_file_has_its_exact_status_and_message(built, matrix):
     data_s = (5_000 - 44) / 32_000  # 16-bit mono 16 kHz: 32,000 bytes a second after the 44-byte header
     expected = {
         "a": SHORT,
-        "caf_Z_rich": SHORT,
+        "café_à_Zürich": SHORT,
         "clipped": SHORT,
         "empty": {"status": "failed", "stage": "ingest", "reason": f"{path('empty.wav')}: empty file (0 bytes)"},
         "f": SHORT,
@@ -130,7 +130,7 @@ def test_the_duplicate_is_processed_once(built):
 def test_the_probe_reads_every_format_at_its_length(matrix):
     listed = ingest.list_recordings(matrix)
     probed = dict(zip(listed["recording_id"], ingest.probe_recordings(listed.to_dict())["duration"]))
-    for rid in ("ok", "narrow_8k", "stereo48k", "f", "v", "o", "m", "a", "caf_Z_rich", "clipped"):
+    for rid in ("ok", "narrow_8k", "stereo48k", "f", "v", "o", "m", "a", "café_à_Zürich", "clipped"):
         assert probed[rid] == pytest.approx(SPEECH_S, abs=0.15), rid  # an MP3 header estimate says 8.1 s
 
 

@@ -2,13 +2,15 @@
 
 import csv
 import json
+import re
 from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import RAVDESS_CLIPS, REPO, SAMPLES, ravdess_clips
+from conftest import RAVDESS_CLIPS, REPO, SAMPLES, ravdess_clips, ravdess_recording
 
 from build import calibrate as calib
+from build.audio import probe_duration
 from build.config import Config
 from build.schema import EMOTION_LABELS
 
@@ -65,6 +67,8 @@ def test_scores_follow_from_the_cached_window_labels(first_run, tiny_config):
         predicted = calib.condensed_predictions(utterances.columns["utterance_id"], grouped, row["x"], row["y"])
         recalls = [np.mean([p == t for p, t in zip(predicted, truth) if t == c]) for c in sorted(set(truth))]
         assert row["uwa"] == pytest.approx(100 * np.mean(recalls), abs=1e-3)
+        # every predicted class that no human label has (unknown) adds a recall of 0
+        assert row["uwa_all_classes"] == pytest.approx(100 * np.sum(recalls) / len(set(truth) | set(predicted)), abs=1e-3)
         assert row["accuracy"] == pytest.approx(100 * np.mean([p == t for p, t in zip(predicted, truth)]), abs=1e-3)
     assert set(predicted) <= set(EMOTION_LABELS)
     n_windows = sum(len(calib.explode_windows({"segment_id": ["u"], "recording_id": ["r"], "audio_path": ["a"], "start": [c["start"]], "end": [c["end"]]}, label_s=2.0, context_s=1.0, min_last_fraction=0.5)["start"]) for c in ravdess_clips())
@@ -217,3 +221,86 @@ def test_a_hub_dataset_brings_its_own_class_labels(tmp_path, monkeypatch):
     assert utterances.columns["recording_id"] == [p.stem for p in files]
     assert utterances.columns["label"] == [{"01": "neutral", "04": "sad", "05": "angry"}[p.stem.split("-")[2]] for p in files]
     assert all(3.0 < end < 5.0 for end in utterances.columns["end"])  # durations probed from the embedded audio
+
+
+def test_a_labels_file_with_a_byte_order_mark_keeps_its_first_column(tmp_path):
+    # Before: the first column was named "\ufeffrecording" and every row named no recording.
+    clips = ravdess_clips()[:3]
+    for first in ("recording", "emotion", "start"):
+        order = [first, *(c for c in ("recording", "emotion", "start", "end") if c != first)]
+        path = tmp_path / f"labels-{first}.csv"
+        lines = [",".join(order)] + [",".join(str(c[k]) for k in order) for c in clips]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+        utterances = calib.read_utterances(SAMPLES, "ravdess", path)
+        assert utterances.columns["label"] == ["fearful", "surprised", "happy"]
+        assert utterances.columns["start"] == [c["start"] for c in clips] and utterances.columns["end"] == [c["end"] for c in clips]
+
+
+def _span_rows(rows):
+    return [{"recording": "ravdess_actor01.flac", "emotion": "happy", "start": s, "end": e} for s, e in rows]
+
+
+def test_impossible_spans_refuse_the_labels_file_naming_every_row(tmp_path, tiny_config, monkeypatch):
+    # Before: all kept; an empty or reversed span got no window and counted as a miss.
+    duration = probe_duration(str(ravdess_recording(1)))  # 57.157 s
+    rows = [(0.0, 3.0), (10, 5), (-2, 1), (40, 90), (3, 3), ("abc", 4), (duration, ""), (1, "inf"), (0, duration + 0.1 + 1e-3)]
+    labels = _file_labels(tmp_path, _span_rows(rows))
+    reasons = [
+        "row 2 (ravdess_actor01): end 5 s is not after start 10 s",
+        "row 3 (ravdess_actor01): start -2 s is before the file's start",
+        f"row 4 (ravdess_actor01): end 90 s is past the file's end ({duration:g} s)",
+        "row 5 (ravdess_actor01): end 3 s is not after start 3 s",
+        "row 6 (ravdess_actor01): start 'abc' is not a number",
+        f"row 7 (ravdess_actor01): start {duration:g} s is at or after the file's end ({duration:g} s)",
+        "row 8 (ravdess_actor01): end 'inf' is not a finite number",
+        f"row 9 (ravdess_actor01): end {duration + 0.101:g} s is past the file's end ({duration:g} s)",
+    ]
+    message = f"{labels}: 8 labelled row(s) with an impossible span, nothing was labelled: {'; '.join(reasons)}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        calib.read_utterances(SAMPLES, "ravdess", labels)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model ran on a labels file with impossible spans")
+
+    monkeypatch.setattr(calib.emotion, "label_categorical_emotion", no_model)
+    monkeypatch.setattr(calib.dimension, "label_dimensions", no_model)
+    with pytest.raises(ValueError, match="8 labelled row"):
+        calib.calibrate(SAMPLES, corpus="ravdess", config=tiny_config, out_dir=tmp_path / "out", labels_file=labels, xs=XS, ys=YS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_spans_on_the_bounds_are_kept_and_long_lists_are_cut(tmp_path):
+    duration = probe_duration(str(ravdess_recording(1)))
+    bounds = [(0.0, duration), (0, duration + calib.SPAN_TOLERANCE_S), ("", 2.5), (55.0, ""), (duration - 0.001, "")]
+    utterances = calib.read_utterances(SAMPLES, "ravdess", _file_labels(tmp_path, _span_rows(bounds)))
+    assert utterances.columns["start"] == [0.0, 0.0, 0.0, 55.0, duration - 0.001]
+    assert utterances.columns["end"] == [duration, duration + calib.SPAN_TOLERANCE_S, 2.5, duration, duration]
+    many = _file_labels(tmp_path, _span_rows([(5, 1)] * (calib.MAX_LISTED + 3)))
+    with pytest.raises(ValueError, match=rf": 23 labelled row\(s\) .*row 20 \(ravdess_actor01\): end 1 s is not after start 5 s; and 3 more$"):
+        calib.read_utterances(SAMPLES, "ravdess", many)
+
+
+def test_uwa_is_the_mean_recall_over_the_human_classes_and_the_union_is_reported_beside_it():
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    truth = ["angry", "angry", "happy", "happy", "sad", "sad"]
+    predicted = ["angry", "angry", "unknown", "happy", "unknown", "unknown"]  # recalls 1, 0.5, 0 (+ unknown: 0)
+    got = calib.scores(truth, predicted)
+    assert got == {"uwa": 50.0, "accuracy": 50.0, "weighted_f1": got["weighted_f1"], "uwa_all_classes": 37.5}
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        assert got["uwa"] == 100 * balanced_accuracy_score(truth, predicted)
+    with pytest.warns(UserWarning):  # recall of "unknown" is ill-defined (no human label): 0, as in recall_score
+        assert got["uwa_all_classes"] == 100 * recall_score(truth, predicted, average="macro")
+    assert got["weighted_f1"] == round(100 * f1_score(truth, predicted, labels=["angry", "happy", "sad"], average="weighted"), 4)
+    same = calib.scores(truth, ["angry", "happy", "happy", "happy", "sad", "angry"])  # no class outside the labels
+    assert same["uwa"] == same["uwa_all_classes"] == pytest.approx(100 * (0.5 + 1 + 0.5) / 3, abs=1e-4)
+
+
+def test_the_outputs_state_the_uwa_definition_and_carry_both_columns(first_run):
+    with open(first_run.out_dir / "grid.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["x", "y", "uwa", "accuracy", "weighted_f1", "uwa_all_classes"]
+    with open(first_run.out_dir / "ser.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["model", "accuracy", "uwa", "weighted_f1", "uwa_all_classes"]
+    report = (first_run.out_dir / "calibration.md").read_text()
+    assert calib.UWA_DEFINITION in report
+    assert "| x | y | UWA % | accuracy % | weighted F1 % | UWA all classes % |" in report

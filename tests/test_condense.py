@@ -1,7 +1,14 @@
+import dataclasses
+import itertools
+
+import numpy as np
 import pytest
 
+from build import pipeline, schema
+from build.calibrate import X_GRID, Y_GRID, parse_grid
 from build.condense import (
     balanced_sample,
+    consistent_mask,
     count_occurrences,
     is_consistent,
     majority_gender,
@@ -9,7 +16,8 @@ from build.condense import (
     occurrence_labels,
     primary_label,
 )
-from build.config import PAPER_ALPHA
+from build.config import PAPER_ALPHA, Config
+from build.work import WorkDir, fingerprint
 
 X, Y = 0.5, 0.4  # the paper's best: v_pos_min 0.5, v_neg_max 0.5, neutral band [0.4, 0.6]
 
@@ -85,8 +93,103 @@ def test_primary_label_rule():
     alpha = {"angry": 10, "sad": 2, "surprised": 3}
     assert primary_label(["angry", "sad"], {"angry": 20, "sad": 3}, alpha) == "angry"  # 2.0 > 1.5
     assert primary_label(["angry", "sad"], {"angry": 10, "sad": 2}, alpha) == "angry"  # tie 1.0: larger count
-    assert primary_label(["sad", "surprised"], {"sad": 6, "surprised": 9}, alpha) == "surprised"  # tie 3.0, count 9 > 6
-    assert primary_label(["angry", "sad"], {"angry": 2, "sad": 2}, {"angry": 2, "sad": 2}) == "angry"  # full tie: alpha order
+    assert primary_label(["sad", "surprised"], {"sad": 6, "surprised": 9}, alpha) == "surprised"  # 3.0, 9 > 6
+    # a full tie: the fixed class order
+    assert primary_label(["angry", "sad"], {"angry": 2, "sad": 2}, {"angry": 2, "sad": 2}) == "angry"
+
+
+@pytest.mark.parametrize(
+    "alpha", [{"fearful": 4, "happy": 4}, {"happy": 4, "fearful": 4}], ids=["fearful-first", "happy-first"]
+)
+def test_a_full_tie_goes_to_the_fixed_class_order_whatever_the_order_of_alpha(alpha):
+    windows = _windows(*(["happy"] * 4 + ["fearful"] * 4))
+    out = count_occurrences({"emotion_windows": [windows]}, alpha=alpha)
+    assert out["primary_emotion"] == ["fearful"]  # fearful comes before happy in schema.EMOTION_LABELS
+    assert out["emotions"] == [["fearful", "happy"]]  # listed in the class order too
+    assert primary_label(["happy", "fearful"], {"happy": 4, "fearful": 4}, alpha) == "fearful"
+    assert occurrence_labels({"happy": 4, "fearful": 4}, alpha) == ["fearful", "happy"]
+
+
+def _labelled_segment(index: int, labels: list[str]) -> dict:
+    """A labelled segment (the columns the condense task reads) whose windows carry these labels."""
+    valence = {"happy": 0.8, "neutral": 0.5}
+    emotion_windows = [
+        {"start": 2.0 * k, "end": 2.0 * k + 2, "emotion": label, "raw_emotion": None,
+         "emotion_scores": [0.0] * 9, "arousal": 0.5, "dominance": 0.5, "valence": valence.get(label, 0.2),
+         "consistent": None}
+        for k, label in enumerate(labels)
+    ]  # fmt: skip
+    return {
+        "segment_id": f"rec-{index:04d}", "recording_id": "rec", "audio_path": "/rec.wav",
+        "start": 40.0 * index, "end": 40.0 * index + 31, "emotion_windows": emotion_windows,
+        "gender_windows": [{"start": 0.0, "end": 2.0, "gender": "female", "gender_score": 0.9}],
+    }  # fmt: skip
+
+
+def _condensation_files(folder, config: Config) -> tuple[bytes, bytes]:
+    """The bytes of what the condense task writes (output, dropped rows) for fixed labelled segments."""
+    rows = [
+        _labelled_segment(0, ["happy"] * 4 + ["fearful"] * 4),  # tie between fearful and happy
+        _labelled_segment(1, ["sad"] * 2 + ["surprised"] * 3 + ["happy"] * 4),  # ratios 1.0: happy by count
+        _labelled_segment(2, ["angry"] * 10 + ["disgusted"] * 10 + ["neutral"] * 3),  # tie: class order
+        _labelled_segment(3, ["neutral"] * 5),  # passes nothing
+    ]
+    segments = {name: [row.get(name) for row in rows] for name in rows[0]}
+    columns, features, counts, dropped = pipeline._condense(segments, config)
+    fp = fingerprint("condense", pipeline.stage_params(config)["condense"], ["label-fp", "r00000"])
+    work = WorkDir(folder)
+    work.write("condense", "r00000", fp, columns, features, stats={"counts": counts}, dropped=dropped)
+    output, dropped_rows = work.output("condense", "r00000"), work.dropped_path("condense", "r00000")
+    return output.read_bytes(), dropped_rows.read_bytes()
+
+
+def _with_alpha(alpha: dict[str, int]) -> Config:
+    config = Config()
+    config.condense.alpha = alpha
+    return config
+
+
+def test_condensation_work_files_do_not_depend_on_the_order_of_alpha(tmp_path):
+    orders = [
+        dict(PAPER_ALPHA),
+        dict(reversed(PAPER_ALPHA.items())),
+        dict(sorted(PAPER_ALPHA.items(), key=lambda kv: (kv[1], kv[0]))),
+    ]
+    files = [_condensation_files(tmp_path / str(i), _with_alpha(alpha)) for i, alpha in enumerate(orders)]
+    assert files[0] == files[1] == files[2]  # byte-identical output and dropped rows, same fingerprint
+    written = WorkDir(tmp_path / "0").read("condense", "r00000")
+    assert written["primary_emotion"] == ["fearful", "happy", "angry"]
+    assert written["emotions"] == [
+        ["fearful", "happy"], ["happy", "sad", "surprised"], ["angry", "disgusted"],
+    ]
+
+
+def _mappings(config: Config) -> list[tuple[str, str]]:
+    """(section, key) of every mapping-valued setting of the config."""
+    found = []
+    for section in dataclasses.fields(config):
+        node = getattr(config, section.name)
+        if dataclasses.is_dataclass(node):
+            keys = [f.name for f in dataclasses.fields(node) if isinstance(getattr(node, f.name), dict)]
+            found += [(section.name, key) for key in keys]
+    return found
+
+
+def test_stage_fingerprints_ignore_the_order_of_every_config_mapping():
+    """A resumed build keeps a task whose fingerprint matches: with every mapping of the config reordered the
+    fingerprints are the same, so the outputs must be too (the test above, for alpha; export.splits is
+    read by the export only, ``tests/test_splits.py``)."""
+    config = Config()
+    config.export.splits = {"train": 0.8, "test": 0.2}
+    assert _mappings(config) == [("condense", "alpha"), ("export", "splits")]  # a new one needs its own check
+    reordered = Config.from_dict(config.to_dict())
+    for section, key in _mappings(config):
+        mapping = getattr(getattr(config, section), key)
+        setattr(getattr(reordered, section), key, dict(reversed(mapping.items())))
+    assert list(reordered.condense.alpha) != list(config.condense.alpha)
+    fingerprints = [{s: fingerprint(s, p) for s, p in pipeline.stage_params(c).items()}
+                    for c in (config, reordered)]
+    assert fingerprints[0] == fingerprints[1]
 
 
 def test_balanced_sampler_is_seeded_quota_bound_and_order_independent():
@@ -104,3 +207,50 @@ def test_majority_gender():
     assert majority_gender([w("male", 0.9), w("female", 0.6), w("female", 0.7)]) == "female"
     assert majority_gender([w("male", 0.9), w("female", 0.6)]) == "male"  # tie: larger summed score
     assert majority_gender([w(None, None)]) is None
+
+
+GRIDS = [(parse_grid(X_GRID), parse_grid(Y_GRID)), (parse_grid("0:1:0.01"), parse_grid("0:0.5:0.01"))]
+
+
+@pytest.mark.parametrize(("xs", "ys"), GRIDS, ids=["calibrate-grid", "hundredths"])
+def test_valences_exactly_on_every_bound_are_consistent_in_float32(xs, ys):
+    """Every (x, y) of calibrate's grid (and every hundredth): a valence stored (float32) exactly on a bound
+    is consistent, one float32 step outside is not, and the vectorised and the scalar paths agree."""
+    n_cells = 0
+    for x, y in itertools.product(xs, ys):
+        # (emotion, the bound as a float32 column stores it, the direction that leaves the band)
+        bounds = [
+            ("happy", np.float32(x), -np.inf),
+            ("angry", np.float32(1 - x), np.inf),
+            ("neutral", np.float32(y), -np.inf),
+            ("neutral", np.float32(1 - y), np.inf),
+        ]
+        emotions, valences, expected = [], [], []
+        for emotion, bound, outward in bounds:
+            emotions += [emotion, emotion]
+            valences += [bound, np.nextafter(bound, np.float32(outward))]
+            expected += [True, False]
+        for emotion, valence, want in zip(emotions, valences, expected):
+            assert is_consistent(emotion, float(valence), x, y) is want, (emotion, float(valence), x, y)
+            assert is_consistent(emotion, valence, x, y) is want, (emotion, float(valence), x, y)
+        stored = np.array(valences, dtype=np.float32)
+        assert consistent_mask(emotions, stored, x, y).tolist() == expected, (x, y)
+        assert consistent_mask(emotions, stored.tolist(), x, y).tolist() == expected, (x, y)
+        n_cells += 1
+    assert n_cells == len(xs) * len(ys) > 0
+
+
+def test_the_float32_bounds_the_issue_named():
+    stored = float(np.float32(0.4))  # a valence of 0.4 after a round trip through a float32 column
+    assert is_consistent("angry", stored, x=0.6, y=0.4)
+    for x in (0.09, 0.33, 0.34, 0.46, 0.54, 0.6, 0.66, 0.67, 0.72):
+        assert is_consistent("sad", float(np.float32(1 - x)), x, 0.4), x
+    for y in (0.09, 0.33, 0.34, 0.46):
+        assert is_consistent("neutral", float(np.float32(1 - y)), 0.5, y), y
+
+
+def test_consistent_mask_of_nothing_and_of_missing_values():
+    assert consistent_mask([], [], 0.5, 0.4).tolist() == []
+    assert consistent_mask([None, "happy", "surprised"], [0.9, None, None], 0.5, 0.4).tolist() == [False] * 3
+    empty = mark_consistency({"emotion": [], "valence": []}, x=0.5, y=0.4)
+    assert empty == {"consistent": [], "condensed_emotion": []}

@@ -9,6 +9,7 @@ import json
 
 import datasets
 import numpy as np
+import pytest
 import soundfile as sf
 
 import cpqa
@@ -339,3 +340,205 @@ def test_predictions_without_a_set_answer_every_set(tmp_path, capsys):
             [f"of voice {k}", f"of silence {k}"] for k in range(len(ROWS))
         ]
         assert results[label]["judges"]["stub"]["audiobench"]["score"] == 80.0  # the better window
+
+
+
+# --- predictions files: one answer per set, question and window ----------------------------------
+
+
+def derived_ids(rows=ROWS, clips=CLIPS) -> list[str]:
+    audio_hash = [hashlib.sha256(clips[c]).hexdigest() for c, *_ in rows]
+    pairs = [f"{h}\n{row[1]}" for h, row in zip(audio_hash, rows)]
+    return ["q-" + hashlib.sha256(pair.encode()).hexdigest()[:16] for pair in pairs]
+
+
+def stub_judge(judge) -> list[str]:
+    spec = f"model=judge,base_url={judge.base_url},name=stub"
+    return ["--judge", spec, "--prompts", "audiobench", "--no-controls"]
+
+
+def test_a_predictions_file_appended_to_itself_is_refused_at_its_first_repeat(tmp_path, capsys):
+    source = audiobench_set(tmp_path / "set")
+    ids = derived_ids()
+    lines = [{"qa_set": "set", "question_id": q, "window": "full", "answer": "5 s of silence", "error": None}
+             for q in ids]
+    published = tmp_path / "predictions.jsonl"
+    published.write_text("".join(json.dumps(line) + "\n" for line in lines) * 4)  # appended to itself 3 times
+    with OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--predictions", str(published), "--out", str(tmp_path / "r")]
+        code, _, err = evaluate(argv + stub_judge(judge), capsys)
+        assert judge.requests == []
+    assert code == 2
+    assert err == (
+        f"cpqa evaluate: {published}:5: a second answer for question {ids[0]!r} of set 'set', window 'full' "
+        "(the first is on line 1); keep one line per question and window (--debug shows the traceback)\n"
+    )
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+ASK_TEXT = "; give the answer text, or a list of window answers"
+ONE_LINE_EACH = "; keep one line per question and window"
+BAD_PREDICTION_LINES = [
+    (b'{"question_id": "q1", "prediction": null}', 1, "prediction is null" + ASK_TEXT),
+    (b'{"question_id": "q1", "prediction": []}', 1, "prediction is an empty list" + ASK_TEXT),
+    (b'{"question_id": "q1", "prediction": 4}', 1, "prediction is a number" + ASK_TEXT),
+    (b'{"question_id": "q1", "prediction": {"text": "a"}}', 1, "prediction is an object" + ASK_TEXT),
+    (b'{"question_id": "q1", "prediction": [["a"], "b"]}', 1, "prediction[0] is a list, not text"),
+    (b'{"question_id": "q1", "prediction": ["a", null]}', 1, "prediction[1] is null, not text"),
+    (b'{"question_id": "q1", "prediction": "ok"}\n{"question_id": "q2", "prediction": "caf\xe9"}', 2,
+     "not UTF-8 (byte 0xe9 at column 41)"),
+    (b'{"question_id": "q1", "prediction": "a"}\n\n{"question_id": "q1", "prediction": "b"}', 3,
+     "a second answer for question 'q1', window 'full' (the first is on line 1)" + ONE_LINE_EACH),
+    (b'{"question_id": "q1", "prediction": ["a", "b"]}\n'
+     b'{"question_id": "q1", "window": "window_1", "answer": "c"}', 2,
+     "a second answer for question 'q1', window 'window_1' (the first is on line 1)" + ONE_LINE_EACH),
+    (b'{"qa_set": "s", "question_id": "q1", "window": "last_30s", "answer": "a", "error": null}\n' * 2, 2,
+     "a second answer for question 'q1' of set 's', window 'last_30s' (the first is on line 1)"
+     + ONE_LINE_EACH),
+    (b'{"question_id": "q1", "window": "full", "answer": null, "error": null}', 1,
+     "answer is null without an error; give the answer text"),
+    (b'{"question_id": "q1", "window": "full", "answer": 3}', 1, "answer is a number, not text"),
+    (b'{"question_id": "q1", "window": "", "answer": "a"}', 1, "window must be a non-empty string, not ''"),
+    (b'{"question_id": 7.5, "prediction": "a"}', 1,
+     "question_id must be a non-empty string (or an integer), not 7.5"),
+    (b'{"qa_set": 2, "question_id": "q1", "prediction": "a"}', 1, "qa_set is a number, not a set label"),
+    (b'["q1", "a"]', 1, "a list, not an object with question_id and prediction"),
+    (b'{"question_id": "q1"}', 1, "each line needs question_id and prediction (or window and answer)"),
+]
+
+
+@pytest.mark.parametrize(("content", "line", "problem"), BAD_PREDICTION_LINES)
+def test_a_bad_predictions_line_is_one_error_naming_file_and_line(tmp_path, content, line, problem):
+    from build.evaluate import read_predictions
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        read_predictions(str(path))
+    assert str(error.value) == f"{path}:{line}: {problem}"
+
+
+def test_what_a_predictions_file_may_hold(tmp_path):
+    from build.evaluate import read_predictions
+
+    path = tmp_path / "predictions.jsonl"
+    lines = [
+        {"qa_set": "a", "question_id": "q1", "window": "first_30s", "answer": "early", "error": None},
+        {"qa_set": "a", "question_id": "q1", "window": "last_30s", "answer": None, "error": "HTTP 500: down"},
+        {"qa_set": "b", "question_id": "q1", "window": "first_30s", "answer": "same id, other set"},
+        {"question_id": "q2", "prediction": ""},  # an empty answer is an answer
+        {"question_id": 3, "prediction": ["x", "y"]},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # after a byte-order mark
+    assert read_predictions(str(path)) == {
+        ("a", "q1"): [("first_30s", "early", None), ("last_30s", None, "HTTP 500: down")],
+        ("b", "q1"): [("first_30s", "same id, other set", None)],
+        (None, "q2"): [("full", "", None)],
+        (None, 3): [("window_0", "x", None), ("window_1", "y", None)],
+    }
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_a_limit_below_one_is_refused_before_anything_runs(tmp_path, capsys, limit):
+    source = audiobench_set(tmp_path / "set")
+    with OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--backend", "openai", "--base-url", judge.base_url, "--limit", limit,
+                "--out", str(tmp_path / "r"), *stub_judge(judge)]
+        code, _, err = evaluate(argv, capsys)
+        assert judge.requests == []
+    assert code == 2
+    assert err == (f"cpqa evaluate: --limit {limit}: give a positive number of questions per set (none: all) "
+                   "(--debug shows the traceback)\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_same_question_twice_on_a_clip_gets_its_own_id_and_rejudges(tmp_path, capsys):
+    again = (0, "How does the speaker feel?", "Relaxed.", "we will meet at noon")  # another annotator's pair
+    rows = ROWS + [again]
+    source = qa_set_folder(tmp_path / "set", rows)
+    ids = derived_ids(rows)
+    assert ids[4] == ids[0]
+    with AudioModelStub() as model, OpenAIStub(judge_and_text_llm) as judge:
+        served = ["--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url]
+        argv = [str(source), *served, "--out", str(tmp_path / "a")]
+        code, printed, err = evaluate(argv + stub_judge(judge), capsys)
+        assert code == 0, err
+        published = tmp_path / "a" / "predictions.jsonl"
+        argv = [str(source), "--predictions", str(published), "--out", str(tmp_path / "b")]
+        code, _, err = evaluate(argv + stub_judge(judge), capsys)
+        assert code == 0, err
+    note = "question ids derived from the clip audio and the question"
+    assert f"set: {note} (1 repeated question(s) on one clip numbered -2, -3, ...)" in printed.splitlines()
+    written = [json.loads(line)["question_id"] for line in published.read_text().splitlines()]
+    assert written == [ids[0], ids[1], ids[2], ids[2], ids[3], ids[0] + "-2"]
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["set"]
+    second = json.loads((tmp_path / "b" / "results.json").read_text())["set"]
+    assert [i["predictions"] for i in second["items"]] == [i["predictions"] for i in first["items"]]
+    assert [len(i["predictions"]) for i in second["items"]] == [1, 1, 2, 1, 1]
+
+
+def test_a_repeated_question_id_column_is_refused(tmp_path, capsys):
+    source = qa_set_folder(tmp_path / "set", ROWS[:2], extra={"question_id": ["same", "same"]})
+    with OpenAIStub(judge_and_text_llm) as judge:
+        argv = [str(source), "--predictions", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "r")]
+        code, _, err = evaluate(argv + stub_judge(judge), capsys)
+    assert code == 2
+    assert err == (f"cpqa evaluate: {source}: question_id 'same' is on rows 0 and 1; "
+                   "each question needs its own id (--debug shows the traceback)\n")
+
+
+# --- two sets over the same audio ----------------------------------------------------------------
+
+
+def qa_set_folder(folder, rows, clips=CLIPS, extra=None, form="parquet"):
+    """A set of ``rows`` (clip index, question, answer, transcript) over ``clips``, with ``extra`` columns."""
+    columns = {
+        "context": [{"bytes": clips[c], "path": f"clip{c}.wav"} for c, *_ in rows],
+        "instruction": [q for _, q, _, _ in rows],
+        "answer": [a for _, _, a, _ in rows],
+        "transcript": [t for *_, t in rows],
+        **(extra or {}),
+    }
+    text = datasets.Value("string")
+    features = {name: datasets.Audio(sampling_rate=SR) if name == "context" else text for name in columns}
+    data = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    if form == "parquet":
+        folder.mkdir(parents=True)
+        data.to_parquet(str(folder / "test-00000-of-00001.parquet"))
+    else:
+        datasets.DatasetDict({"test": data}).save_to_disk(str(folder))
+    return folder
+
+
+def test_two_sets_over_the_same_audio_pair_their_clips_by_its_hash(tmp_path, capsys):
+    clips = CLIPS + [wav_bytes(tone(20, 550))]  # 10 s, 45 s, 5 s, 20 s
+    built_rows = ROWS + [(3, "What is said last?", "Goodbye.", "goodbye then")]
+    built = qa_set_folder(tmp_path / "built", built_rows, clips, extra={
+        "segment_id": ["seg-a", "seg-a", "seg-b", "seg-c", "seg-d"],  # a built set names clips by segment
+        "question_id": [f"q{k}" for k in range(5)], "category": ["emotion"] * 5,
+    })
+    human_rows = [(0, "Is she calm?", "Yes.", ""), (1, "Who speaks?", "A man.", ""), (2, "Why?", "Late.", "")]
+    human = qa_set_folder(tmp_path / "elsewhere" / "human", human_rows, clips, form="save_to_disk")
+
+    def by_length(request):  # rated by what the model heard: 10 s 4, 30 s windows 2, 5 s 1, 20 s 5
+        heard = judged_answer(request).split(" s of")[0]
+        return f"Rating: {({'10.0': 4, '30.0': 2, '5.0': 1, '20.0': 5})[heard]}"
+
+    with AudioModelStub() as model, OpenAIStub(by_length) as judge:
+        served = ["--backend", "openai", "--model", "audio-stub", "--base-url", model.base_url]
+        argv = [str(built), str(human), "--labels", "built", "human", *served, "--out", str(tmp_path / "r")]
+        code, printed, err = evaluate(argv + stub_judge(judge), capsys)
+    assert code == 0, err
+    shared = ("built and human share 3 clip(s) by audio (sha256); built holds 4, human 3: "
+              "the per-clip correlation covers the shared ones only.")
+    assert shared in printed.splitlines()
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    hashes = [hashlib.sha256(clip).hexdigest() for clip in clips]
+    assert [i["audio_sha256"] for i in results["human"]["items"]] == hashes[:3]
+    assert [i["clip_id"] for i in results["built"]["items"]][:2] == ["seg-a", "seg-a"]  # its own ids stay
+    table = (tmp_path / "r" / "results.md").read_text()
+    # per clip, in both sets: 80 (10 s), 40 (45 s: both windows 2), 20 (5 s); the 20 s clip is built's only
+    correlation = ("| judge | prompt | clips | Pearson | Spearman |\n|---|---|---|---|---|\n"
+                   "| stub | audiobench | 3 | 1.000 | 1.000 |")
+    assert f"{shared}\n\n{correlation}" in table

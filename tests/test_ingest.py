@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -51,7 +52,8 @@ def test_manifest_without_a_path_column_names_the_file_and_columns(tmp_path):
 def test_duplicate_stems_get_unique_ids(tmp_path):
     shutil.copy(AMI, tmp_path / "a.flac")
     shutil.copy(APOLLO, tmp_path / "a.mp3")
-    assert list_recordings(tmp_path)["recording_id"] == ["a", "a_2"]
+    # the later one: "_" + the first 6 hex digits of the sha1 of its path in the folder (tests/test_ingest_ids.py)
+    assert list_recordings(tmp_path)["recording_id"] == ["a", "a_" + hashlib.sha1(b"a.mp3").hexdigest()[:6]]
 
 
 def test_bad_files_are_recorded_with_their_error_and_the_rest_continue(tmp_path):

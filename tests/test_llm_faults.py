@@ -279,3 +279,106 @@ def test_a_rejected_response_format_is_counted_as_a_retry(tmp_path):
     assert (result.text, result.sent_format) == ('{"pairs": []}', "json_object")
     calls = client.calls.snapshot()
     assert (calls["sent"], calls["attempts"], calls["retried"], calls["retry_reasons"], calls["failed"]) == (1, 2, 1, {"response_format rejected": 1}, 0)
+
+
+# ---------------------------------------------------------------- damaged cache entries
+DAMAGED_ENTRIES = {
+    "cut inside a multi-byte character": None,  # made from the real entry below
+    "empty file": b"",
+    "an empty object": b"{}",
+    "a list": b"[]",
+    "null text": b'{"format": 1, "text": null}',
+    "blank text": b'{"format": 1, "text": "  "}',
+    "a number as text": b'{"format": 1, "text": 4}',
+    "not JSON": b"<html>502</html>",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_ENTRIES))
+def test_a_damaged_cache_entry_is_asked_again_and_rewritten(tmp_path, caplog, damage):
+    reply = "Explanation: close — « même idée ».\nRating: 4"
+    with OpenAIStub(lambda body: reply) as stub:
+        LlmClient(stub.base_url, "m", KEY_ENV, tmp_path).complete(ask("hello"))
+        key = cache_key("m", ask("hello"))
+        entry = tmp_path / key[:2] / f"{key}.json"
+        whole = entry.read_bytes()
+        cut = whole[: whole.index("—".encode()) + 1]  # ends on the first byte (0xe2) of the dash
+        entry.write_bytes(DAMAGED_ENTRIES[damage] if DAMAGED_ENTRIES[damage] is not None else cut)
+        client = LlmClient(stub.base_url, "m", KEY_ENV, tmp_path)
+        result = client.complete(ask("hello"))
+        assert len(stub.requests) == 2  # the damaged entry was a miss: asked again
+    assert (result.text, result.error, result.cached) == (reply, None, False)
+    assert json.loads(entry.read_text(encoding="utf-8"))["text"] == reply  # and written again
+    assert f"cache entry {entry}" in caplog.text and "asking again" in caplog.text
+    assert (client.calls.snapshot()["cached"], client.calls.snapshot()["sent"]) == (0, 1)
+
+
+def test_a_judge_cache_entry_cut_short_costs_one_request_not_the_run(metric, metric_client_module, tmp_path,
+                                                                      caplog):
+    kwargs = dict(questions=["How does she feel?"], references=["Sad — très triste."], predictions=["Upset."],
+                  prompts=["audiobench"], cache_dir=str(tmp_path))
+    with OpenAIStub(lambda body: "Explanation: « upset » is close to sad — right.\nRating: 5") as stub:
+        metric.compute(judges=[{"name": "j", "model": "m", "base_url": stub.base_url}], **kwargs)
+        (entry,) = tmp_path.rglob("*.json")
+        whole = entry.read_bytes()
+        entry.write_bytes(whole[: whole.rindex("—".encode()) + 1])  # ends on the dash's first byte, 0xe2
+        rerun = metric.compute(judges=[{"name": "j", "model": "m", "base_url": stub.base_url}], **kwargs)
+        assert len(stub.requests) == 2
+    assert rerun["success_rate"] == 1.0 and rerun["score"] == 100.0
+    assert rerun["judge_calls"]["j"]["cached"] == 0 and rerun["judge_calls"]["j"]["sent"] == 1
+    assert f"ignoring unreadable cache entry {entry}" in caplog.text
+    json.loads(entry.read_text(encoding="utf-8"))  # whole again
+
+
+# ---------------------------------------------------------------- structured output and the cache
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+
+
+def structured(text: str, fallback: bool) -> dict:
+    """A request under structured_output=auto (may fall back) or json_schema, as chat_request makes them."""
+    return {**ask(text), "response_format": SCHEMA_FORMAT, "fallback_to_text": fallback}
+
+
+def text_only_server(body):  # rejects every response_format, in either dialect
+    if "response_format" in body:
+        return Reply(400, "response_format is not supported by this server")
+    return "Q: plain?\nA: Plain."
+
+
+def test_a_text_fallback_reply_is_not_served_to_a_request_that_forbids_it(tmp_path):
+    with OpenAIStub(text_only_server) as stub:
+        auto = LlmClient(stub.base_url, "m", KEY_ENV, tmp_path).complete(structured("hello", fallback=True))
+        assert (auto.text, auto.sent_format) == ("Q: plain?\nA: Plain.", None)
+        sent = len(stub.requests)
+        strict_client = LlmClient(stub.base_url, "m", KEY_ENV, tmp_path)
+        strict = strict_client.complete(structured("hello", fallback=False))
+        assert len(stub.requests) == sent + 1  # asked, not taken from the auto run's cache
+        again = LlmClient(stub.base_url, "m", KEY_ENV, tmp_path).complete(structured("hello", fallback=True))
+        assert len(stub.requests) == sent + 1  # the auto run's reply still serves auto requests
+    rejected = "server rejects structured output: HTTP 400: response_format is not supported by this server"
+    assert (strict.text, strict.error) == (None, rejected)
+    assert (again.text, again.cached) == ("Q: plain?\nA: Plain.", True)
+
+
+def test_requests_that_differ_only_in_the_fallback_are_answered_apart_in_one_batch(tmp_path):
+    with OpenAIStub(text_only_server) as stub:
+        auto, strict = LlmClient(stub.base_url, "m", KEY_ENV, tmp_path).complete_many(
+            [structured("hello", fallback=True), structured("hello", fallback=False)]
+        )
+    assert (auto.text, auto.error) == ("Q: plain?\nA: Plain.", None)
+    assert strict.text is None and strict.error.startswith("server rejects structured output")
+
+
+def test_a_structured_reply_in_the_cache_serves_both_modes_under_the_same_key(tmp_path):
+    with OpenAIStub(lambda body: '{"pairs": []}') as good:
+        made = LlmClient(good.base_url, "m", KEY_ENV, tmp_path).complete(structured("hello", fallback=False))
+    assert (made.text, made.sent_format) == ('{"pairs": []}', "json_schema")
+    key = cache_key("m", structured("hello", fallback=False))
+    assert key == cache_key("m", structured("hello", fallback=True))  # cache keys are what they were
+    assert (tmp_path / key[:2] / f"{key}.json").exists()
+    with OpenAIStub(lambda body: Reply(500, "down")) as down:
+        replies = LlmClient(down.base_url, "m", KEY_ENV, tmp_path).complete_many(
+            [structured("hello", fallback=False), structured("hello", fallback=True)]
+        )
+        assert down.requests == []
+    assert [(r.text, r.cached, r.sent_format) for r in replies] == [(made.text, True, "json_schema")] * 2

@@ -276,6 +276,91 @@ def test_parse_rating_accepts_formatting_and_rejects_out_of_range(modules):
     assert parse("Rating: 4\nExplanation: right.\n**Rating: 4**") == (4, None)
 
 
+NO_LINE = 'no "Rating: N" line in the reply'
+# (judge reply, expected parse): shapes real judges write; a doubt is a failure, never a successful 0
+REPLY_SHAPES = [
+    ("Rating: 4", (4, None)),
+    ("**Rating:** 4", (4, None)),
+    ("**Rating: 4**", (4, None)),
+    ("- **Rating**: 5", (5, None)),
+    ("### Rating: 2", (2, None)),
+    ("Final Rating: 3", (3, None)),
+    ("RATING: 5", (5, None)),
+    ("Rating:4", (4, None)),
+    ("Rating = 2", (2, None)),
+    ("Rating is 1", (1, None)),
+    ("rating - 4", (4, None)),
+    ("Rating: [[4]]", (4, None)),
+    ("Rating: [4]", (4, None)),
+    ("Rating: `4`", (4, None)),
+    ('Rating: "4"', (4, None)),
+    ("Rating: 5.", (5, None)),
+    ("Rating: 4.0", (4, None)),
+    ("Rating: 0", (0, None)),
+    ("Rating: 4/5", (4, None)),
+    ("Rating: **4/5**", (4, None)),
+    ("Rating: 0/5", (0, None)),
+    ("Rating: 4 out of 5", (4, None)),
+    ("Rating (0-5): 4", (4, None)),
+    ("Rating [0-5]: 2", (2, None)),
+    ("Rating (out of 5): 3", (3, None)),
+    ("Rating: 0-5 scale, I give 4", (4, None)),
+    ("Rating: on a scale of 0 to 5, 3", (3, None)),
+    ("Rating: 4 (on a 0-5 scale)", (4, None)),
+    ("Rating:\n4", (4, None)),
+    ("**Rating:**\n\n[4]", (4, None)),
+    ("Explanation: the answer names the emotion.\nIt misses that 2 people speak.\n\nRating: 4", (4, None)),
+    ("Rating: 4\nExplanation: 3 speakers in the reference, 2 in the answer; Rating: 2 is harsh.", (4, None)),
+    ("Rating: 4 - mostly right, though 2 details are missing", (4, None)),
+    ("Rating: 4, to be fair", (4, None)),
+    ("Rating scale: 0 = unrelated, 5 = the same\nRating: 3", (3, None)),
+    ("Explanation: fine. Rating: 4", (4, None)),  # no line starts with it: the sentence's counts
+    ("Rating: 4\n**Rating: 4**", (4, None)),  # the same verdict restated
+    ("Rating: 5\nRating: 1", (None, "several different ratings in the reply: 5, 1")),
+    ("Rating: 3.5", (None, "rating 3.5 outside the integers 0..5")),
+    ("Rating: 4,5", (None, "rating 4,5 outside the integers 0..5")),
+    ("Rating: 7", (None, "rating 7 outside the integers 0..5")),
+    ("Rating: -1", (None, "rating -1 outside the integers 0..5")),
+    ("Rating: 8/10", (None, "rating 8/10 is not on the 0..5 scale")),
+    ("Rating: 4 out of 10", (None, "rating 4/10 is not on the 0..5 scale")),
+    ("Rating: 3-4", (None, "a range, not one rating: '3-4'")),
+    ("Rating: 3 to 4", (None, "a range, not one rating: '3 to 4'")),
+    ("Rating: I give 4 or 5", (None, "several numbers on the rating line: 'I give 4 or 5'")),
+    ("Rating: four", (None, 'no number after "Rating" in the reply')),
+    ("Rating: N/A", (None, 'no number after "Rating" in the reply')),
+    ("Rating: 0-5", (None, 'no number after "Rating" in the reply')),  # the scale alone
+    ("Score: 4", (None, NO_LINE)),  # only the label the prompt asks for is read
+    ("I would give it a 4.", (None, NO_LINE)),
+    ("The answer deserves a rating of 4.", (None, NO_LINE)),
+    ("", (None, "empty reply")),
+    ("   \n", (None, "empty reply")),
+    (None, (None, "empty reply")),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REPLY_SHAPES)
+def test_parse_rating_reads_what_real_judges_write_and_fails_on_doubt(modules, reply, expected):
+    assert modules["judge"].parse_rating(reply) == expected
+
+
+def test_a_judge_that_names_the_scale_is_not_scored_zero(metric):
+    replies = {"a1": "Explanation: close.\nRating (0-5): 4", "a2": "Rating: 0-5 scale, I give 4",
+               "a3": "Rating: 0-5"}
+
+    def judge(messages):
+        return replies[model_answer({"messages": messages})]
+
+    results = metric.compute(questions=["q"] * 3, references=["r"] * 3, predictions=["a1", "a2", "a3"],
+                             judges=[judge], prompts=["audiobench"])
+    judgements = [item["judgements"]["judge"]["audiobench"] for item in results["items"]]
+    assert [(j["rating"], j["error"]) for j in judgements] == [
+        (4, None), (4, None), (None, 'no number after "Rating" in the reply')
+    ]
+    summary = results["judges"]["judge"]["audiobench"]
+    assert (summary["score"], summary["success_rate"]) == (pytest.approx(160 / 3), pytest.approx(2 / 3))
+    assert results["config"]["prompt_version"] == "cpqa-judge-v3"  # the parse changed: v2 read these as 0
+
+
 def test_bad_arguments_fail_loudly(metric):
     base = dict(questions=["q"], references=["r"], predictions=["p"])
     with pytest.raises(ValueError, match="judges"):
@@ -389,6 +474,80 @@ def test_undecodable_audio_fails_its_item_only(metric, tmp_path):
     bad, good = (item["judgements"]["<lambda>"]["audiobench"] for item in results["items"])
     assert bad["rating"] is None and "broken.wav" in bad["error"] and good["rating"] == 5
     assert results["judges"]["<lambda>"]["audiobench"]["score"] == 50.0
+
+
+def test_a_speech_llm_call_that_raises_fails_only_the_window_it_raises_on(metric, caplog):
+    calls = []
+
+    def moody_speech_llm(questions, waveforms, rate):
+        calls.append(list(questions))
+        if "q2" in questions:
+            raise ValueError("cannot answer q2\nTraceback (most recent call last): ...")
+        return [f"answer to {q}" for q in questions]
+
+    audio = [(np.zeros(SR, dtype=np.float32), SR)] * 3
+    results = metric.compute(questions=["q1", "q2", "q3"], references=["r"] * 3, audio=audio,
+                             model=moody_speech_llm, judges=[lambda m: rated(5)], prompts=["audiobench"])
+    # the batch of three raised, so each window was asked alone: only q2's fails
+    assert calls == [["q1", "q2", "q3"], ["q1"], ["q2"], ["q3"]]
+    predictions = [item["predictions"] for item in results["items"]]
+    assert predictions == [
+        [{"window": "full", "text": "answer to q1", "error": None}],
+        [{"window": "full", "text": None, "error": "ValueError: cannot answer q2"}],
+        [{"window": "full", "text": "answer to q3", "error": None}],
+    ]
+    failed = results["items"][1]["judgements"]["<lambda>"]["audiobench"]
+    assert (failed["rating"], failed["error"]) == (None, "no answer to judge (ValueError: cannot answer q2)")
+    summary = results["judges"]["<lambda>"]["audiobench"]
+    assert (summary["score"], summary["score_successful"]) == (pytest.approx(200 / 3), 100.0)
+    assert (summary["n"], summary["n_judged"]) == (3, 2)
+    assert "the speech-LLM failed on a window of 'q2': ValueError: cannot answer q2" in caplog.text
+
+
+def test_a_bare_array_without_its_rate_is_refused_before_generating(metric):
+    calls = []
+
+    def speech_llm(questions, waveforms, rate):
+        calls.append(questions)
+        return [f"{len(w) / rate:.1f} s" for w in waveforms]
+
+    kwargs = dict(questions=["q1", "q2"], references=["r"] * 2, model=speech_llm, judges=[lambda m: rated(3)],
+                  prompts=["audiobench"])
+    for audio in ([np.zeros(SR, dtype=np.float32)] * 2, [str(AMI), [0.0] * SR]):
+        first = 0 if isinstance(audio[0], np.ndarray) else 1
+        with pytest.raises(ValueError) as refused:
+            metric.compute(audio=audio, **kwargs)
+        assert str(refused.value) == (
+            f"audio[{first}] ({2 - first} of 2 items) is a bare array without its sampling rate: "
+            "pass sampling_rate=..., or (array, rate) pairs, or {'array', 'sampling_rate'} dicts"
+        )
+    assert calls == []
+    results = metric.compute(audio=[np.zeros(SR, dtype=np.float32)] * 2, sampling_rate=8_000, **kwargs)
+    assert [item["predictions"][0]["text"] for item in results["items"]] == ["2.0 s", "2.0 s"]  # 1 s at 8 kHz
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "object", "list", "null", "number", "not json"])
+def test_a_damaged_answer_cache_entry_is_answered_again(metric, tmp_path, caplog, damage):
+    answered = []
+
+    def speech_llm(questions, waveforms, rate):
+        answered.extend(questions)
+        return ["ça va — oui" for _ in questions]
+
+    kwargs = dict(questions=["q"], references=["r"], audio=[(np.zeros(SR, dtype=np.float32), SR)],
+                  model=speech_llm, answer_cache_dir=str(tmp_path), judges=[lambda m: rated(3)],
+                  prompts=["audiobench"])
+    metric.compute(**kwargs)
+    (entry,) = tmp_path.rglob("*.json")
+    whole = entry.read_bytes()
+    damaged = {"cut": whole[: whole.index("—".encode()) + 1], "empty": b"", "object": b"{}", "list": b"[]",
+               "null": b'{"text": null}', "number": b'{"text": 4}', "not json": b"<html>"}
+    entry.write_bytes(damaged[damage])
+    again = metric.compute(**kwargs)
+    assert answered == ["q", "q"]  # asked again, not an error and not an empty answer
+    assert again["items"][0]["predictions"] == [{"window": "full", "text": "ça va — oui", "error": None}]
+    assert json.loads(entry.read_text(encoding="utf-8")) == {"text": "ça va — oui"}  # rewritten
+    assert f"answer cache entry {entry}" in caplog.text
 
 
 def test_judge_settings_are_checked_before_the_speech_llm_runs(metric, monkeypatch):

@@ -34,6 +34,29 @@ def test_pair_drop_reasons(question, answer, reason):
     assert pair_drop_reason(question, answer, WORDS, min_answer_chars=2) == reason
 
 
+@pytest.mark.parametrize(
+    "question, answer, reason",
+    [
+        ("谁在说话？", "一个女人。", None),  # zh: fullwidth question mark U+FF1F
+        ("誰が話していますか？", "女性です。", None),  # ja
+        ("ما هو شعور المتحدث؟", "إنه سعيد.", None),  # ar: U+061F
+        ("Ποιος μιλάει;", "Μια γυναίκα.", None),  # el: the semicolon NFC makes of U+037E
+        ("Ποιος μιλάει\u037e", "Μια γυναίκα.", None),  # el: the Greek question mark itself
+        ("ማን ነው የሚናገረው፧", "አንዲት ሴት።", None),  # am: Ethiopic question mark
+        ("Ո՞վ է խոսում։", "Մի կին։", None),  # hy: ՞ sits on the questioned word
+        ("¿Quién habla?", "Una mujer.", None),  # es
+        ("Who said \"stop?\"", "Tom.", None),  # the mark inside closing quotes
+        ("我最好的朋友。", "是的。", "not a question"),  # zh statement
+        ("صديقي المفضل.", "نعم.", "not a question"),  # ar statement
+        ("Your best friend;", "Yes.", "not a question"),  # a semicolon outside Greek is no question mark
+    ],
+    ids=["zh", "ja", "ar", "el-semicolon", "el-mark", "am", "hy", "es", "quoted", "zh-statement",
+         "ar-statement", "en-semicolon"],
+)
+def test_questions_in_other_scripts(question, answer, reason):
+    assert pair_drop_reason(question, answer, WORDS, min_answer_chars=2) == reason
+
+
 def test_explode_pairs_one_row_per_pair():
     out = explode_pairs({"segment_id": ["s1", "s2", "s3"], "recording_id": ["r", "r", "q"], "qa_pairs": [[{"question": "a?", "answer": "b"}, {"question": "c?", "answer": "d"}], [], None]})
     assert out == {"segment_id": ["s1", "s1"], "recording_id": ["r", "r"], "pair_index": [0, 1], "question": ["a?", "c?"], "answer": ["b", "d"]}

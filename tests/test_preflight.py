@@ -1,6 +1,10 @@
 """The preflight: what a build cannot do without, found before any audio is processed, in one line each."""
 
+import dataclasses
+import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -8,7 +12,7 @@ import sys
 import pytest
 
 from build import pipeline, preflight
-from build.config import paper_config
+from build.config import Config, field_range, paper_config
 from conftest import REPO, SAMPLES
 
 
@@ -101,6 +105,109 @@ def test_bad_config_values(tiny_config, override, problem):
     key = override.split("=")[0].split(".joy")[0]
     key = "condense.alpha.joy" if "alpha" in override else key
     assert preflight.check_config(tiny_config.with_overrides([override])) == [f"{problem}: fix it with --set {key}=... or in --config"]
+
+
+def _line(key: str, value, expected: str) -> str:
+    return f"config value {key} = {value!r} is not {expected}: fix it with --set {key}=... or in --config"
+
+
+def _numeric_settings(node=None, prefix: str = "") -> list[tuple[str, dataclasses.Field, object]]:
+    """(dotted key, field, default) of every numeric setting, found from the dataclasses themselves."""
+    node = Config() if node is None else node
+    found = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _numeric_settings(value, f"{prefix}{f.name}.")
+        elif re.search(r"\b(int|float)\b", str(f.type)):
+            found.append((f"{prefix}{f.name}", f, value))
+    return found
+
+
+def _outside(allowed) -> list:
+    """A value just outside each finite end of the range (an int for an int end)."""
+    values = []
+    if not math.isinf(allowed.lo):
+        values.append(allowed.lo if allowed.lo_open else allowed.lo - 1)
+    if not math.isinf(allowed.hi):
+        values.append(allowed.hi if allowed.hi_open else allowed.hi + 1)
+    return values
+
+
+def test_every_numeric_setting_declares_a_range_that_the_preflight_checks():
+    settings = _numeric_settings()
+    assert len(settings) >= 40  # every int and float of every section, WindowSpec twice
+    default = paper_config()
+    assert preflight.check_config(default) == []
+    for key, f, value in settings:
+        allowed = field_range(f)
+        assert allowed is not None, f"{key} is a numeric setting without a declared range (config.ranged)"
+        values = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        assert all(v in allowed for v in values), key  # the default is in its own range
+        outside = _outside(allowed)
+        assert outside, f"{key}: a range with no finite end refuses nothing"
+        for bad in outside:
+            if isinstance(value, dict):  # a mapping: one of its values out of range
+                name, override = f"{key}.{next(iter(value))}", {**value, next(iter(value)): bad}
+            else:
+                name, override = key, bad
+            problems = preflight.check_config(default.with_overrides([f"{key}={json.dumps(override)}"]))
+            assert problems == [_line(name, bad, f"{allowed.what}in {allowed}")]
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("runtime.batch_size=0", "in [1, inf)"),
+        ("emotion_window.label_s=0", "in (0, inf)"),
+        ("gender_window.label_s=0", "in (0, inf)"),
+        ("vad.block_s=0", "in [0.032, inf)"),
+        ("condense.samples_per_category=-1", "in [1, inf)"),
+        ("vad.threshold=1.5", "a speech probability in [0, 1]"),
+        ("vad.merge_gap_s=-1", "in [0, inf)"),
+        ("vad.min_speech_ms=-5", "in [0, inf)"),
+        ("postfilter.duplicate_threshold=2", "a cosine similarity in [-1, 1]"),
+        ("postfilter.max_question_chars=0", "in [1, inf)"),
+        ("emotion_window.context_s=-1", "in [0, inf)"),
+        ("emotion_window.min_last_fraction=2", "in [0, 1]"),
+        ("asr.batch_size=0", "in [1, inf)"),
+        ("qa.max_tokens=0", "in [1, inf)"),
+        ("qa.concurrency=0", "in [1, inf)"),
+        ("qa.temperature=-1", "in [0, 2]"),
+        ("empathy.demos_per_sample=4", "in [1, 3]"),
+        ("runtime.hours_per_shard=0", "in (0, inf)"),
+        ("min_segment_s=NaN", "in (0, inf)"),
+        ("max_segment_s=Infinity", "in (0, inf)"),
+    ],
+)
+def test_settings_that_used_to_fail_after_the_audio_was_read_are_refused_first(
+    tiny_config, tmp_path, override, allowed
+):
+    key, raw = override.split("=")
+    value = float(raw) if raw in ("NaN", "Infinity") else json.loads(raw)
+    with pytest.raises(preflight.PreflightError) as error:
+        preflight.check_build(tiny_config.with_overrides([override]), tmp_path / "out", stop_after="condense")
+    assert error.value.problems == [_line(key, value, allowed)]
+    assert not (tmp_path / "out" / "work").exists()
+
+
+def test_range_problems_of_mappings_name_the_entry_and_are_said_once():
+    config = paper_config()
+    overrides = ['condense.alpha={"sad": 0, "happy": 4}', 'export.splits={"test": 0}']
+    assert preflight.check_config(config.with_overrides(overrides)) == [
+        _line("condense.alpha.sad", 0, "in [1, inf)"),
+        _line("export.splits.test", 0, "in (0, 1]"),
+    ]
+    assert preflight.check_config(config.with_overrides(['condense.alpha={"sad": 1.5}'])) == [
+        _line("condense.alpha.sad", 1.5, "an integer")
+    ]
+    # in range, but not summing to 1: the splits' own rule
+    assert preflight.check_config(config.with_overrides(['export.splits={"test": 0.5}'])) == [
+        "export.splits {'test': 0.5}: fractions must be above 0 and sum to 1"
+    ]
+    assert preflight.check_config(config.with_overrides(["export.splits=[1]"])) == [
+        _line("export.splits", [1], "a mapping")
+    ]
 
 
 def test_an_output_folder_that_cannot_be_written(tiny_config, tmp_path):

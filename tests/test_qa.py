@@ -123,6 +123,46 @@ def test_parse_qa_returns_nothing_for_replies_without_pairs(reply):
     assert parse_qa(reply) == []
 
 
+@pytest.mark.parametrize(
+    ("reply", "pairs"),
+    [
+        ("Q: What does A: mean?\nA: Nothing.", [("What does A: mean?", "Nothing.")]),
+        ("Q: Who says a: hello?\nA: Bob.", [("Who says a: hello?", "Bob.")]),
+        ("Q: What does A: mean? A: Nothing.", [("What does A: mean?", "Nothing.")]),  # the one after the mark
+        ("Q: Is Tina: the caller? A: Yes.", [("Is Tina: the caller?", "Yes.")]),  # not a label inside a word
+    ],
+    ids=["stray-upper", "stray-lower", "stray-then-inline", "inside-a-word"],
+)
+def test_an_answer_label_inside_a_question_does_not_split_it(reply, pairs):
+    assert parse_qa(reply) == [{"question": q, "answer": a} for q, a in pairs]
+
+
+@pytest.mark.parametrize(
+    ("reply", "pairs"),
+    [
+        ("q: who is speaking?\na: a woman.", [("who is speaking?", "a woman.")]),
+        ("question: who is speaking?\nanswer: a woman.", [("who is speaking?", "a woman.")]),
+        ("Q: Why does the speaker\nsound tired?\nA: She worked late\nall week.",
+         [("Why does the speaker sound tired?", "She worked late all week.")]),
+        ("1) Q: Who speaks?\n   A: Tom.\n2) Q: How does he sound?\n   A: Calm.",
+         [("Who speaks?", "Tom."), ("How does he sound?", "Calm.")]),
+        ("- Q: Who speaks? A: Tom.\n- Q: Describe his tone. A: Calm and slow.",
+         [("Who speaks?", "Tom."), ("Describe his tone.", "Calm and slow.")]),
+        ('Q: Who said "stop?" A: Tom.', [('Who said "stop?"', "Tom.")]),
+        ("Q: 谁在说话？\nA: 一个女人。", [("谁在说话？", "一个女人。")]),
+        ("Q：谁在说话？A：一个女人。", [("谁在说话？", "一个女人。")]),  # fullwidth colons, no spaces
+        ("Q: 誰が話していますか？ A: 女性です。", [("誰が話していますか？", "女性です。")]),
+        ("Q: ما هو شعور المتحدث؟ A: إنه سعيد.", [("ما هو شعور المتحدث؟", "إنه سعيد.")]),
+        ("Q: Ποιος μιλάει; A: Μια γυναίκα.", [("Ποιος μιλάει;", "Μια γυναίκα.")]),
+        ("Q: Ποιος μιλάει\u037e A: Μια γυναίκα.", [("Ποιος μιλάει\u037e", "Μια γυναίκα.")]),
+    ],
+    ids=["lower-q-a", "lower-words", "multi-line", "numbered", "dashed-same-line", "quoted", "zh",
+         "zh-fullwidth", "ja-same-line", "ar-same-line", "el-semicolon", "el-question-mark"],
+)  # fmt: skip
+def test_parse_qa_ordinary_forms_and_other_scripts(reply, pairs):
+    assert parse_qa(reply) == [{"question": q, "answer": a} for q, a in pairs]
+
+
 # ---------------------------------------------------------------- render
 def test_render_puts_transcript_labels_and_word_spans_in_the_prompt():
     system, user = render_messages(segment_row(), n_pairs=4, structured=False)
@@ -493,8 +533,8 @@ def test_preflight_names_a_bad_prompt_version_word_timing_categoriser_or_topup()
 
     config = Config().with_overrides(["qa.prompt_version=qa_v7", "qa.word_timing=letters", "postfilter.categoriser=keywords", "condense.topup_rounds=-1"])
     assert check_config(config) == [
+        "config value condense.topup_rounds = -1 is not in [0, inf): fix it with --set condense.topup_rounds=... or in --config",
         "config value qa.prompt_version = 'qa_v7' is not one of qa_v1, qa_v2: fix it with --set qa.prompt_version=... or in --config",
         "config value qa.word_timing = 'letters' is not one of spans, words: fix it with --set qa.word_timing=... or in --config",
         "config value postfilter.categoriser = 'keywords' is not one of auto, llm, rules: fix it with --set postfilter.categoriser=... or in --config",
-        "config value condense.topup_rounds = -1 is not 0 (no top-up) or more rounds: fix it with --set condense.topup_rounds=... or in --config",
     ]

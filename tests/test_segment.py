@@ -79,6 +79,46 @@ def test_length_filter_reasons_and_counts():
     assert reasons == ["shorter than 30 s", None, None, None, "longer than 60 s", "shorter than 30 s"]
 
 
+# start times every 10 ms over 0-100 s; ends as decimals (merge_speech rounds to ms) and as float sums
+STARTS = [round(k * 0.01, 2) for k in range(10_001)]
+
+
+@pytest.mark.parametrize("form", ["rounded", "sum"])
+def test_segments_of_exactly_tau_and_the_maximum_pass_the_length_filter_wherever_they_start(form):
+    at = (lambda start, d: round(start + d, 3)) if form == "rounded" else (lambda start, d: start + d)
+    misses = {30.0: 0, 60.0: 0}
+    for start in STARTS:
+        for length in misses:
+            segment = merge_speech([{"start": start, "end": at(start, length)}], 3.0, 60.0)[0]
+            misses[length] += length_drop_reason(start, at(start, length), 30.0, 60.0) is not None
+            misses[length] += length_drop_reason(*segment, 30.0, 60.0) is not None
+    assert misses == {30.0: 0, 60.0: 0}
+    # the case
+    assert length_drop_reason(*merge_speech([{"start": 2.05, "end": 32.05}], 3, 60)[0], 30, 60) is None
+    # one millisecond outside still fails
+    assert [length_drop_reason(s, at(s, 29.999), 30, 60) for s in (2.05, 97.3)] == ["shorter than 30 s"] * 2
+    assert [length_drop_reason(s, at(s, 60.001), 30, 60) for s in (2.05, 97.3)] == ["longer than 60 s"] * 2
+
+
+@pytest.mark.parametrize("form", ["rounded", "sum"])
+def test_a_pause_of_exactly_the_merge_gap_joins_and_a_join_of_exactly_the_maximum_is_allowed(form):
+    at = (lambda start, d: round(start + d, 3)) if form == "rounded" else (lambda start, d: start + d)
+    r = lambda s, e: {"start": s, "end": e}
+    gap_misses = join_misses = 0
+    for start in STARTS:
+        # two 1 s regions 3 s apart: one segment
+        gap_misses += len(merge_speech([r(start, at(start, 1)), r(at(start, 4), at(start, 5))], 3, 60)) != 1
+        # 20 s + 2 s pause + 38 s: the joined segment lasts exactly 60 s
+        joined = merge_speech([r(start, at(start, 20)), r(at(start, 22), at(start, 60))], 3, 60)
+        join_misses += len(joined) != 1
+    assert (gap_misses, join_misses) == (0, 0)
+    # the case: the gap is 3.0000000000000004 in floating point
+    assert merge_speech([r(0.15, 1.15), r(4.15, 5.15)], 3, 60) == [(0.15, 5.15)]
+    # one millisecond more is a longer pause, or a longer join
+    assert merge_speech([r(0.15, 1.15), r(4.151, 5.15)], 3, 60) == [(0.15, 1.15), (4.151, 5.15)]
+    assert merge_speech([r(2.05, 22.05), r(24.05, 62.051)], 3, 60) == [(2.05, 22.05), (24.05, 62.051)]
+
+
 def test_explode_segments_derives_ids():
     batch = {"recording_id": ["rec"], "audio_path": ["/x.wav"], "speech": [[{"start": 0.0, "end": 5.0}, {"start": 10.0, "end": 12.0}]]}
     out = explode_segments(batch, merge_gap_s=1.0, max_segment_s=60.0)

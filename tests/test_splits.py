@@ -33,6 +33,18 @@ def test_the_assignment_is_deterministic_by_seed():
     assert (first.count("train"), first.count("validation"), first.count("test")) == (42, 6, 12)
 
 
+def test_the_order_the_splits_are_written_in_does_not_matter():
+    keys = _recordings(12, 1)
+    for fractions in ({"train": 0.5, "test": 0.5}, {"train": 0.4, "validation": 0.2, "test": 0.4}):
+        reordered = dict(reversed(fractions.items()))
+        for seed in range(5):
+            out = splits.assign_splits(keys, fractions, seed=seed)
+            assert splits.assign_splits(keys, reordered, seed=seed) == out
+    # the first group meets a full tie (every split empty, equal fractions): alphabetical, test before train
+    assert splits.assign_splits([["r1"]], {"train": 0.5, "test": 0.5}, seed=0) == ["test"]
+    assert splits.assign_splits([["r1"]], {"train": 0.8, "test": 0.2}, seed=0) == ["train"]  # larger share
+
+
 def test_clips_that_share_a_key_stay_together():
     keys = [["r1", "r2"], ["r2"], ["r2", "r3"], ["r4"], ["r5"], ["r6"], ["r7"]]
     for seed in range(10):

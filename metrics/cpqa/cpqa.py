@@ -28,6 +28,7 @@ from .scores import summarize_by_category
 from .speech_llm import DEFAULT_MODEL
 from .speech_llm import WINDOW_SECONDS
 from .speech_llm import answer_questions
+from .speech_llm import is_bare_array
 from .speech_llm import make_backend
 
 _CITATION = """\
@@ -175,7 +176,7 @@ class Cpqa(evaluate.Metric):
         else:
             if audio is None:
                 raise ValueError("give either predictions or audio (for the speech-LLM to answer)")
-            _check_before_generating(questions, audio, kwargs)
+            _check_before_generating(questions, audio, kwargs, settings.get("sampling_rate"))
             predictions, kwargs = _generate(questions, audio, settings, kwargs)
         return super().compute(questions=questions, references=references, predictions=predictions, **kwargs)
 
@@ -235,8 +236,10 @@ class Cpqa(evaluate.Metric):
         }
 
 
-def _check_before_generating(questions, audio, kwargs):
+def _check_before_generating(questions, audio, kwargs, sampling_rate=None):
     """Settings errors surface now, not after hours of speech-LLM time."""
+    if sampling_rate is None:
+        _check_audio_rates(audio)
     if kwargs.get("judges") is None:
         raise ValueError("judges=[...] is required: OpenAI-compatible endpoint dicts or callables")
     for judge in make_judges(kwargs["judges"]):
@@ -245,6 +248,19 @@ def _check_before_generating(questions, audio, kwargs):
             check_endpoint(f"judge {judge.name!r}", judge.base_url, judge.api_key_env)
     _check_prompts(kwargs.get("prompts", DEFAULT_PROMPTS))
     _check_lengths(len(questions), audio=audio, categories=kwargs.get("categories"), clip_ids=kwargs.get("clip_ids"))
+
+
+def _check_audio_rates(audio):
+    """Bare arrays need ``sampling_rate=``: one line before any generation, not an error on every item.
+    A ``datasets`` column is not walked: its Audio values always carry their rate."""
+    if type(audio).__module__.split(".")[0] == "datasets":
+        return
+    bare = [index for index, clip in enumerate(audio) if is_bare_array(clip)]
+    if bare:
+        raise ValueError(
+            f"audio[{bare[0]}] ({len(bare)} of {len(audio)} items) is a bare array without its sampling "
+            "rate: pass sampling_rate=..., or (array, rate) pairs, or {'array', 'sampling_rate'} dicts"
+        )
 
 
 def _generate(questions, audio, settings, kwargs):

@@ -26,7 +26,7 @@ import openai
 from .llm_client import LlmClient
 from .llm_client import LlmResult
 
-PROMPT_VERSION = "cpqa-judge-v2"
+PROMPT_VERSION = "cpqa-judge-v3"  # v3: the rating parse of parse_rating (the prompts are v2's)
 MAX_RATING = 5
 
 _SYSTEM = (
@@ -103,19 +103,110 @@ def _inert(text: str) -> str:
     return _TAG.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), str(text))
 
 
-_RATING = re.compile(r"rating\W{0,6}?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_RATING_LINE = re.compile(r"^\W{0,4}rating\W{0,6}?(-?\d+(?:\.\d+)?)", re.IGNORECASE | re.MULTILINE)
+# A scale named beside the rating ("Rating (0-5): 4", "4/5", "4 out of 5", "on a 0-5 scale") is not a rating.
+_SCALE = re.compile(
+    r"[(\[]?\s*(?:(?:(?:on\s+)?(?:a|the)\s+)?(?:scale\s+(?:of|from)\s+)?"
+    r"(?<![\d.])0\s*(?:-|–|—|to)\s*5(?![\d.])"
+    r"(?:\s*-?\s*(?:point\s+)?scale)?|(?:/|\bout\s+of\b)\s*5(?![\d.]))\s*[)\]]?",
+    re.IGNORECASE,
+)
+# a verdict line starts with "Rating" (after markdown, a bullet or "Final"/"Overall"/"My")
+_RATING_LINE = re.compile(r"^[\s>#*_\-•]*(?:(?:final|overall|my)\s+)?rating\b", re.IGNORECASE)
+_RATING_WORD = re.compile(r"\brating\b", re.IGNORECASE)
+_SEPARATOR = re.compile(r"\s*[*_]*\s*(?P<sep>[:=\-–—]|\bis\b|\bof\b)?\s*[*_]*\s*", re.IGNORECASE)
+_LEAD = re.compile(r"[\s\[(<{\"'`*_]*(?P<number>-?\d+(?:[.,]\d+)?)(?!\d)")
+_AFTER = r"\s*[\])>}\"'`*_]*\s*"
+_RANGE = re.compile(_AFTER + r"(?:-|–|—|to\b)\s*\d", re.IGNORECASE)
+_DENOMINATOR = re.compile(_AFTER + r"(?:/|out\s+of\b|of\b)\s*(?P<of>\d+)", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?(?!\w)")
+_NO_VERDICT = 'no "Rating: N" line in the reply'
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What one "Rating" label says: a number (as written), a problem, or nothing readable."""
+
+    number: str | None = None
+    problem: str | None = None
+
+
+def _lead_number(value: str) -> _Verdict | None:
+    """The number that opens ``value`` (markdown and brackets allowed), unless a range or another scale."""
+    lead = _LEAD.match(value)
+    if lead is None:
+        return None
+    number, tail = lead.group("number"), value[lead.end() :]
+    if _RANGE.match(tail):
+        return _Verdict(problem=f"a range, not one rating: {_quote(value)}")
+    other_scale = _DENOMINATOR.match(tail)
+    if other_scale and int(other_scale.group("of")) != MAX_RATING:
+        scale = other_scale.group("of")
+        return _Verdict(problem=f"rating {number}/{scale} is not on the 0..{MAX_RATING} scale")
+    return _Verdict(number)
+
+
+def _read_label(rest: str, next_line: str | None) -> _Verdict | None:
+    """The verdict after a "Rating" label on a line of its own (``rest``: the text after the word).
+
+    None when the label is no verdict ("Rating scale: ..."). A separator and then no number reads the
+    next line ("Rating:" above "4"), else the one number left on the line once the scale is set aside
+    ("Rating: 0-5 scale, I give 4"); several numbers there are a doubt, hence a problem."""
+    rest = _SCALE.sub(" ", rest)
+    separator = _SEPARATOR.match(rest)
+    value = rest[separator.end() :]
+    lead = _lead_number(value)
+    if lead is not None or separator.group("sep") is None:
+        return lead
+    if not value.strip(" *_`"):
+        return (_lead_number(_SCALE.sub(" ", next_line)) if next_line else None) or _Verdict()
+    numbers = list(dict.fromkeys(_NUMBER.findall(value)))
+    if len(numbers) > 1:
+        return _Verdict(problem=f"several numbers on the rating line: {_quote(value)}")
+    return _Verdict(numbers[0]) if numbers else _Verdict()
+
+
+def _verdicts(text: str) -> list[_Verdict]:
+    """Every verdict line's reading; without one, the "Rating: N" mentioned inside sentences."""
+    lines = text.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        label = _RATING_LINE.match(line)
+        if label:
+            following = next((later for later in lines[index + 1 :] if later.strip()), None)
+            verdict = _read_label(line[label.end() :], following)
+            found += [verdict] if verdict is not None else []
+    if found:
+        return found
+    for mention in _RATING_WORD.finditer(text):
+        rest = _SCALE.sub(" ", text[mention.end() :].split("\n", 1)[0])
+        separator = _SEPARATOR.match(rest)
+        if separator.group("sep") in (":", "="):
+            found += [v for v in [_lead_number(rest[separator.end() :])] if v is not None]
+    return found
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def parse_rating(text: str | None) -> tuple[int | None, str | None]:
-    """``(rating, None)`` from a judge reply, or ``(None, reason)`` when it holds no valid rating.
+    """``(rating, None)`` from a judge reply, or ``(None, reason)`` when its rating is in any doubt.
 
-    The verdict is a line that starts with "Rating" (as the prompt asks); a rating mentioned inside a
-    sentence ("a Rating: 1 means ...") counts only when no line holds one. Markdown and brackets around
-    the number are tolerated; the same rating may appear twice (a judge restating its verdict), two
-    different ones make the reply untrustworthy; anything outside 0..5 or fractional is a failure.
+    The verdict is a line that starts with "Rating" (as the prompt asks; markdown, a bullet, or
+    "Final"/"Overall"/"My" before it are fine), then ":", "=", "-", "is" or "of", then the number,
+    in digits, with markdown or brackets around it ("**Rating:** [[4]]"). A scale named beside it is
+    set aside ("Rating (0-5): 4", "4/5", "4 out of 5", "Rating: 0-5 scale, I give 4"); another scale
+    ("8/10"), a range ("3-4"), several numbers where the rating should be, a fraction ("3.5": the
+    rubric has whole points; "4.0" is 4) or a number outside 0..5 make the reply a failure, never a 0.
+    Words after the number are the judge's explanation, whatever numbers they hold. "Rating:" alone
+    on its line reads the next line. A "Rating: N" inside a sentence counts only when no line starts
+    with one. The same rating may appear twice (a judge restating its verdict); two different ones
+    make the reply untrustworthy. Number words ("four") and other labels ("Score: 4") are not read.
 
     >>> parse_rating("Explanation: close.\\n**Rating:** [4]")
+    (4, None)
+    >>> parse_rating("Rating (0-5): 4")
     (4, None)
     >>> parse_rating("I would give it a 4.")
     (None, 'no "Rating: N" line in the reply')
@@ -124,15 +215,19 @@ def parse_rating(text: str | None) -> tuple[int | None, str | None]:
     """
     if not text or not text.strip():
         return None, "empty reply"
-    found = _RATING_LINE.findall(text) or _RATING.findall(text)
-    if not found:
-        return None, 'no "Rating: N" line in the reply'
-    values = list(dict.fromkeys(float(v) for v in found))
+    verdicts = _verdicts(text)
+    problems = [v.problem for v in verdicts if v.problem]
+    if problems:
+        return None, problems[0]
+    numbers = [v.number for v in verdicts if v.number is not None]
+    if not numbers:
+        return None, 'no number after "Rating" in the reply' if verdicts else _NO_VERDICT
+    values = list(dict.fromkeys(float(n.replace(",", ".")) for n in numbers))
     if len(values) > 1:
         return None, "several different ratings in the reply: " + ", ".join(f"{v:g}" for v in values)
     value = values[0]
     if not value.is_integer() or not 0 <= value <= MAX_RATING:
-        return None, f"rating {found[-1]} outside the integers 0..{MAX_RATING}"
+        return None, f"rating {numbers[-1]} outside the integers 0..{MAX_RATING}"
     return int(value), None
 
 

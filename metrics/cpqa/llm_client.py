@@ -22,7 +22,11 @@ more with twice the ``max_tokens``, at once; cut off again, it is a failure. Oth
 Caching. Only successful replies are stored, one JSON file per request named by the sha256 of (model,
 messages, parameters), so a rerun sends exactly the requests that failed and never a request that
 succeeded. The endpoint URL and the key are not part of the key: another server with the same model
-reuses the replies.
+reuses the replies. An entry records the response_format type its reply was made under
+(``sent_format``); a plain-text reply to a request that asked for a format, made because
+``fallback_to_text`` allowed it, serves only requests that allow it too. A damaged entry (not UTF-8,
+not JSON, not an object with non-blank ``text``) is a miss, with a warning naming its file: the
+request is sent again and the entry rewritten.
 
 Counting. ``client.calls`` counts what happened (requests asked, served from cache, sent, HTTP
 attempts, retried, failed) with the reasons for retries and failures; ``summary_line`` prints it.
@@ -200,24 +204,25 @@ class LlmClient:
 
     # ---------------------------------------------------------------- public
     def complete_many(self, requests: list[dict]) -> list[LlmResult]:
-        """One result per request, in order; identical requests are sent once."""
-        keys = [cache_key(self.model, r) for r in requests]
-        results: dict[str, LlmResult] = {}
-        pending: dict[str, dict] = {}
-        for key, request in zip(keys, requests):
-            if key in results or key in pending:
+        """One result per request, in order; identical requests are sent once (a request that may fall
+        back to plain text and one that may not are different requests, under one cache key)."""
+        slots = [(cache_key(self.model, r), bool(r.get("fallback_to_text"))) for r in requests]
+        results: dict[tuple[str, bool], LlmResult] = {}
+        pending: dict[tuple[str, bool], dict] = {}
+        for slot, request in zip(slots, requests):
+            if slot in results or slot in pending:
                 continue
-            hit = self._read_cache(key)
+            hit = self._read_cache(slot[0], request)
             if hit is not None:
-                results[key] = hit
+                results[slot] = hit
             else:
-                pending[key] = request
+                pending[slot] = request
         self.calls.add(requests=len(results) + len(pending), cached=len(results), sent=len(pending))
         if pending:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pending))) as pool:
-                fresh = pool.map(self._complete_and_store, pending.keys(), pending.values())
+                fresh = pool.map(self._complete_and_store, [key for key, _ in pending], pending.values())
                 results.update(zip(pending.keys(), fresh))
-        return [results[key] for key in keys]
+        return [results[slot] for slot in slots]
 
     def complete(self, request: dict) -> LlmResult:
         return self.complete_many([request])[0]
@@ -345,17 +350,26 @@ class LlmClient:
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    def _read_cache(self, key: str) -> LlmResult | None:
+    def _read_cache(self, key: str, request: dict) -> LlmResult | None:
+        """The stored reply, or None: no entry, a damaged one (warned about with its path; the request
+        is sent again and the entry rewritten), or a plain-text fallback reply that ``request`` does
+        not allow (it asks for its response_format without ``fallback_to_text``)."""
         if self.cache_dir is None:
             return None
         path = self._cache_path(key)
         try:
-            entry = json.loads(path.read_text())
+            entry = json.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError) as error:
-            log.warning("ignoring unreadable cache entry %s: %s", path, error)
+        except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            log.warning("ignoring unreadable cache entry %s (%s); asking again", path, error)
             return None
+        problem = _entry_problem(entry)
+        if problem:
+            log.warning("ignoring damaged cache entry %s (%s); asking again", path, problem)
+            return None
+        if _text_fallback(entry, request) and not request.get("fallback_to_text"):
+            return None  # made without the asked format because another request allowed it: not for this one
         return LlmResult(text=entry["text"], cached=True, sent_format=entry.get("sent_format"))
 
     def _write_cache(self, key: str, request: dict, result: LlmResult) -> None:
@@ -380,6 +394,23 @@ class LlmClient:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _text_fallback(entry: dict, request: dict) -> bool:
+    """The entry is a plain-text reply to a request that asked for a response_format."""
+    return bool(request.get("response_format")) and entry.get("sent_format") is None
+
+
+def _entry_problem(entry) -> str | None:
+    """Why a parsed cache entry cannot be a stored reply (None when it can): a successful reply is
+    non-blank text, made under a response_format type or none."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    if not isinstance(entry.get("text"), str) or not entry["text"].strip():
+        return "no reply text" if entry.get("text") is None else "reply text not a non-blank string"
+    if not isinstance(entry.get("sent_format"), (str, type(None))):
+        return "sent_format not a string"
+    return None
 
 
 def _retry_after(headers) -> float | None:

@@ -105,8 +105,19 @@ def category_table_markdown(results: Mapping, convention: str = "score", digits:
     return _markdown(["Judge", "Prompt"] + categories + ["all"], rows)
 
 
-def clip_scores(results: Mapping, judge: str, prompt: str, convention: str = "score") -> dict[str, float]:
-    """Mean 0-100 score per clip for one judge x prompt (items need a ``clip_id``).
+def clip_key(*results: Mapping) -> str:
+    """What identifies a clip across QA sets: ``audio_sha256`` (the clip's audio bytes, which
+    ``cpqa.py evaluate`` adds to every item) when every item of every set has it, else ``clip_id``.
+    Two sets name their clips their own way (a built set by segment id, a set without one by an
+    audio hash): the audio is what they share."""
+    every = all(item.get("audio_sha256") for res in results for item in res["items"])
+    return "audio_sha256" if every else "clip_id"
+
+
+def clip_scores(
+    results: Mapping, judge: str, prompt: str, convention: str = "score", key: str = "clip_id"
+) -> dict[str, float]:
+    """Mean 0-100 score per clip for one judge x prompt (items need a ``clip_id``, or ``key``).
 
     With ``"score"`` a failed judgement counts 0; with ``"score_successful"`` it is left out, and a
     clip whose judgements all failed has no score.
@@ -115,9 +126,9 @@ def clip_scores(results: Mapping, judge: str, prompt: str, convention: str = "sc
         raise ValueError(f"convention must be one of {CONVENTIONS}")
     per_clip: dict[str, list[int]] = {}
     for index, item in enumerate(results["items"]):
-        clip = item.get("clip_id")
+        clip = item.get(key)
         if clip is None:
-            raise ValueError(f"item {index} has no clip_id; pass clip_ids=... (or file paths as audio) to compute")
+            raise ValueError(f"item {index} has no {key}; pass clip_ids=... (or file paths as audio)")
         rating = item["judgements"][judge][prompt]["rating"]
         ratings = per_clip.setdefault(str(clip), [])
         if rating is not None:
@@ -130,8 +141,9 @@ def clip_scores(results: Mapping, judge: str, prompt: str, convention: str = "sc
 def clip_correlation(results_a: Mapping, results_b: Mapping, judge: str, prompt: str, convention: str = "score") -> dict:
     """Pearson and Spearman correlation of per-clip scores between two QA sets over the same audio.
 
-    Only clips present in both sets count. A coefficient is None when it is undefined (fewer than
-    three shared clips, or constant scores in either set).
+    Clips are paired by ``clip_key`` (their audio's sha256 when both sets carry it, else the clip
+    id); only clips present in both sets count. A coefficient is None when it is undefined (fewer
+    than three shared clips, or constant scores in either set).
 
     >>> def res(ratings):
     ...     items = [{"clip_id": c, "judgements": {"j": {"p": {"rating": r}}}} for c, r in ratings]
@@ -144,8 +156,9 @@ def clip_correlation(results_a: Mapping, results_b: Mapping, judge: str, prompt:
     """
     from scipy.stats import pearsonr, spearmanr
 
-    scores_a = clip_scores(results_a, judge, prompt, convention)
-    scores_b = clip_scores(results_b, judge, prompt, convention)
+    key = clip_key(results_a, results_b)
+    scores_a = clip_scores(results_a, judge, prompt, convention, key)
+    scores_b = clip_scores(results_b, judge, prompt, convention, key)
     shared = [clip for clip in scores_a if clip in scores_b]
     a = [scores_a[c] for c in shared]
     b = [scores_b[c] for c in shared]

@@ -13,7 +13,10 @@ backend:
 - ``CallableBackend``: a plain ``model(questions, waveforms, sampling_rate) -> answers``.
 
 A backend answers a batch with one text per window, or an ``Exception`` instance for a window it
-failed on; a backend that raises stops the run. Every successful answer is cached on disk by
+failed on. A call that raises is asked again one window at a time, and the windows it still raises on
+fail alone (their error is the exception's first line): one bad item never stops the run. Only a
+backend that returns another number of answers than it got windows stops it (a broken contract).
+Every successful answer is cached on disk by
 (model, generation parameters, sha256 of the window's samples, question) when a cache folder is
 given, so a rerun after a crash (or a judge outage) generates only what is missing.
 """
@@ -24,6 +27,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -32,6 +36,8 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("cpqa.speech_llm")
 
 DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
 WINDOW_SECONDS = 30.0
@@ -72,11 +78,19 @@ def _decode(audio, source_rate: int | None):
         if audio.get("path"):
             return _read_file(audio["path"])
         raise ValueError(f"audio dict without 'array', 'bytes' or 'path' (keys: {sorted(audio)})")
-    if isinstance(audio, tuple) and len(audio) == 2:
+    if not is_bare_array(audio):  # an (array, rate) pair, the one form left
         return audio
     if source_rate is None:
         raise ValueError("a bare audio array needs its rate: pass sampling_rate=... or (array, rate) pairs")
     return _as_numpy(audio), source_rate
+
+
+def is_bare_array(audio) -> bool:
+    """``audio`` is samples without their rate (what ``load_waveform`` can read only with ``source_rate``):
+    not a path, a decoder, a dict or an ``(array, rate)`` pair."""
+    if isinstance(audio, (str, os.PathLike, dict)) or hasattr(audio, "get_all_samples"):
+        return False
+    return not (isinstance(audio, tuple) and len(audio) == 2)
 
 
 def _as_numpy(array) -> np.ndarray:
@@ -327,12 +341,21 @@ class AnswerCache:
         return self.directory / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> str | None:
+        """The stored answer, or None: no entry, or a damaged one (a warning names it; answered again)."""
         if self.directory is None:
             return None
+        path = self._path(key)
         try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))["text"]
-        except (OSError, ValueError, KeyError):
+            entry = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            log.warning("ignoring unreadable answer cache entry %s (%s); answering again", path, error)
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+            log.warning("ignoring damaged answer cache entry %s (no answer text); answering again", path)
+            return None
+        return entry["text"]
 
     def put(self, key: str, text: str) -> None:
         if self.directory is None:
@@ -342,6 +365,29 @@ class AnswerCache:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
             json.dump({"text": text}, tmp, ensure_ascii=False)
         os.replace(tmp.name, path)
+
+
+def _first_line(error: BaseException) -> str:
+    """``RuntimeError: the first line of its message`` (at most 300 characters of it)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
+def _answer_or_fail(backend, batch: list[tuple], rate: int) -> list:
+    """One answer per window of ``batch`` (``(item, slot, window, question, samples, key)``), an
+    exception instance where it failed. A call that raises is repeated window by window, so that only
+    the windows it raises on fail (with the exception's first line); a call that returns another
+    number of answers than it was given windows breaks the backend contract and stops the run."""
+    try:
+        texts = list(backend([p[3] for p in batch], [p[4] for p in batch], rate))
+    except Exception as error:  # noqa: BLE001 - recorded on the item, like a failed judgement
+        if len(batch) > 1:
+            return [text for one in batch for text in _answer_or_fail(backend, [one], rate)]
+        log.warning("the speech-LLM failed on a window of %r: %s", batch[0][3], _first_line(error))
+        return [error]
+    if len(texts) != len(batch):
+        raise RuntimeError(f"the speech-LLM returned {len(texts)} answers for {len(batch)} inputs")
+    return texts
 
 
 def answer_questions(
@@ -372,12 +418,10 @@ def answer_questions(
     pending: list[tuple[int, int, str, str, np.ndarray, str]] = []  # (item, slot, window, question, samples, cache key)
 
     def answer_batch(batch):
-        texts = list(backend([p[3] for p in batch], [p[4] for p in batch], rate))
-        if len(texts) != len(batch):
-            raise RuntimeError(f"the speech-LLM returned {len(texts)} answers for {len(batch)} inputs")
+        texts = _answer_or_fail(backend, batch, rate)
         for (item, slot, window, _, _, key), text in zip(batch, texts):
             if isinstance(text, BaseException):
-                answers[item][slot] = Answer(window, None, f"{type(text).__name__}: {text}")
+                answers[item][slot] = Answer(window, None, _first_line(text))
             else:
                 cache.put(key, text)
                 answers[item][slot] = Answer(window, text)
