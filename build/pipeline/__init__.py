@@ -11,7 +11,7 @@
     builder    build(): the steps in order, then export
 """
 
-from .builder import EMPATHY, OUTPUTS, RECORDING_STEPS, SAMPLE_STEPS, STOP_AFTER, build, export_dataset, model_ids
+from .builder import EMPATHY, OUTPUTS, RECORDING_STEPS, SAMPLE_STEPS, STOP_AFTER, build, export_dataset, model_ids, step_params
 from .funnel import (
     DROP_REASONS,
     FUNNEL,
@@ -43,5 +43,6 @@ __all__ = [
     "llm_calls",
     "model_ids",
     "registered",
+    "step_params",
     "write_report",
 ]

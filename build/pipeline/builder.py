@@ -95,6 +95,11 @@ def build(
     return _export(ex, tasks, out_dir, source, license=license, sources=sources, card_template=card_template, allow_outside_root=allow_outside_root)
 
 
+def step_params(config: Config) -> dict[str, dict]:
+    """What each per-shard step's fingerprint hashes of ``config``, by step name."""
+    return {step.name: step.params(config) for step in (*RECORDING_STEPS, *SAMPLE_STEPS, EMPATHY)}
+
+
 def _check_options(stop_after: str | None, outputs: tuple[str, ...]) -> None:
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be one of {STOP_AFTER}, got {stop_after!r}")
