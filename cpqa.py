@@ -20,6 +20,9 @@
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
     python cpqa.py evaluate DATASET --backend openai --base-url http://localhost:8000/v1 --judge ...
                                               # any served audio model (vllm serve Qwen/Qwen2-Audio-7B-Instruct)
+    python cpqa.py review DIR [--overlap 2]   # people check pairs and labels, write their own (browser, 127.0.0.1)
+    python cpqa.py review export DIR          # qa_reviewed, qa_human, empathy_reviewed + the card's Human review
+    python cpqa.py review import DIR FILE.csv # human pairs written elsewhere
 
 Options shared by the build commands: ``--config FILE`` (YAML or JSON, any subset of the config tree),
 ``--set key=value`` (repeatable, dotted keys, JSON values), ``--profile paper|tiny``, ``--quiet`` (no
@@ -181,6 +184,12 @@ def run_stats(args) -> int:
     return 0
 
 
+def add_review_arguments(parser: argparse.ArgumentParser) -> None:
+    from build.review.options import add_arguments  # argparse only
+
+    add_arguments(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
+    review_cmd = sub.add_parser("review", help="human review in the browser (review OUT), its export (review export OUT), pairs from a file (review import OUT FILE)")
+    add_review_arguments(review_cmd)
+
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd, review_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -279,6 +291,10 @@ def _run(args: argparse.Namespace) -> int:
         return run_evaluate(args)
     if args.command == "stats":
         return run_stats(args)
+    if args.command == "review":
+        from build.review.cli import run
+
+        return run(args)
     if args.command == "push":
         from build.publish import push_build
 

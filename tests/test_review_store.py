@@ -101,8 +101,8 @@ def test_latest_verdict_wins_and_only_the_author_withdraws_a_human_pair(out):
         act(review, "bob", "ami-0000", "withdraw", target=pair_id)
     state = review.state()
     assert state.pairs["ami-0000-q00"]["alice"].verdict == "accept" and len(state.human) == 1
-    state = act(review, "alice", "ami-0000", "withdraw", target=pair_id)
-    assert state.human == [] and len(review.store.actions()) == 4  # nothing deleted
+    act(review, "alice", "ami-0000", "withdraw", target=pair_id)
+    assert review.state().human == [] and len(review.store.actions()) == 4  # nothing deleted
 
 
 def finish(review, annotator, segment_id, label="yes"):

@@ -2,7 +2,7 @@
 
 ``Review.act(action)`` checks that the action names this build's clip and (for a verdict) a pair or an
 empathy sample of that clip, that a withdrawn pair is the annotator's own, then commits it
-(``Store.record``) and returns the new state; every refusal is a ``ValueError`` of one line and writes
+(``Store.record``) and returns it as recorded; every refusal is a ``ValueError`` of one line and writes
 nothing.
 """
 
@@ -49,10 +49,9 @@ class Review:
                 return f"{action.target!r} is not a pair {action.annotator.strip()} wrote"
         return None
 
-    def act(self, action: Action) -> ReviewState:
-        """Check and commit one action; the state after it."""
+    def act(self, action: Action) -> Action:
+        """Check and commit one action; returns it as recorded (with ``id`` and ``at``)."""
         why = self.problem(action)
         if why:
             raise ValueError(why)
-        self.store.record(action)
-        return self.state()
+        return self.store.record(action)
