@@ -1,4 +1,4 @@
-"""The review's storage, derived state, agreement figures, import and export: actions in, configs out, exact."""
+"""The review's storage, derived state, agreement figures, import and export: actions in, configs out."""
 
 import hashlib
 import math
@@ -14,17 +14,12 @@ from build.review.folder import NotReviewable, open_build
 from build.review.imports import ImportErrors, import_pairs
 from build.review.session import Review
 from build.review.store import Action, Store, problem
-from review_build import XSS, write_review_build
-
-
-@pytest.fixture(scope="session")
-def review_template(tmp_path_factory):
-    return write_review_build(tmp_path_factory.mktemp("review-build") / "out")
+from review_build import XSS, cached_review_build, write_review_build
 
 
 @pytest.fixture
-def out(review_template, tmp_path):
-    shutil.copytree(review_template, tmp_path / "out")
+def out(tmp_path_factory, tmp_path):
+    shutil.copytree(cached_review_build(tmp_path_factory), tmp_path / "out")
     return tmp_path / "out"
 
 
@@ -33,7 +28,10 @@ def act(review, annotator, segment_id, kind, **fields):
 
 
 def build_hashes(out):
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "data").glob("*/*.parquet"))}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((out / "data").glob("*/*.parquet"))
+    }
 
 
 # --- the log ------------------------------------------------------------------------------------------
@@ -41,7 +39,16 @@ def build_hashes(out):
 
 def test_actions_are_committed_stamped_and_cannot_be_changed_or_deleted(out):
     store = Store(out)
-    first = store.record(Action(annotator=" alice ", segment_id="ami-0000", kind="pair", target="ami-0000-q00", verdict="accept", question="ignored"))
+    first = store.record(
+        Action(
+            annotator=" alice ",
+            segment_id="ami-0000",
+            kind="pair",
+            target="ami-0000-q00",
+            verdict="accept",
+            question="ignored",
+        )
+    )
     assert (first.id, first.annotator, first.question, first.source) == (1, "alice", None, "app")
     assert first.at.endswith("+00:00") and len(first.at) == len("2026-01-01T00:00:00.000+00:00")
     with sqlite3.connect(store.path) as db:
@@ -57,16 +64,48 @@ def test_actions_are_committed_stamped_and_cannot_be_changed_or_deleted(out):
     "fields, why",
     [
         ({"annotator": " ", "kind": "pair", "target": "q", "verdict": "accept"}, "no annotator name"),
-        ({"kind": "pair", "target": "q", "verdict": "reject"}, "a reject needs a reason: wrong answer, not answerable from the recording, "
-         "presupposes a transcript, duplicate, not about paralinguistics or content, garbled, other"),
-        ({"kind": "pair", "target": "q", "verdict": "reject", "reason": "other", "note": "  "}, "reason 'other' needs a note"),
-        ({"kind": "pair", "target": "q", "verdict": "edit", "question": "", "answer": "a", "category": "other"}, "the question is empty"),
-        ({"kind": "pair", "target": "q", "verdict": "edit", "question": "q", "answer": "a", "category": "mood"},
-         "unknown category 'mood': one of emotion, speaker, contextual paralinguistic reasoning, other"),
+        (
+            {"kind": "pair", "target": "q", "verdict": "reject"},
+            "a reject needs a reason: wrong answer, not answerable from the recording, "
+            "presupposes a transcript, duplicate, not about paralinguistics or content, garbled, other",
+        ),
+        (
+            {"kind": "pair", "target": "q", "verdict": "reject", "reason": "other", "note": "  "},
+            "reason 'other' needs a note",
+        ),
+        (
+            {
+                "kind": "pair",
+                "target": "q",
+                "verdict": "edit",
+                "question": "",
+                "answer": "a",
+                "category": "other",
+            },
+            "the question is empty",
+        ),
+        (
+            {
+                "kind": "pair",
+                "target": "q",
+                "verdict": "edit",
+                "question": "q",
+                "answer": "a",
+                "category": "mood",
+            },
+            "unknown category 'mood': one of emotion, speaker, contextual paralinguistic reasoning, other",
+        ),
         ({"kind": "pair", "verdict": "accept"}, "a pair action needs a target"),
-        ({"kind": "label", "verdict": "no", "gender": "male"}, "say which emotion you hear: angry, disgusted, fearful, happy, neutral, other, sad, surprised, unknown"),
+        (
+            {"kind": "label", "verdict": "no", "gender": "male"},
+            "say which emotion you hear: angry, disgusted, fearful, happy, neutral, other, sad, surprised, "
+            "unknown",
+        ),
         ({"kind": "label", "verdict": "no", "emotion": "sad"}, "say which gender you hear: female, male"),
-        ({"kind": "empathy", "target": "e", "verdict": "edit", "answer": "x", "strategy": "hugging"}, "unknown response strategy 'hugging'"),
+        (
+            {"kind": "empathy", "target": "e", "verdict": "edit", "answer": "x", "strategy": "hugging"},
+            "unknown response strategy 'hugging'",
+        ),
         ({"kind": "human", "question": "q", "answer": " ", "category": "other"}, "the answer is empty"),
     ],
 )
@@ -82,8 +121,14 @@ def test_actions_must_name_this_builds_clip_pair_and_sample(out):
     review = Review.open(out)
     cases = [
         (Action("alice", "nope", "label", verdict="yes"), "unknown segment 'nope'"),
-        (Action("alice", "ami-0000", "pair", target="ami-0001-q00", verdict="accept"), "no LLM pair 'ami-0001-q00' on clip ami-0000"),
-        (Action("alice", "ami-0001", "empathy", target="ami-0000-empathy", verdict="accept"), "no empathy sample 'ami-0000-empathy' on clip ami-0001"),
+        (
+            Action("alice", "ami-0000", "pair", target="ami-0001-q00", verdict="accept"),
+            "no LLM pair 'ami-0001-q00' on clip ami-0000",
+        ),
+        (
+            Action("alice", "ami-0001", "empathy", target="ami-0000-empathy", verdict="accept"),
+            "no empathy sample 'ami-0000-empathy' on clip ami-0001",
+        ),
     ]
     for action, why in cases:
         with pytest.raises(ValueError, match=f"^{why}$"):
@@ -95,7 +140,9 @@ def test_latest_verdict_wins_and_only_the_author_withdraws_a_human_pair(out):
     review = Review.open(out)
     act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="reject", reason="duplicate")
     act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="accept")
-    written = review.store.record(Action("alice", "ami-0000", "human", question="Q?", answer="A.", category="emotion"))
+    written = review.store.record(
+        Action("alice", "ami-0000", "human", question="Q?", answer="A.", category="emotion")
+    )
     pair_id = f"ami-0000-h{written.id:05d}"
     with pytest.raises(ValueError, match=f"^'{pair_id}' is not a pair bob wrote$"):
         act(review, "bob", "ami-0000", "withdraw", target=pair_id)
@@ -110,8 +157,22 @@ def finish(review, annotator, segment_id, label="yes"):
     for pair in review.build.pairs_of(segment_id):
         act(review, annotator, segment_id, "pair", target=pair.question_id, verdict="accept")
     if segment_id in review.build.empathy:
-        act(review, annotator, segment_id, "empathy", target=review.build.empathy[segment_id].id, verdict="accept")
-    act(review, annotator, segment_id, "label", verdict=label, **({} if label == "yes" else {"emotion": "sad", "gender": "male"}))
+        act(
+            review,
+            annotator,
+            segment_id,
+            "empathy",
+            target=review.build.empathy[segment_id].id,
+            verdict="accept",
+        )
+    act(
+        review,
+        annotator,
+        segment_id,
+        "label",
+        verdict=label,
+        **({} if label == "yes" else {"emotion": "sad", "gender": "male"}),
+    )
 
 
 def test_queues_progress_and_overlap(out):
@@ -137,7 +198,8 @@ def test_queues_progress_and_overlap(out):
 
 
 def test_cohen_kappa_matches_the_worked_example():
-    # 50 items, two raters: yes/yes 20, yes/no 5, no/yes 10, no/no 15; p_o = 0.7, p_e = 0.5*0.6 + 0.5*0.4 = 0.5
+    # 50 items, two raters: yes/yes 20, yes/no 5, no/yes 10, no/no 15
+    # p_o = 0.7, p_e = 0.5*0.6 + 0.5*0.4 = 0.5
     ratings = [["yes", "yes"]] * 20 + [["yes", "no"]] * 5 + [["no", "yes"]] * 10 + [["no", "no"]] * 15
     result = agreement.kappa("x", ratings)
     assert (result.method, result.items, result.raters) == ("Cohen", 50, 2)
@@ -145,8 +207,16 @@ def test_cohen_kappa_matches_the_worked_example():
 
 
 FLEISS_TABLE = [  # 10 subjects, 14 raters, 5 categories (Fleiss 1971's layout, the common worked example)
-    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+    [0, 0, 0, 0, 14],
+    [0, 2, 6, 4, 2],
+    [0, 0, 3, 5, 6],
+    [0, 3, 9, 2, 0],
+    [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0],
+    [3, 2, 6, 3, 0],
+    [2, 5, 3, 2, 2],
+    [6, 5, 2, 1, 0],
+    [0, 2, 2, 3, 7],
 ]
 
 
@@ -188,20 +258,42 @@ def test_label_precision_and_agreement_from_two_annotators(out):
     # alice: yes on all three; bob: no on ami-0000 (hears sad, female: gender still right), yes on the others
     for clip in ("rav-0000", "ami-0000", "ami-0001"):
         act(review, "alice", clip, "label", verdict="yes")
-        act(review, "bob", clip, "label", verdict="no" if clip == "ami-0000" else "yes", **({"emotion": "sad", "gender": "female"} if clip == "ami-0000" else {}))
+        act(
+            review,
+            "bob",
+            clip,
+            "label",
+            verdict="no" if clip == "ami-0000" else "yes",
+            **({"emotion": "sad", "gender": "female"} if clip == "ami-0000" else {}),
+        )
     act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="accept")
     act(review, "bob", "ami-0000", "pair", target="ami-0000-q00", verdict="reject", reason="wrong answer")
-    act(review, "alice", "ami-0000", "pair", target="ami-0000-q01", verdict="edit", question="Q", answer="A", category="speaker")
+    act(
+        review,
+        "alice",
+        "ami-0000",
+        "pair",
+        target="ami-0000-q01",
+        verdict="edit",
+        question="Q",
+        answer="A",
+        category="speaker",
+    )
     act(review, "bob", "ami-0000", "pair", target="ami-0000-q01", verdict="accept")
     state = review.state()
     emotions, genders = agreement.label_precision(state)
-    assert [(p.label, p.checks, p.correct) for p in emotions] == [("fearful", 2, 2), ("happy", 2, 1), ("sad", 2, 2)]
+    assert [(p.label, p.checks, p.correct) for p in emotions] == [
+        ("fearful", 2, 2),
+        ("happy", 2, 1),
+        ("sad", 2, 2),
+    ]
     assert [(p.label, p.checks, p.correct) for p in genders] == [("female", 2, 2), ("male", 4, 4)]
     assert (emotions[1].low, emotions[1].high) == pytest.approx(wilson_by_hand(1, 2))
     found = {k.what: k for k in agreement.agreements(state)}
     # pairs: (keep, reject), (keep, keep): p_o = 1/2, p_e = (1 * 1/2) + (0 * 1/2) = 1/2 -> kappa 0
     assert found["LLM pairs: keep or reject"].kappa == pytest.approx(0.0)
-    # emotion heard: (fearful, fearful), (happy, sad), (sad, sad): p_o = 2/3; p_e = (1/3)^2 + (1/3)(0) + (1/3)(2/3) = 1/3
+    # emotion heard: (fearful, fearful), (happy, sad), (sad, sad)
+    # p_o = 2/3; p_e = (1/3)^2 + (1/3)(0) + (1/3)(2/3) = 1/3
     assert found["label check: emotion heard"].kappa == pytest.approx((2 / 3 - 1 / 3) / (1 - 1 / 3))
     assert found["label check: gender heard"].kappa == pytest.approx(1.0)
 
@@ -210,49 +302,100 @@ def test_label_precision_and_agreement_from_two_annotators(out):
 
 
 def rows_of(out, config):
-    tables = {p.name.split("-")[0]: pq.read_table(p, columns=[c for c in pq.read_schema(p).names if c not in ("context", "audio")])
-              for p in sorted((out / "data" / config).glob("*.parquet"))}  # fmt: skip
+    tables = {
+        p.name.split("-")[0]: pq.read_table(
+            p, columns=[c for c in pq.read_schema(p).names if c not in ("context", "audio")]
+        )
+        for p in sorted((out / "data" / config).glob("*.parquet"))
+    }
     return {split: t.to_pylist() for split, t in tables.items()}
 
 
-def test_export_writes_the_three_configs_from_the_actions(out):
+EXPORT_ACTIONS = [  # (annotator, clip, kind, fields)
+    ("alice", "ami-0000", "pair", {"target": "ami-0000-q00", "verdict": "accept"}),
+    ("alice", "ami-0000", "pair", {"target": "ami-0000-q01", "verdict": "edit", "question": " Man or woman? ",
+                                   "answer": "A woman.", "category": "speaker"}),
+    ("alice", "ami-0000", "pair", {"target": "ami-0000-q02", "verdict": "reject", "reason": "other",
+                                   "note": "vague"}),
+    ("alice", "rav-0000", "pair", {"target": "rav-0000-q00", "verdict": "accept"}),
+    ("alice", "ami-0001", "human", {"question": XSS, "answer": "Tired.", "category": "emotion"}),
+    ("bob", "rav-0000", "human", {"question": "Who speaks?", "answer": "One man.", "category": "speaker"}),
+    ("alice", "ami-0000", "empathy", {"target": "ami-0000-empathy", "verdict": "edit", "answer": "Well done!",
+                                      "strategy": "celebration"}),
+    ("alice", "rav-0000", "empathy", {"target": "rav-0000-empathy", "verdict": "reject",
+                                      "reason": "garbled"}),
+]  # fmt: skip
+
+
+@pytest.fixture
+def exported(out):
     before = build_hashes(out)
     review = Review.open(out)
-    act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="accept")
-    act(review, "alice", "ami-0000", "pair", target="ami-0000-q01", verdict="edit", question=" Man or woman? ", answer="A woman.", category="speaker")
-    act(review, "alice", "ami-0000", "pair", target="ami-0000-q02", verdict="reject", reason="other", note="too vague")
-    act(review, "alice", "rav-0000", "pair", target="rav-0000-q00", verdict="accept")
-    act(review, "alice", "ami-0001", "human", question=XSS, answer="Tired.", category="emotion")
-    act(review, "bob", "rav-0000", "human", question="Who speaks?", answer="One man.", category="speaker")
-    act(review, "alice", "ami-0000", "empathy", target="ami-0000-empathy", verdict="edit", answer="Well done!", strategy="celebration")
-    act(review, "alice", "rav-0000", "empathy", target="rav-0000-empathy", verdict="reject", reason="garbled")
+    for annotator, clip, kind, fields in EXPORT_ACTIONS:
+        act(review, annotator, clip, kind, **fields)
     rows, section = export_review(review.state())
+    return out, review, rows, section, before
+
+
+def test_export_keeps_accepted_and_edited_llm_pairs_with_their_originals(exported):
+    out, _, rows, section, _ = exported
     assert rows == {"qa_reviewed": 3, "qa_human": 2, "empathy_reviewed": 1}
     reviewed = rows_of(out, "qa_reviewed")
-    assert [(r["question_id"], r["instruction"], r["answer"], r["category"], r["edited"], r["reviewed_by"], r["original_instruction"])
-            for r in reviewed["test"] + reviewed["train"]] == [
-        ("rav-0000-q00", "What is said about the dogs?", "They are by the door.", "other", False, ["alice"], None),
-        ("ami-0000-q00", "How does the speaker feel?", "Pleased.", "emotion", False, ["alice"], None),
-        ("ami-0000-q01", "Man or woman?", "A woman.", "speaker", True, ["alice"], "Is the speaker a man or a woman?"),
-    ]  # fmt: skip
-    assert reviewed["train"][1]["original_answer"] == "A woman." and reviewed["train"][1]["words"][0]["start"] == 1.0
+    got = [(r["question_id"], r["instruction"], r["answer"], r["category"], r["edited"], r["reviewed_by"])
+           for r in reviewed["test"] + reviewed["train"]]  # fmt: skip
+    assert got == [
+        ("rav-0000-q00", "What is said about the dogs?", "They are by the door.", "other", False, ["alice"]),
+        ("ami-0000-q00", "How does the speaker feel?", "Pleased.", "emotion", False, ["alice"]),
+        ("ami-0000-q01", "Man or woman?", "A woman.", "speaker", True, ["alice"]),
+    ]
+    edited = reviewed["train"][1]
+    assert (edited["original_instruction"], edited["original_answer"]) == (
+        "Is the speaker a man or a woman?",
+        "A woman.",
+    )
+    assert reviewed["train"][0]["original_instruction"] is None and edited["words"][0]["start"] == 1.0
+    for line in (
+        "| accepted | 2 |",
+        "| edited | 1 |",
+        "| rejected: other | 1 |",
+        "| rejected (all reasons) | 1 |",
+    ):
+        assert line in section
+
+
+def test_export_writes_human_pairs_with_their_clips_columns(exported):
+    out, review, *_ = exported
     human = rows_of(out, "qa_human")
     ids = [a.id for a in review.store.actions() if a.kind == "human"]
-    assert [(r["question_id"], r["instruction"], r["category"], r["reviewed_by"], r["llm_model"], r["segment_id"]) for r in human["test"] + human["train"]] == [
+    got = [(r["question_id"], r["instruction"], r["category"], r["reviewed_by"], r["llm_model"],
+            r["segment_id"])
+           for r in human["test"] + human["train"]]  # fmt: skip
+    assert got == [
         (f"rav-0000-h{ids[1]:05d}", "Who speaks?", "speaker", ["bob"], None, "rav-0000"),
         (f"ami-0001-h{ids[0]:05d}", XSS, "emotion", ["alice"], None, "ami-0001"),
     ]
-    assert human["train"][0]["words"][2] == {"word": "<script>x</script>", "start": 15.02, "end": 15.31, "score": 0.9, "speaker": None, "emotion": "sad", "gender": "male"}
-    assert pq.read_schema(out / "data" / "qa_human" / "train-00000-of-00001.parquet").names == pq.read_schema(out / "data" / "qa_reviewed" / "train-00000-of-00001.parquet").names
-    empathy = rows_of(out, "empathy_reviewed")["train"]
-    assert [(e["id"], e["desired_response"]["text"], e["desired_response"]["response_strategy"], e["original_response"], e["edited"]) for e in empathy] == [
-        ("ami-0000-empathy", "Well done!", "celebration", "That sounds hard <i>really</i>.", True)
+    word = {"word": "<script>x</script>", "start": 15.02, "end": 15.31, "score": 0.9, "speaker": None,
+            "emotion": "sad", "gender": "male"}  # fmt: skip
+    assert human["train"][0]["words"][2] == word  # clip-relative times, as in qa
+    names = [
+        pq.read_schema(out / "data" / c / "train-00000-of-00001.parquet").names
+        for c in ("qa_human", "qa_reviewed")
     ]
+    assert names[0] == names[1]
+
+
+def test_export_writes_kept_empathy_samples_and_leaves_the_build_alone(exported):
+    out, _, _, _, before = exported
+    empathy = rows_of(out, "empathy_reviewed")["train"]
+    got = [(e["id"], e["desired_response"]["text"], e["desired_response"]["response_strategy"],
+            e["original_response"], e["edited"]) for e in empathy]  # fmt: skip
+    assert got == [("ami-0000-empathy", "Well done!", "celebration", "That sounds hard <i>really</i>.", True)]
     after = build_hashes(out)
     assert {k: v for k, v in after.items() if k in before} == before  # the build's own tables untouched
-    assert sorted(set(after) - set(before)) == [f"data/{c}/{s}-00000-of-00001.parquet" for c, s in
-                                                (("empathy_reviewed", "train"), ("qa_human", "test"), ("qa_human", "train"), ("qa_reviewed", "test"), ("qa_reviewed", "train"))]
-    assert "| rejected: other | 1 |" in section and "| accepted | 2 |" in section and "| edited | 1 |" in section
+    written = [("empathy_reviewed", "train"), ("qa_human", "test"), ("qa_human", "train"),
+               ("qa_reviewed", "test"),
+               ("qa_reviewed", "train")]  # fmt: skip
+    assert sorted(set(after) - set(before)) == [f"data/{c}/{s}-00000-of-00001.parquet" for c, s in written]
 
 
 def test_export_loads_with_datasets_and_the_card_lists_every_config(out):
@@ -263,7 +406,9 @@ def test_export_loads_with_datasets_and_the_card_lists_every_config(out):
     act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="accept")
     export_review(review.state())
     human = load_dataset(str(out), "qa_human", split="train")
-    assert human["instruction"] == ["Q1?"] and human[0]["context"].get_all_samples().data.shape[-1] == 30 * 16000
+    assert (
+        human["instruction"] == ["Q1?"] and human[0]["context"].get_all_samples().data.shape[-1] == 30 * 16000
+    )
     assert load_dataset(str(out), "qa_reviewed", split="train")["question_id"] == ["ami-0000-q00"]
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
@@ -281,12 +426,17 @@ def test_export_again_replaces_the_section_and_gives_identical_files(out):
     card = (out / "README.md").read_text()
     export_review(review.state())
     assert build_hashes(out) == first and (out / "README.md").read_text() == card
-    act(review, "bob", "ami-0000", "pair", target="ami-0000-q00", verdict="reject", reason="duplicate")  # 1 keep, 1 reject: a tie rejects
+    act(
+        review, "bob", "ami-0000", "pair", target="ami-0000-q00", verdict="reject", reason="duplicate"
+    )  # 1 keep, 1 reject: a tie rejects
     rows, _ = export_review(review.state())
     assert rows == {"qa_reviewed": 0, "qa_human": 0, "empathy_reviewed": 0}
     assert not (out / "data" / "qa_reviewed").exists()
     card = (out / "README.md").read_text()
-    assert card.count(SECTION_START) == card.count(SECTION_END) == 1 and "qa_reviewed" not in card.split("---")[1]
+    assert (
+        card.count(SECTION_START) == card.count(SECTION_END) == 1
+        and "qa_reviewed" not in card.split("---")[1]
+    )
 
 
 def test_majority_decides_and_the_latest_edit_of_the_keepers_gives_the_text(out):
@@ -296,7 +446,11 @@ def test_majority_decides_and_the_latest_edit_of_the_keepers_gives_the_text(out)
     act(review, "bob", verdict="edit", question="Q bob", answer="A", category="emotion", **target)
     act(review, "carol", verdict="reject", reason="duplicate", **target)
     result = review.state().pair_finals()["ami-0000-q00"]
-    assert (result.kept, result.edit.question, result.reviewed_by) == (True, "Q bob", ["alice", "bob", "carol"])
+    assert (result.kept, result.edit.question, result.reviewed_by) == (
+        True,
+        "Q bob",
+        ["alice", "bob", "carol"],
+    )
 
 
 # --- import ---------------------------------------------------------------------------------------------
@@ -318,22 +472,39 @@ def test_import_takes_every_row_or_none_with_one_line_per_bad_row(out, tmp_path)
     assert caught.value.lines == [
         f"{bad}:3: unknown segment 'ghost-0001'",
         f"{bad}:4: empty question",
-        f"{bad}:5: unknown category 'mood' (one of: emotion, speaker, contextual paralinguistic reasoning, other)",
+        f"{bad}:5: unknown category 'mood' (one of: emotion, speaker, contextual paralinguistic reasoning, "
+        "other)",
     ]
     assert review.store.actions() == []
     good = tmp_path / "pairs.jsonl"
-    good.write_text('{"segment_id": "ami-0000", "question": "¿Cómo se siente?", "answer": "Feliz.", "category": "emotion", "annotator": "carol"}\n\n'
-                    '{"segment_id": "rav-0000", "question": "Q?", "answer": "A.", "category": "other", "annotator": "dan"}\n', encoding="utf-8")
+    good.write_text(
+        '{"segment_id": "ami-0000", "question": "¿Cómo se siente?", "answer": "Feliz.", '
+        '"category": "emotion", "annotator": "carol"}\n\n'
+        '{"segment_id": "rav-0000", "question": "Q?", "answer": "A.", "category": "other", '
+        '"annotator": "dan"}\n',
+        encoding="utf-8",
+    )
     assert import_pairs(review, good) == 2
-    assert [(a.annotator, a.question, a.source) for a in review.state().human] == [("carol", "¿Cómo se siente?", "import:pairs.jsonl"), ("dan", "Q?", "import:pairs.jsonl")]
+    assert [(a.annotator, a.question, a.source) for a in review.state().human] == [
+        ("carol", "¿Cómo se siente?", "import:pairs.jsonl"),
+        ("dan", "Q?", "import:pairs.jsonl"),
+    ]
 
 
 def test_import_reports_unreadable_files_in_one_line(out, tmp_path):
     review = Review.open(out)
     cases = {
         "p.txt": (b"x", "{}: expected a .csv or .jsonl file"),
-        "p.jsonl": (b'{"segment_id": "ami-0000"\n[1]\n', "{}:1: not JSON (Expecting ',' delimiter)\n{}:2: expected a JSON object with segment_id, question, answer, category, annotator"),
-        "q.csv": (b"segment_id,question\n", "{}:1: missing column(s) answer, category, annotator (need segment_id, question, answer, category, annotator)"),
+        "p.jsonl": (
+            b'{"segment_id": "ami-0000"\n[1]\n',
+            "{}:1: not JSON (Expecting ',' delimiter)\n"
+            "{}:2: expected a JSON object with segment_id, question, answer, category, annotator",
+        ),
+        "q.csv": (
+            b"segment_id,question\n",
+            "{}:1: missing column(s) answer, category, annotator "
+            "(need segment_id, question, answer, category, annotator)",
+        ),
         "r.csv": (b"\xff\xfe\x00", "{}: not UTF-8 text (invalid start byte at byte 0)"),
     }
     for name, (data, message) in cases.items():
@@ -374,3 +545,100 @@ def test_a_metadata_only_build_needs_the_sources_checked_by_sha256(tmp_path):
     import soundfile as sf
 
     assert sf.info(str(build.audio_path(build.clips[1]))).frames == 30 * 16000
+
+
+# --- a real build: review, export, push list, evaluate both sets -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_reviewed(audited_build, tmp_path_factory):
+    """A copy of a real build (tests/audited_build.py) with one pair accepted, one rejected, two written."""
+    out = tmp_path_factory.mktemp("real-review") / "out"
+    shutil.copytree(audited_build.out, out)
+    before = build_hashes(out)
+    review = Review.open(out)
+    clip = review.build.clips[0].segment_id
+    pairs = review.build.pairs_of(clip)
+    act(review, "alice", clip, "pair", target=pairs[0].question_id, verdict="accept")
+    act(review, "alice", clip, "pair", target=pairs[1].question_id, verdict="reject", reason="duplicate")
+    for question, answer, category in (("Why does the speaker sound tense?", "The dogs.", REASONING),
+                                       ("Is the voice calm?", "No.", "emotion")):  # fmt: skip
+        act(review, "alice", clip, "human", question=question, answer=answer, category=category)
+    act(review, "alice", clip, "label", verdict="yes")
+    rows, section = export_review(review.state())
+    return out, review, rows, section, before
+
+
+REASONING = "contextual paralinguistic reasoning"
+
+
+def test_a_real_build_is_reviewed_and_exported(real_reviewed):
+    from build.export import files_to_upload
+
+    out, review, rows, section, before = real_reviewed
+    clip = review.build.clips[0]
+    assert [p.question for p in review.build.pairs_of(clip.segment_id)] == [
+        "How does the speaker feel?", "Is the speaker male or female?"]  # fmt: skip
+    assert (rows["qa_reviewed"], rows["qa_human"]) == (1, 2)
+    assert {k: v for k, v in build_hashes(out).items() if k in before} == before
+    uploaded = set(files_to_upload(out))  # push uploads the new configs
+    assert {
+        "data/qa_human/test-00000-of-00001.parquet",
+        "data/qa_reviewed/test-00000-of-00001.parquet",
+    } <= uploaded
+    assert f"| {clip.primary_emotion} | 1 | 1 | 100.0 | 20.7–100.0 |" in section
+
+
+def test_evaluate_scores_the_llm_and_the_human_set_of_one_folder(real_reviewed, tmp_path):
+    import json
+
+    import cpqa
+    from openai_stub import OpenAIStub
+
+    out, review, *_ = real_reviewed
+    clip = review.build.clips[0].segment_id
+    ids = [p.question_id for p in review.build.pairs_of(clip)] + [
+        f"{clip}-h{a.id:05d}" for a in review.state().human
+    ]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(
+        "".join(json.dumps({"question_id": q, "prediction": "Afraid."}) + "\n" for q in ids)
+    )
+
+    def grade(request):  # the LLM's pairs get 4, the human pairs 2
+        prompt = request["messages"][-1]["content"]
+        return "Rating: 2" if "tense" in prompt or "calm" in prompt else "Rating: 4"
+
+    with OpenAIStub(grade) as judge:
+        argv = ["evaluate", str(out), "--name", "qa", "qa_human", "--judge",
+                f"model=stub-judge,base_url={judge.base_url},name=stub", "--predictions", str(predictions),
+                "--prompts", "audiobench", "--no-controls", "--out", str(tmp_path / "results")]  # fmt: skip
+        assert cpqa.main(argv) == 0
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["qa"]["judges"]["stub"]["audiobench"]["score"] == pytest.approx(80.0)
+    assert results["qa_human"]["judges"]["stub"]["audiobench"]["score"] == pytest.approx(40.0)
+    assert "## Cell-level correlation, qa vs qa_human" in (tmp_path / "results" / "results.md").read_text()
+
+
+def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only_build(tmp_path):
+    from build.publish import rehydrate
+    from conftest import AMI, ravdess_recording
+
+    out = write_review_build(tmp_path / "meta", publish="metadata-only")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for source in (AMI, ravdess_recording(1)):
+        shutil.copy(source, copy / source.name)
+    review = Review.open(out, audio_root=copy)
+    act(review, "alice", "ami-0000", "empathy", target="ami-0000-empathy", verdict="accept")
+    act(review, "alice", "ami-0000", "human", question="Q?", answer="A.", category="other")
+    act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="accept")
+    export_review(review.state())
+    for config in ("qa_reviewed", "qa_human", "empathy_reviewed"):
+        assert not {"context", "audio"} & set(
+            pq.read_schema(next((out / "data" / config).glob("*.parquet"))).names
+        )
+    report = rehydrate(out, copy)
+    assert (report.missing, report.changed) == ({}, {})
+    assert "audio" in pq.read_schema(out / "data" / "empathy_reviewed" / "train-00000-of-00001.parquet").names
+    assert "context" in pq.read_schema(out / "data" / "qa_human" / "train-00000-of-00001.parquet").names

@@ -1,4 +1,5 @@
-"""Human review of a built folder (``cpqa.py review``): people check the LLM's pairs and labels and write their own.
+"""Human review of a built folder (``cpqa.py review``): people check the LLM's pairs and labels and
+write their own.
 
     store.py    the SQLite log of every action (append-only, committed before the page shows it)
     folder.py   the built folder as the reviewers see it: clips, pairs, empathy samples, clip audio

@@ -60,7 +60,9 @@ def precision(pairs: list[tuple[str, bool]]) -> list[Precision]:
     return out
 
 
-def heard(check: Action, pseudo_emotion: str | None, pseudo_gender: str | None) -> tuple[str | None, str | None]:
+def heard(
+    check: Action, pseudo_emotion: str | None, pseudo_gender: str | None
+) -> tuple[str | None, str | None]:
     """The (emotion, gender) an annotator says a clip has: the pseudo-labels when they said yes."""
     return (pseudo_emotion, pseudo_gender) if check.verdict == YES else (check.emotion, check.gender)
 
@@ -71,7 +73,9 @@ def label_precision(state: ReviewState) -> tuple[list[Precision], list[Precision
     for clip in state.build.clips:
         for check in state.labels.get(clip.segment_id, {}).values():
             emotion, gender = heard(check, clip.primary_emotion, clip.gender)
-            emotions.append((clip.primary_emotion or "(none)", check.verdict == YES or emotion == clip.primary_emotion))
+            emotions.append(
+                (clip.primary_emotion or "(none)", check.verdict == YES or emotion == clip.primary_emotion)
+            )
             genders.append((clip.gender or "(none)", check.verdict == YES or gender == clip.gender))
     return precision(emotions), precision(genders)
 
@@ -115,11 +119,18 @@ def agreements(state: ReviewState) -> list[Kappa]:
     def ordered(kind: str, target: str, verdicts: dict[str, Action]) -> list[Action]:
         return sorted(verdicts.values(), key=lambda a: first_id[(kind, target, a.annotator)])
 
-    pairs = [["reject" if a.verdict == REJECT else "keep" for a in ordered("pair", q, v)] for q, v in state.pairs.items()]
+    pairs = [
+        ["reject" if a.verdict == REJECT else "keep" for a in ordered("pair", q, v)]
+        for q, v in state.pairs.items()
+    ]
     emotions, genders = [], []
     for clip in state.build.clips:
         checks = ordered("label", clip.segment_id, state.labels.get(clip.segment_id, {}))
         emotions.append([heard(c, clip.primary_emotion, clip.gender)[0] or "(none)" for c in checks])
         genders.append([heard(c, clip.primary_emotion, clip.gender)[1] or "(none)" for c in checks])
-    found = [kappa("LLM pairs: keep or reject", pairs), kappa("label check: emotion heard", emotions), kappa("label check: gender heard", genders)]
+    found = [
+        kappa("LLM pairs: keep or reject", pairs),
+        kappa("label check: emotion heard", emotions),
+        kappa("label check: gender heard", genders),
+    ]
     return [k for k in found if k is not None]

@@ -26,7 +26,11 @@ def run(args: argparse.Namespace, say=print) -> int:
         review = Review.open(words[1], args.audio_root)
         rows, section = export_review(review.state())
         say(section.rstrip())
-        say("wrote " + ", ".join(f"{name} ({n} rows)" if n else f"{name} (none)" for name, n in rows.items()) + f" in {review.build.out / 'data'}")
+        say(
+            "wrote "
+            + ", ".join(f"{name} ({n} rows)" if n else f"{name} (none)" for name, n in rows.items())
+            + f" in {review.build.out / 'data'}"
+        )
         return 0
     if words[0] == "import" and len(words) == 3:
         review = Review.open(words[1], args.audio_root)

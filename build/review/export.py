@@ -43,12 +43,16 @@ REVIEW_COLUMNS = {
     "original_instruction": Value("string"),
     "original_answer": Value("string"),
 }
-EMPATHY_COLUMNS = {"edited": Value("bool"), "reviewed_by": List(Value("string")), "original_response": Value("string")}
+EMPATHY_COLUMNS = {
+    "edited": Value("bool"),
+    "reviewed_by": List(Value("string")),
+    "original_response": Value("string"),
+}
 BATCH = 16
 
 
 def _schema(path: Path, extra: dict) -> pa.Schema:
-    """The Arrow schema (with the ``datasets`` features in its metadata) of ``path``'s table plus ``extra``."""
+    """The Arrow schema (``datasets`` features in its metadata) of ``path``'s table plus ``extra``."""
     features = Features.from_arrow_schema(pq.read_schema(path))
     for name, feature in extra.items():
         features[name] = feature
@@ -108,7 +112,13 @@ def _batches(out: Path, config: str):
 
 def _reviewed(row: dict, result: Final) -> dict:
     edit = result.edit
-    row = {**row, "edited": edit is not None, "reviewed_by": result.reviewed_by, "original_instruction": None, "original_answer": None}
+    row = {
+        **row,
+        "edited": edit is not None,
+        "reviewed_by": result.reviewed_by,
+        "original_instruction": None,
+        "original_answer": None,
+    }
     if edit is not None:
         row.update(original_instruction=row["instruction"], original_answer=row["answer"])
         row.update(instruction=edit.question, answer=edit.answer, category=edit.category)
@@ -157,17 +167,26 @@ def write_empathy_reviewed(state: ReviewState) -> int:
         for row in (r for r in rows if r["id"] in finals and finals[r["id"]].kept):
             result = finals[row["id"]]
             response = dict(row["desired_response"])
-            row = {**row, "edited": result.edit is not None, "reviewed_by": result.reviewed_by, "original_response": None}
+            row = {
+                **row,
+                "edited": result.edit is not None,
+                "reviewed_by": result.reviewed_by,
+                "original_response": None,
+            }
             if result.edit is not None:
                 row["original_response"] = response["text"]
-                row["desired_response"] = {**response, "text": result.edit.answer, "response_strategy": result.edit.strategy}
+                row["desired_response"] = {
+                    **response,
+                    "text": result.edit.answer,
+                    "response_strategy": result.edit.strategy,
+                }
             kept.append(row)
         writer.write(split, kept)
     return writer.close()
 
 
 def replace_yaml_block(card: str, key: str, block: str) -> str:
-    """The card with the top-level YAML entry ``key:`` (and its indented or listed lines) replaced by ``block``."""
+    """The card with the top-level YAML entry ``key:`` (its indented or listed lines too) replaced."""
     lines = card.split("\n")
     start = lines.index(f"{key}:")
     end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "-")))
@@ -186,7 +205,11 @@ def replace_section(card: str, section: str) -> str:
 def export_review(state: ReviewState) -> tuple[dict[str, int], str]:
     """Write the three configs and the card's section; returns (rows per config, the section's markdown)."""
     out = state.build.out
-    rows = {"qa_reviewed": write_qa_reviewed(state), "qa_human": write_qa_human(state), "empathy_reviewed": write_empathy_reviewed(state)}
+    rows = {
+        "qa_reviewed": write_qa_reviewed(state),
+        "qa_human": write_qa_human(state),
+        "empathy_reviewed": write_empathy_reviewed(state),
+    }
     section = human_review_section(state, rows)
     card_path = out / "README.md"
     card = card_path.read_text()

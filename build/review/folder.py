@@ -7,7 +7,8 @@ card carries ``cpqa_publication``), has a ``qa`` and a ``segments`` config; a me
 clips whose source is missing or changed are left out and counted in ``Build.left_out``).
 
 Clip audio is written once to ``OUT/review/audio/<hash>.flac`` (a hash of the clip's id, source hash
-and span; names never come from the data): from the ``context`` column of ``segments``, or decoded from the verified source.
+and span; names never come from the data): from the ``context`` column of ``segments``, or decoded
+from the verified source.
 Clips keep the order of the ``segments`` shards (split by split, as written).
 """
 
@@ -128,20 +129,38 @@ def check_folder(out: Path) -> str:
 
 def _clip(index: int, row: dict) -> Clip:
     return Clip(
-        index, row["segment_id"], row["split"], float(row["duration"]), row.get("primary_emotion"),
-        list(row.get("emotions") or []), row.get("gender"), row.get("transcript") or "", list(row.get("words") or []),
-        row.get("source_file") or "", row.get("source_sha256"), float(row["clip_start"]), float(row["clip_end"]),
-    )  # fmt: skip
+        index,
+        row["segment_id"],
+        row["split"],
+        float(row["duration"]),
+        row.get("primary_emotion"),
+        list(row.get("emotions") or []),
+        row.get("gender"),
+        row.get("transcript") or "",
+        list(row.get("words") or []),
+        row.get("source_file") or "",
+        row.get("source_sha256"),
+        float(row["clip_start"]),
+        float(row["clip_end"]),
+    )
 
 
 def _empathy(row: dict) -> EmpathySample:
     target, response = row["target_utterance"] or {}, row["desired_response"] or {}
     emotions = target.get("emotions") or {}
     return EmpathySample(
-        row["id"], row["segment_id"], target.get("text") or "", target.get("start"), target.get("end"),
-        emotions.get("primary"), emotions.get("secondary"), response.get("response_strategy") or "",
-        response.get("text") or "", response.get("emotion_awareness"), list(row.get("text_context") or []),
-    )  # fmt: skip
+        row["id"],
+        row["segment_id"],
+        target.get("text") or "",
+        target.get("start"),
+        target.get("end"),
+        emotions.get("primary"),
+        emotions.get("secondary"),
+        response.get("response_strategy") or "",
+        response.get("text") or "",
+        response.get("emotion_awareness"),
+        list(row.get("text_context") or []),
+    )
 
 
 def open_build(out_dir: str | Path, audio_root: str | Path | None = None) -> Build:
@@ -157,8 +176,17 @@ def open_build(out_dir: str | Path, audio_root: str | Path | None = None) -> Bui
     clips = [_clip(i, row) for i, row in enumerate(read_rows(out, "segments"))]
     pairs = {}
     for row in read_rows(out, "qa"):
-        pairs[row["question_id"]] = Pair(row["question_id"], row["segment_id"], row["instruction"], row["answer"], row["category"], row["split"])
-    empathy = {s.segment_id: s for s in map(_empathy, read_rows(out, "empathy"))} if shards(out, "empathy") else {}
+        pairs[row["question_id"]] = Pair(
+            row["question_id"],
+            row["segment_id"],
+            row["instruction"],
+            row["answer"],
+            row["category"],
+            row["split"],
+        )
+    empathy = (
+        {s.segment_id: s for s in map(_empathy, read_rows(out, "empathy"))} if shards(out, "empathy") else {}
+    )
     build = Build(out, mode, clips, pairs, empathy)
     if has_audio:
         _cache_embedded_audio(build)
@@ -189,7 +217,9 @@ def _write_atomic(target: Path, data: bytes) -> None:
 def _verify_sources(build: Build, audio_root: Path) -> None:
     """Keep the clips whose source file is under ``audio_root`` with the build's sha256; count the rest."""
     if not audio_root.is_dir():
-        raise NotReviewable(f"{audio_root}: no such folder (--audio-root names your copy of the source audio)")
+        raise NotReviewable(
+            f"{audio_root}: no such folder (--audio-root names your copy of the source audio)"
+        )
     found: dict[str, list[Path]] = {}
     for path in sorted(audio_root.rglob("*")):
         if path.is_file():
@@ -209,7 +239,10 @@ def _verify_sources(build: Build, audio_root: Path) -> None:
             name = f"{verdict[key]}: {clip.source_file}"
             build.left_out[name] = build.left_out.get(name, 0) + 1
     if not kept:
-        raise NotReviewable(f"{audio_root}: none of the build's sources is there with the same sha256 ({', '.join(sorted(build.left_out))})")
+        found = ", ".join(sorted(build.left_out))
+        raise NotReviewable(
+            f"{audio_root}: none of the build's sources is there with the same sha256 ({found})"
+        )
     build.clips = [replace(c, index=i) for i, c in enumerate(kept)]
 
 

@@ -43,7 +43,9 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         reader = csv.DictReader(text.splitlines(keepends=True))
         missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
         if missing:
-            raise ImportErrors([f"{path}:1: missing column(s) {', '.join(missing)} (need {', '.join(FIELDS)})"])
+            raise ImportErrors(
+                [f"{path}:1: missing column(s) {', '.join(missing)} (need {', '.join(FIELDS)})"]
+            )
         return [(reader.line_num, row) for row in reader]
     rows, errors = [], []
     for n, line in enumerate(text.splitlines(), 1):
@@ -88,8 +90,15 @@ def import_pairs(review: Review, file: str | Path) -> int:
     if not rows:
         raise ImportErrors([f"{path}: no rows"])
     actions = [
-        Action(annotator=row["annotator"], segment_id=row["segment_id"], kind=HUMAN, question=row["question"],
-               answer=row["answer"], category=row["category"], source=f"import:{path.name}")
+        Action(
+            annotator=row["annotator"],
+            segment_id=row["segment_id"],
+            kind=HUMAN,
+            question=row["question"],
+            answer=row["answer"],
+            category=row["category"],
+            source=f"import:{path.name}",
+        )
         for _, row in rows
-    ]  # fmt: skip
+    ]
     return len(review.store.record_all(actions))

@@ -18,7 +18,12 @@ class Page:
     def __init__(self, named_by_login: bool):
         self.who, self.at = gr.State(""), gr.State(-1)
         with gr.Row():
-            self.name = gr.Textbox(label="Your name (recorded with every action)", elem_id="cpqa-name", scale=3, interactive=not named_by_login)
+            self.name = gr.Textbox(
+                label="Your name (recorded with every action)",
+                elem_id="cpqa-name",
+                scale=3,
+                interactive=not named_by_login,
+            )
             self.start = gr.Button("Start", elem_id="cpqa-start", scale=1)
         self.progress = gr.HTML(elem_id="cpqa-progress-box")
         with gr.Accordion("Guidelines (g)", open=False, elem_id="cpqa-guidelines"):
@@ -42,8 +47,12 @@ class Page:
         self.labels = gr.HTML(elem_id="cpqa-labels-box")
         with gr.Row():
             self.check = gr.Radio(["yes", "no"], label="Label check", elem_id="cpqa-check")
-            self.heard_emotion = gr.Dropdown(list(EMOTION_LABELS), label="if no: emotion heard", elem_id="cpqa-heard-emotion")
-            self.heard_gender = gr.Dropdown(list(GENDER_LABELS), label="if no: gender heard", elem_id="cpqa-heard-gender")
+            self.heard_emotion = gr.Dropdown(
+                list(EMOTION_LABELS), label="if no: emotion heard", elem_id="cpqa-heard-emotion"
+            )
+            self.heard_gender = gr.Dropdown(
+                list(GENDER_LABELS), label="if no: gender heard", elem_id="cpqa-heard-gender"
+            )
         self.check_save = gr.Button("Save label check", elem_id="cpqa-check-save")
 
     def _pairs(self) -> None:
@@ -66,7 +75,9 @@ class Page:
         self.h_question = gr.Textbox(label="Question", elem_id="cpqa-h-question")
         with gr.Row():
             self.h_answer = gr.Textbox(label="Answer", elem_id="cpqa-h-answer", scale=3)
-            self.h_category = gr.Dropdown(list(CATEGORIES), label="Category (Table 1)", elem_id="cpqa-h-category", scale=2)
+            self.h_category = gr.Dropdown(
+                list(CATEGORIES), label="Category (Table 1)", elem_id="cpqa-h-category", scale=2
+            )
         self.h_add = gr.Button("Add pair", elem_id="cpqa-h-add")
         self.h_list = gr.HTML(elem_id="cpqa-h-list-box")
         with gr.Row():
@@ -89,7 +100,33 @@ class Page:
 
     def views(self) -> list:
         """Every component a handler may update (``View.show``'s keys)."""
-        return [self.who, self.at, self.name, self.progress, self.jump, self.status, self.clip, self.labels, self.check,
-                self.heard_emotion, self.heard_gender, self.pair_list, self.pick, self.question, self.answer, self.category,
-                self.reason, self.note, self.h_question, self.h_answer, self.h_category, self.h_list, self.h_pick,
-                self.empathy, self.e_response, self.e_strategy, self.e_reason, self.e_note]  # fmt: skip
+        return [
+            self.who,
+            self.at,
+            self.name,
+            self.progress,
+            self.jump,
+            self.status,
+            self.clip,
+            self.labels,
+            self.check,
+            self.heard_emotion,
+            self.heard_gender,
+            self.pair_list,
+            self.pick,
+            self.question,
+            self.answer,
+            self.category,
+            self.reason,
+            self.note,
+            self.h_question,
+            self.h_answer,
+            self.h_category,
+            self.h_list,
+            self.h_pick,
+            self.empathy,
+            self.e_response,
+            self.e_strategy,
+            self.e_reason,
+            self.e_note,
+        ]

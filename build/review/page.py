@@ -13,7 +13,7 @@ from ..categories import CATEGORIES
 
 GUIDELINES = f"""
 **Categories (the paper's Table 1).**
-- *{CATEGORIES[0]}*: the speaker's emotional state or feelings (which emotion the voice carries, how it changes).
+- *{CATEGORIES[0]}*: the speaker's emotional state or feelings (the emotion in the voice, how it changes).
 - *{CATEGORIES[1]}*: the speakers themselves: gender, how many people speak, who is speaking.
 - *{CATEGORIES[2]}*: the cause of an emotion: why the speaker feels as they do.
 - *{CATEGORIES[3]}*: everything else: what is said, topics, events, relations between the speakers.
@@ -73,8 +73,12 @@ KEYS_JS = """
 document.addEventListener('keydown', (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const target = event.target;
-  if (target && (['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName) || target.isContentEditable)) return;
-  const click = (id) => { const b = document.getElementById(id); if (b) { b.click(); event.preventDefault(); } };
+  const typing = ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName) || target.isContentEditable;
+  if (target && typing) return;
+  const click = (id) => {
+    const b = document.getElementById(id);
+    if (b) { b.click(); event.preventDefault(); }
+  };
   const buttons = {a: 'cpqa-accept', r: 'cpqa-reject', e: 'cpqa-edit', n: 'cpqa-next', p: 'cpqa-prev'};
   if (buttons[event.key]) return click(buttons[event.key]);
   if (event.key === 'g') {

@@ -30,7 +30,9 @@ def table1_sets(state: ReviewState) -> dict[str, SetStats]:
     reviewed = []
     for qid, result in finals.items():
         if result.kept:
-            reviewed.append(result.edit.category if result.edit is not None else state.build.pairs[qid].category)
+            reviewed.append(
+                result.edit.category if result.edit is not None else state.build.pairs[qid].category
+            )
     return {
         "LLM (qa)": _set([p.category for p in state.build.pairs.values()]),
         "LLM reviewed (qa_reviewed)": _set(reviewed),
@@ -49,7 +51,10 @@ def verdict_table(state: ReviewState) -> str:
 def precision_table(rows: list[Precision], header: str) -> str:
     if not rows:
         return "(no label check yet)"
-    body = [(p.label, p.checks, p.correct, f"{100 * p.value:.1f}", f"{100 * p.low:.1f}–{100 * p.high:.1f}") for p in rows]
+    body = [
+        (p.label, p.checks, p.correct, f"{100 * p.value:.1f}", f"{100 * p.low:.1f}–{100 * p.high:.1f}")
+        for p in rows
+    ]
     return markdown_table((header, "checks", "correct", "precision %", "95 % CI (Wilson)"), body)
 
 
@@ -57,7 +62,16 @@ def agreement_text(state: ReviewState) -> str:
     found = agreements(state)
     if not found:
         return "No item was reviewed by two annotators (`--overlap 2` gives agreement figures)."
-    body = [(k.what, k.method, k.items, k.raters, "n/a (every rating the same)" if k.kappa is None else f"{k.kappa:.3f}") for k in found]
+    body = [
+        (
+            k.what,
+            k.method,
+            k.items,
+            k.raters,
+            "n/a (every rating the same)" if k.kappa is None else f"{k.kappa:.3f}",
+        )
+        for k in found
+    ]
     return markdown_table(("ratings", "kappa", "items", "raters per item", "value"), body)
 
 
@@ -67,17 +81,32 @@ def human_review_section(state: ReviewState, rows: dict[str, int]) -> str:
     finals, empathy = state.pair_finals(), state.empathy_finals()
     emotions, genders = label_precision(state)
     lines = [
-        "## Human review", "",
+        "## Human review",
+        "",
         f"Reviewed with `cpqa.py review` by {len(names)} annotator(s) ({', '.join(names) or 'none'}); "
         f"{state.reviewed_clips()} of {len(state.build.clips)} clips reviewed. Configs: `qa_reviewed` "
         f"({rows['qa_reviewed']} of the {len(finals)} reviewed LLM pairs kept, of {len(state.build.pairs)}), "
         f"`qa_human` ({rows['qa_human']} pairs written by people), `empathy_reviewed` "
-        f"({rows['empathy_reviewed']} of {len(empathy)} reviewed samples kept).", "",
-        "### Verdicts on the LLM's pairs", "", verdict_table(state), "",
-        "### Table 1: pairs per category, LLM and human", "", table1(table1_sets(state)), "",
-        "### Pseudo-label precision (label checks)", "",
-        "One check is one annotator's answer on one clip; a label is correct when they heard it.", "",
-        precision_table(emotions, "primary emotion"), "", precision_table(genders, "gender"), "",
-        "### Agreement between annotators", "", agreement_text(state),
-    ]  # fmt: skip
+        f"({rows['empathy_reviewed']} of {len(empathy)} reviewed samples kept).",
+        "",
+        "### Verdicts on the LLM's pairs",
+        "",
+        verdict_table(state),
+        "",
+        "### Table 1: pairs per category, LLM and human",
+        "",
+        table1(table1_sets(state)),
+        "",
+        "### Pseudo-label precision (label checks)",
+        "",
+        "One check is one annotator's answer on one clip; a label is correct when they heard it.",
+        "",
+        precision_table(emotions, "primary emotion"),
+        "",
+        precision_table(genders, "gender"),
+        "",
+        "### Agreement between annotators",
+        "",
+        agreement_text(state),
+    ]
     return "\n".join(lines) + "\n"

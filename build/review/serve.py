@@ -15,6 +15,7 @@ from .session import Review
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 7860
+HOW = "give --auth FILE (user:password lines) or --auth env:NAME"
 
 
 class AccessRefused(ValueError):
@@ -53,14 +54,16 @@ def check_access(host: str, share: bool, auth: list[tuple[str, str]] | None) -> 
     if auth:
         return
     if share:
-        raise AccessRefused("--share makes the review reachable by anyone with the link: give --auth FILE (user:password lines) or --auth env:NAME")
+        raise AccessRefused(f"--share makes the review reachable by anyone with the link: {HOW}")
     if host not in LOCAL_HOSTS:
         raise AccessRefused(
-            f"--host {host} would open the review to the network: give --auth FILE (user:password lines) or --auth env:NAME, or keep the default 127.0.0.1"
+            f"--host {host} would open the review to the network: {HOW}, or keep the default 127.0.0.1"
         )
 
 
-def serve(review: Review, host: str, port: int, share: bool, users: list[tuple[str, str]] | None, say=print) -> None:
+def serve(
+    review: Review, host: str, port: int, share: bool, users: list[tuple[str, str]] | None, say=print
+) -> None:
     """Serve the app until the process ends (every action is already on disk); ``check_access`` first."""
     check_access(host, share, users)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -69,12 +72,21 @@ def serve(review: Review, host: str, port: int, share: bool, users: list[tuple[s
 
     blocks = make_blocks(review, named_by_login=bool(users))
     build = review.build
-    say(f"cpqa review: {len(build.clips)} clips, {len(build.pairs)} LLM pairs, {len(build.empathy)} empathy samples; "
-        f"actions in {review.store.path}")  # fmt: skip
+    counts = f"{len(build.clips)} clips, {len(build.pairs)} LLM pairs, {len(build.empathy)} empathy samples"
+    say(f"cpqa review: {counts}; actions in {review.store.path}")
     for name, n in sorted(build.left_out.items()):
         say(f"  left out: {name} ({n} clips)")
     blocks.queue(default_concurrency_limit=8)
     blocks.launch(
-        server_name=host, server_port=port, share=share, auth=users, allowed_paths=[str(build.out / "review" / "audio")],
-        css=CSS, head=KEYS_JS, ssr_mode=False, show_error=True, quiet=False, footer_links=[],
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=users,
+        allowed_paths=[str(build.out / "review" / "audio")],
+        css=CSS,
+        head=KEYS_JS,
+        ssr_mode=False,
+        show_error=True,
+        quiet=False,
+        footer_links=[],
+    )

@@ -38,7 +38,9 @@ def latest(actions: list[Action], kind: str) -> dict[str, dict[str, Action]]:
     out: dict[str, dict[str, Action]] = {}
     for action in actions:
         if action.kind == kind:
-            out.setdefault(action.target if kind != LABEL else action.segment_id, {})[action.annotator] = action
+            out.setdefault(action.target if kind != LABEL else action.segment_id, {})[action.annotator] = (
+                action
+            )
     return out
 
 
@@ -76,7 +78,9 @@ class ReviewState:
         return self._by_clip.get(segment_id, set())
 
     def done(self, clip: Clip, annotator: str) -> bool:
-        pairs_done = all(annotator in self.pairs.get(p.question_id, {}) for p in self.build.pairs_of(clip.segment_id))
+        pairs_done = all(
+            annotator in self.pairs.get(p.question_id, {}) for p in self.build.pairs_of(clip.segment_id)
+        )
         sample = self.build.empathy.get(clip.segment_id)
         empathy_done = sample is None or annotator in self.empathy.get(sample.id, {})
         return pairs_done and empathy_done and annotator in self.labels.get(clip.segment_id, {})
@@ -104,9 +108,11 @@ class ReviewState:
             done_by[clip.segment_id] = sum(self.done(clip, a) for a in self.annotators_of(clip.segment_id))
         mine = sum(self.done(c, annotator) for c in self.build.clips) if annotator else 0
         return {
-            "total": len(self.build.clips), "mine": mine,
-            "complete": sum(n >= overlap for n in done_by.values()), "started": sum(n > 0 for n in done_by.values()),
-        }  # fmt: skip
+            "total": len(self.build.clips),
+            "mine": mine,
+            "complete": sum(n >= overlap for n in done_by.values()),
+            "started": sum(n > 0 for n in done_by.values()),
+        }
 
     def pair_finals(self) -> dict[str, Final]:
         """question_id -> final verdict, for every reviewed LLM pair of the build (build order)."""

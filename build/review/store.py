@@ -160,15 +160,21 @@ def _clean(action: Action) -> Action:
     """Trimmed text; fields a verdict does not use are left empty."""
     keep_text = action.kind == HUMAN or action.verdict == EDIT
     return Action(
-        annotator=_text(action.annotator), segment_id=action.segment_id, kind=action.kind, target=action.target,
-        verdict=action.verdict, reason=action.reason if action.verdict == REJECT else None,
+        annotator=_text(action.annotator),
+        segment_id=action.segment_id,
+        kind=action.kind,
+        target=action.target,
+        verdict=action.verdict,
+        reason=action.reason if action.verdict == REJECT else None,
         note=_text(action.note) or None if action.verdict == REJECT else None,
         question=_text(action.question) if keep_text and action.kind != EMPATHY else None,
         answer=_text(action.answer) if keep_text else None,
         category=action.category if keep_text and action.kind != EMPATHY else None,
-        emotion=action.emotion if action.verdict == NO else None, gender=action.gender if action.verdict == NO else None,
-        strategy=action.strategy if action.kind == EMPATHY and action.verdict == EDIT else None, source=action.source,
-    )  # fmt: skip
+        emotion=action.emotion if action.verdict == NO else None,
+        gender=action.gender if action.verdict == NO else None,
+        strategy=action.strategy if action.kind == EMPATHY and action.verdict == EDIT else None,
+        source=action.source,
+    )
 
 
 class Store:
@@ -205,7 +211,10 @@ class Store:
                 for action in map(_clean, actions):
                     row = {**asdict(action), "at": at}
                     del row["id"]
-                    cursor = db.execute(f"INSERT INTO actions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+                    cursor = db.execute(
+                        f"INSERT INTO actions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()),
+                    )
                     stamped.append(Action(**{**row, "id": cursor.lastrowid}))
                 db.execute("COMMIT")
             except BaseException:
@@ -217,7 +226,9 @@ class Store:
         """Every action in the order recorded (of one clip when ``segment_id`` is given)."""
         where, args = ("WHERE segment_id = ?", (segment_id,)) if segment_id is not None else ("", ())
         with closing(self._connect()) as db:
-            rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM actions {where} ORDER BY id", args).fetchall()
+            rows = db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM actions {where} ORDER BY id", args
+            ).fetchall()
         return [Action(**dict(zip(COLUMNS, row))) for row in rows]
 
 
