@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -298,3 +299,27 @@ def test_a_non_local_host_or_a_share_link_without_auth_is_refused(tmp_path, opti
         timeout=120,
     )
     assert (result.returncode, result.stdout, result.stderr) == (2, "", message + "\n")
+
+
+def test_with_auth_the_logged_in_user_is_the_annotator(browser, out, tmp_path):
+    auth = tmp_path / "users.txt"
+    auth.write_text("# annotators\nalice:s3cret\n\nbob:pass:with:colons\n")
+    server = Server(out, tmp_path / "auth.log", "--auth", str(auth)).start()
+    try:
+        page = browser.new_context().new_page()
+        page.goto(f"{server.url}/?annotator=mallory&clip=ami-0001")  # a name in the URL changes nothing
+        page.fill("input[type=text]", "bob")
+        page.fill("input[type=password]", "pass:with:colons")
+        page.click("button:has-text('Login')")
+        page.wait_for_selector("#cpqa-progress:has-text('bob')", timeout=60_000)
+        assert page.input_value("#cpqa-name textarea") == "bob"
+        n = next_id(out)
+        page.click("#cpqa-accept")
+        saved(page, n)
+        assert [(a.annotator, a.target) for a in Store(out).actions()[n - 1 :]] == [("bob", "ami-0001-q00")]
+        audio = open_build(out).audio_path(open_build(out).clips[0])
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no login, no audio
+            urllib.request.urlopen(f"{server.url}/gradio_api/file={audio}")
+        assert refused.value.code in (401, 403)
+    finally:
+        server.stop()

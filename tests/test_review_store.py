@@ -633,7 +633,7 @@ def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only
     act(review, "alice", "ami-0000", "empathy", target="ami-0000-empathy", verdict="accept")
     act(review, "alice", "ami-0000", "human", question="Q?", answer="A.", category="other")
     act(review, "alice", "ami-0000", "pair", target="ami-0000-q00", verdict="accept")
-    export_review(review.state())
+    export_review(Review.open(out, audio=False).state())  # exporting needs no audio
     for config in ("qa_reviewed", "qa_human", "empathy_reviewed"):
         assert not {"context", "audio"} & set(
             pq.read_schema(next((out / "data" / config).glob("*.parquet"))).names
@@ -642,3 +642,64 @@ def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only
     assert (report.missing, report.changed) == ({}, {})
     assert "audio" in pq.read_schema(out / "data" / "empathy_reviewed" / "train-00000-of-00001.parquet").names
     assert "context" in pq.read_schema(out / "data" / "qa_human" / "train-00000-of-00001.parquet").names
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def test_review_export_prints_the_figures_and_import_reports_bad_rows(out, tmp_path, capsys):
+    import cpqa
+
+    good = tmp_path / "pairs.csv"
+    good.write_text("segment_id,question,answer,category,annotator\nami-0000,Q?,A.,emotion,carol\n")
+    assert cpqa.main(["review", "import", str(out), str(good)]) == 0
+    assert capsys.readouterr().out == f"imported 1 human pairs into {out / 'review' / 'review.sqlite'}\n"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("segment_id,question,answer,category,annotator\nami-0000,Q?,,emotion,carol\n")
+    assert cpqa.main(["review", "import", str(out), str(bad)]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"cpqa review import: {bad}:2: empty answer\ncpqa review import: nothing imported\n"
+    )
+    assert cpqa.main(["review", "export", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "## Human review" and "| emotion | 2 | 33.3 | 0 | 0.0 | 1 | 100.0 |" in printed
+    assert (
+        printed[-1]
+        == f"wrote qa_reviewed (none), qa_human (1 rows), empathy_reviewed (none) in {out / 'data'}"
+    )
+
+
+def test_review_of_a_folder_that_is_no_build_ends_in_one_line(tmp_path, capsys):
+    import cpqa
+
+    (tmp_path / "README.md").write_text("# notes\n")
+    assert cpqa.main(["review", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"cpqa review: {tmp_path}: not a cpqa build (no dataset card from cpqa.py build); build one first "
+        "(--debug shows the traceback)\n"
+    )
+    assert cpqa.main(["review", "export", str(tmp_path / "none")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"cpqa review: {tmp_path / 'none'}: no such folder (--debug shows the traceback)\n"
+    )
+
+
+def test_auth_files_and_variables(tmp_path, monkeypatch):
+    from build.review.serve import AccessRefused, check_access, read_auth
+
+    users = tmp_path / "users"
+    users.write_text("# who\nalice:s3cret\n\n bob :pa:ss\n")
+    assert read_auth(str(users)) == [("alice", "s3cret"), ("bob", "pa:ss")]
+    monkeypatch.setenv("REVIEW_USERS", "carol:x,dan:y")
+    assert read_auth("env:REVIEW_USERS") == [("carol", "x"), ("dan", "y")]
+    users.write_text("alice:s3cret\nbob\n")
+    with pytest.raises(AccessRefused, match=f"^{users}:2: expected user:password$"):
+        read_auth(str(users))
+    with pytest.raises(
+        AccessRefused, match="^--auth env:NOPE: the environment variable NOPE is not set or empty$"
+    ):
+        read_auth("env:NOPE")
+    check_access("0.0.0.0", True, [("alice", "s3cret")])  # with auth: allowed
+    check_access("localhost", False, None)

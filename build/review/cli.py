@@ -1,11 +1,12 @@
 """``cpqa.py review``: serve the review app, export its configs, or import human pairs.
 
     cpqa.py review OUT [--host H] [--port P] [--share] [--auth FILE|env:NAME] [--overlap K] [--audio-root DIR]
-    cpqa.py review export OUT [--audio-root DIR]
+    cpqa.py review export OUT
     cpqa.py review import OUT FILE.csv|FILE.jsonl
 
 ``OUT`` is a folder written by ``cpqa.py build`` (to review a folder named ``export`` or ``import``,
-write ``./export``). Every error a user can cause ends in one line (``import``: one per bad row).
+write ``./export``). ``export`` and ``import`` read no audio (a metadata-only build needs no
+``--audio-root`` for them). Every error a user can cause ends in one line (``import``: one per bad row).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .session import Review
 def run(args: argparse.Namespace, say=print) -> int:
     words = args.words
     if words[0] == "export" and len(words) == 2:
-        review = Review.open(words[1], args.audio_root)
+        review = Review.open(words[1], audio=False)
         rows, section = export_review(review.state())
         say(section.rstrip())
         say(
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace, say=print) -> int:
         )
         return 0
     if words[0] == "import" and len(words) == 3:
-        review = Review.open(words[1], args.audio_root)
+        review = Review.open(words[1], audio=False)
         try:
             n = import_pairs(review, words[2])
         except ImportErrors as errors:

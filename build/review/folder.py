@@ -163,12 +163,13 @@ def _empathy(row: dict) -> EmpathySample:
     )
 
 
-def open_build(out_dir: str | Path, audio_root: str | Path | None = None) -> Build:
-    """The reviewable content of a built folder, its clip audio ready under ``OUT/review/audio``."""
+def open_build(out_dir: str | Path, audio_root: str | Path | None = None, audio: bool = True) -> Build:
+    """The reviewable content of a built folder, its clip audio ready under ``OUT/review/audio``
+    (``audio`` False: no audio is needed, as for ``review export`` and ``review import``)."""
     out = Path(out_dir)
     mode = check_folder(out)
     has_audio = "context" in pq.read_schema(shards(out, "segments")[0][1]).names
-    if not has_audio and audio_root is None:
+    if audio and not has_audio and audio_root is None:
         raise NotReviewable(
             f"{out}: a metadata-only build (no audio in its tables): give --audio-root with your copy of the "
             "sources (each is checked by sha256, as cpqa.py rehydrate does)"
@@ -188,6 +189,8 @@ def open_build(out_dir: str | Path, audio_root: str | Path | None = None) -> Bui
         {s.segment_id: s for s in map(_empathy, read_rows(out, "empathy"))} if shards(out, "empathy") else {}
     )
     build = Build(out, mode, clips, pairs, empathy)
+    if not audio:
+        return build
     if has_audio:
         _cache_embedded_audio(build)
     else:

@@ -24,8 +24,11 @@ class Review:
         self.overlap = overlap
 
     @classmethod
-    def open(cls, out_dir: str | Path, audio_root: str | Path | None = None, overlap: int = 1) -> Review:
-        return cls(open_build(out_dir, audio_root), overlap)
+    def open(
+        cls, out_dir: str | Path, audio_root: str | Path | None = None, overlap: int = 1, audio: bool = True
+    ) -> Review:
+        """``audio`` False: for work without clip audio (export, import), even on a metadata-only build."""
+        return cls(open_build(out_dir, audio_root, audio), overlap)
 
     def state(self) -> ReviewState:
         return ReviewState(self.build, self.store.actions())
