@@ -272,6 +272,10 @@ def test_keys_accept_choose_a_reason_and_reject(page, server, out):
     saved(page, n + 1)
     mine = [(a.target, a.verdict, a.reason) for a in Store(out).actions() if a.annotator == "frank"]
     assert mine == [("ami-0001-q00", "accept", None), ("ami-0001-q01", "reject", "presupposes a transcript")]
+    page.locator("body").press("p")  # the previous clip
+    page.wait_for_selector(".cpqa-clip[data-segment='ami-0000']")
+    page.locator("body").press("n")  # the next clip of frank's queue: ami-0001 still lacks his label check
+    page.wait_for_selector(".cpqa-clip[data-segment='ami-0001']")
 
 
 @pytest.mark.parametrize(

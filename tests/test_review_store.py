@@ -586,6 +586,8 @@ def test_a_real_build_is_reviewed_and_exported(real_reviewed):
         "data/qa_human/test-00000-of-00001.parquet",
         "data/qa_reviewed/test-00000-of-00001.parquet",
     } <= uploaded
+    assert "stats/human_review_categories.png" in uploaded  # the card's Table 1 plot of the two sets
+    assert "![Table 1: pairs per category, LLM and human](stats/human_review_categories.png)" in section
     assert f"| {clip.primary_emotion} | 1 | 1 | 100.0 | 20.7–100.0 |" in section
 
 

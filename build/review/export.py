@@ -17,7 +17,8 @@ A config with no row is not written (an earlier export's is removed). Rows are s
 
 The card (``OUT/README.md``): its YAML ``configs`` and ``dataset_info`` are rewritten from the files
 under ``data/`` (so ``load_dataset(OUT, "qa_human")`` works and loads fresh) and the section between
-``SECTION_START`` and ``SECTION_END`` is replaced (appended the first time).
+``SECTION_START`` and ``SECTION_END`` is replaced (appended the first time); its Table 1 plot is
+``OUT/stats/human_review_categories.png``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import pyarrow.parquet as pq
 from datasets import Features, List, Value
 
 from ..export import MAX_SHARD_BYTES, configs_yaml, dataset_info_yaml
+from ..stats import plot
 from .folder import shards
-from .report import human_review_section
+from .report import FIGURE, human_review_section, table1_sets
 from .state import Final, ReviewState
 from .store import human_pair_id
 
@@ -210,6 +212,8 @@ def export_review(state: ReviewState) -> tuple[dict[str, int], str]:
         "qa_human": write_qa_human(state),
         "empathy_reviewed": write_empathy_reviewed(state),
     }
+    (out / FIGURE).parent.mkdir(parents=True, exist_ok=True)
+    plot(table1_sets(state), "categories", out / FIGURE)  # uploaded by push with the card's other plots
     section = human_review_section(state, rows)
     card_path = out / "README.md"
     card = card_path.read_text()

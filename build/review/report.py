@@ -20,6 +20,8 @@ from .agreement import Precision, agreements, label_precision
 from .state import ReviewState
 from .store import REJECT_REASONS
 
+FIGURE = "stats/human_review_categories.png"  # relative to the built folder, as the card links it
+
 
 def _set(categories: list[str]) -> SetStats:
     return SetStats(Counter(categories), Counter(), Counter(), Counter(), Counter())
@@ -96,6 +98,8 @@ def human_review_section(state: ReviewState, rows: dict[str, int]) -> str:
         "### Table 1: pairs per category, LLM and human",
         "",
         table1(table1_sets(state)),
+        "",
+        f"![Table 1: pairs per category, LLM and human]({FIGURE})",
         "",
         "### Pseudo-label precision (label checks)",
         "",
