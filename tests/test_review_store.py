@@ -705,3 +705,16 @@ def test_auth_files_and_variables(tmp_path, monkeypatch):
         read_auth("env:NOPE")
     check_access("0.0.0.0", True, [("alice", "s3cret")])  # with auth: allowed
     check_access("localhost", False, None)
+
+
+def test_actions_on_clips_a_rebuild_dropped_are_kept_but_not_exported(out):
+    import dataclasses
+
+    review = Review.open(out)
+    act(review, "alice", "ami-0001", "human", question="Q?", answer="A.", category="other")
+    act(review, "alice", "ami-0001", "pair", target="ami-0001-q00", verdict="accept")
+    build = review.build
+    rebuilt = dataclasses.replace(build, clips=[c for c in build.clips if c.segment_id != "ami-0001"],
+                                  pairs={q: p for q, p in build.pairs.items() if p.segment_id != "ami-0001"})  # fmt: skip
+    state = Review(rebuilt).state()
+    assert (state.human, state.pair_finals(), len(state.actions)) == ([], {}, 2)

@@ -2,7 +2,7 @@
 
 Rules (the log itself is never changed, ``build.review.store``):
 - an annotator's latest action on a target supersedes their earlier ones (a changed mind);
-- a human pair stays until its own author withdraws it;
+- a human pair stays until its own author withdraws it (or its clip is no longer in the build);
 - a clip is *done* by an annotator when they have a verdict on each of its LLM pairs, answered its
   label check, and (when it has one) decided its empathy sample;
 - a clip's *annotators* are those with any action on it; with ``overlap`` K, an annotator's queue holds
@@ -66,7 +66,8 @@ class ReviewState:
         self.pairs = latest(actions, PAIR)
         self.empathy = latest(actions, EMPATHY)
         self.labels = latest(actions, LABEL)
-        self.human = human_pairs(actions)
+        clips = {c.segment_id for c in build.clips}
+        self.human = [a for a in human_pairs(actions) if a.segment_id in clips]  # a rebuild may drop a clip
         self._by_clip: dict[str, set[str]] = {}
         for action in actions:
             self._by_clip.setdefault(action.segment_id, set()).add(action.annotator)
