@@ -714,7 +714,9 @@ def test_actions_on_clips_a_rebuild_dropped_are_kept_but_not_exported(out):
     act(review, "alice", "ami-0001", "human", question="Q?", answer="A.", category="other")
     act(review, "alice", "ami-0001", "pair", target="ami-0001-q00", verdict="accept")
     build = review.build
-    rebuilt = dataclasses.replace(build, clips=[c for c in build.clips if c.segment_id != "ami-0001"],
-                                  pairs={q: p for q, p in build.pairs.items() if p.segment_id != "ami-0001"})  # fmt: skip
+    clips = [c for c in build.clips if c.segment_id != "ami-0001"]
+    rebuilt = dataclasses.replace(
+        build, clips=clips, pairs={q: p for q, p in build.pairs.items() if p.segment_id != "ami-0001"}
+    )
     state = Review(rebuilt).state()
     assert (state.human, state.pair_finals(), len(state.actions)) == ([], {}, 2)
