@@ -20,6 +20,9 @@
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
     python cpqa.py evaluate DATASET --backend openai --base-url http://localhost:8000/v1 --judge ...
                                               # any served audio model (vllm serve Qwen/Qwen2-Audio-7B-Instruct)
+    python cpqa.py review DIR [--overlap 2]   # people check pairs and labels, write their own (browser, 127.0.0.1)
+    python cpqa.py review export DIR          # qa_reviewed, qa_human, empathy_reviewed + the card's Human review
+    python cpqa.py review import DIR FILE.csv # human pairs written elsewhere
 
 Options shared by the build commands: ``--config FILE`` (YAML or JSON, any subset of the config tree),
 ``--set key=value`` (repeatable, dotted keys, JSON values), ``--profile paper|tiny``, ``--quiet`` (no
@@ -126,11 +129,14 @@ def run_evaluate(args) -> int:
     judges = [parse_judge(spec) for spec in args.judge]
     if args.judge_samples:
         judges = [{**judge, "samples": judge.get("samples", args.judge_samples)} for judge in judges]
+    datasets, labels = args.dataset, args.labels
+    if args.name and len(args.name) > 1 and len(datasets) == 1:  # one folder, several configs (--name qa qa_human)
+        datasets, labels = datasets * len(args.name), labels or args.name
     options = EvaluateOptions(
-        datasets=args.dataset,
+        datasets=datasets,
         judges=judges,
         out=args.out,
-        labels=args.labels,
+        labels=labels,
         name=args.name,
         split=args.split,
         limit=args.limit,
@@ -179,6 +185,12 @@ def run_stats(args) -> int:
     print(stats.table1(collected))
     print(f"wrote {path} and {', '.join(f'{p}.png' for p in stats.PLOTS)} in {args.out}")
     return 0
+
+
+def add_review_arguments(parser: argparse.ArgumentParser) -> None:
+    from build.review.options import add_arguments  # argparse only
+
+    add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on CPQA-style QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s), Parquet or save_to_disk folder(s), or Hub id(s) with context/instruction/answer; two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
-    eval_cmd.add_argument("--name", help="dataset config (default: qa when the set has it)")
+    eval_cmd.add_argument("--name", nargs="+", help="dataset config(s) (default: qa when the set has it): one "
+                          "per dataset, or several for one folder (--name qa qa_human: the LLM and the human set)")
     eval_cmd.add_argument("--split", default="test")
     eval_cmd.add_argument("--judge", action="append", required=True, metavar="PRESET|model=...,base_url=...,api_key_env=...,name=...",
                           help="a judge: a preset (gpt-4o, llama3-70b-awq) or key=value settings; repeat for several")
@@ -254,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
+    review_cmd = sub.add_parser("review", help="human review in the browser (review OUT), its configs and card "
+                                "section (review export OUT), human pairs from a file (review import OUT FILE)")
+    add_review_arguments(review_cmd)
+
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd, review_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -279,6 +296,10 @@ def _run(args: argparse.Namespace) -> int:
         return run_evaluate(args)
     if args.command == "stats":
         return run_stats(args)
+    if args.command == "review":
+        from build.review.cli import run
+
+        return run(args)
     if args.command == "push":
         from build.publish import push_build
 

@@ -175,7 +175,7 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path) -> RehydrateReport:
     report = RehydrateReport()
     for shard in shards:
         table = pq.read_table(shard)
-        audio_name = "audio" if shard.parent.name == "empathy" else "context"
+        audio_name = "audio" if shard.parent.name.startswith("empathy") else "context"  # empathy, empathy_reviewed
         if audio_name in table.column_names:
             raise ValueError(f"{shard}: already has audio ({audio_name}): rehydrate reads metadata-only builds")
         for column in ("source_file", "source_sha256", "clip_start", "clip_end", "segment_id"):
