@@ -88,13 +88,18 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, outputs:
     print(pipeline.format_report(result))
     out_dir = Path(out)
     if result.status in ("condensed", "nothing condensed"):
-        print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}")')
+        empty = " (0 rows: nothing was condensed)" if result.status == "nothing condensed" else ""
+        print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}"){empty}')
         return 0
     if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in ("segments", "empathy") if name != "empathy" or result.empathy is not None)
-    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or {others}')
+    from build.export import written_splits
+
+    written = written_splits(out_dir)  # the configs this build wrote, no other
+    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in written if name != "qa")
+    split = next(iter(written["qa"]))
+    print(f'open with: datasets.load_dataset("{out_dir}", split="{split}")   # or {others}')
     return 0
 
 

@@ -351,6 +351,7 @@ def push_build(out_dir: str | Path, repo_id: str, *, public: bool, dry_run: bool
     contacts nothing."""
     from .preflight import check_push
 
+    export.check_current(out_dir)
     if not dry_run:
         check_push()
     mode = export.publication_mode(out_dir)

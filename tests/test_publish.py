@@ -2,6 +2,7 @@
 reported, never used; gated cards and pushes; per-row licences and the most restrictive one."""
 
 import hashlib
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from build import export, publish, stats
 from build.audio import decode_span
 from build.config import paper_config
 from conftest import AMI
-from test_export import write
+from test_export import BUILD_ID, write
 
 PLOTS = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics, uploaded with it
 
@@ -277,6 +278,39 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         *(f"  {plot}" for plot in PLOTS),
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
+
+
+def test_push_refuses_an_export_that_is_not_the_last_builds(tmp_path, monkeypatch, capsys):
+    """The card's build id against report.json's: another id, no id, or no export is refused in one line."""
+    import huggingface_hub
+
+    import cpqa
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any contact would raise
+    out = tmp_path / "out"
+    write(out, _config("full"))
+    assert export.check_current(out) == BUILD_ID
+    push = ["push", str(out), "--repo-id", "you/cpqa", "--dry-run"]
+    (out / "report.json").write_text(json.dumps({"build_id": "later-build"}))  # a later build, no export
+    capsys.readouterr()  # the export's progress bars
+    assert cpqa.main(push) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == (
+        f"cpqa push: {out}: the export (build {BUILD_ID}) is not that of the folder's last build "
+        "(later-build): rebuild with the same command, then push (--debug shows the traceback)\n"
+    )
+    (out / "report.json").unlink()
+    assert cpqa.main(push) == 2
+    assert "(no build_id in report.json): rebuild with the same command, then push" in capsys.readouterr().err
+    (out / "report.json").write_text(json.dumps({"build_id": BUILD_ID}))
+    export.remove_export(out)
+    assert cpqa.main(push) == 2
+    assert capsys.readouterr().err == (
+        f"cpqa push: {out}: no exported dataset here (its last build, {BUILD_ID}, exported nothing: "
+        "see report.json): README.md and data/*/*.parquet expected (--debug shows the traceback)\n"
+    )
+    with pytest.raises(FileNotFoundError, match="no exported dataset here"):
+        export.push(out, "you/cpqa", dry_run=True)
 
 
 def test_licences_travel_per_row_and_the_card_states_the_most_restrictive(tmp_path):
