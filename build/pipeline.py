@@ -134,7 +134,8 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
-    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
+    llm: dict | None = None  # LLM call counts of every task of the build, whichever run did it
+    llm_run: dict | None = None  # the same counts of the tasks this run computed, with ``tasks_skipped``
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -164,6 +165,8 @@ class BuildResult:
         return _ledger(self.recording_ids, self.funnel, {rid for d in finals for rid in d["recording_id"]})
 
     def report(self) -> dict:
+        """The funnel, drops, ledger statuses and labels; ``llm_calls`` counts this run's LLM calls (with
+        ``tasks_skipped``: LLM tasks an earlier run finished), ``llm_calls_build`` those of every task."""
         report = {
             "build_id": self.build_id,
             "counts": self.funnel.named_counts(),
@@ -176,7 +179,8 @@ class BuildResult:
         if self.empathy is not None:
             report["empathy_strategies"] = dict(Counter(r["response_strategy"] for r in self.empathy["desired_response"]))
         if self.funnel.llm is not None:
-            report["llm_calls"] = self.funnel.llm
+            report["llm_calls"] = self.funnel.llm_run
+            report["llm_calls_build"] = self.funnel.llm
         if self.quota is not None:
             report["quota"] = self.quota
         return report
@@ -234,8 +238,19 @@ def format_report(result: BuildResult) -> str:
     if report.get("empathy_strategies"):
         lines.append("empathy strategies: " + ", ".join(f"{k} {v}" for k, v in sorted(report["empathy_strategies"].items())))
     if report.get("llm_calls"):
-        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
+        lines += llm_lines(report["llm_calls"], report["llm_calls_build"])
     return "\n".join(lines)
+
+
+def llm_lines(this_run: dict, build: dict) -> list[str]:
+    """What this run asked of the LLM (skipped tasks sent nothing), then, when it skipped any, the totals
+    of every task of the build, whichever run did it."""
+    skipped = this_run["tasks_skipped"]
+    tasks = f"{skipped} task{'s' * (skipped != 1)} skipped as finished"
+    lines = [f"LLM calls this run: {summary_line(this_run)}; {tasks}"]
+    if skipped:
+        lines.append(f"LLM calls, build total (every run): {summary_line(build)}")
+    return lines
 
 
 # ---------------------------------------------------------------- helpers over column dicts
@@ -343,7 +358,7 @@ class _Run:
     work: WorkDir
     ranks: Ranks
     progress: bool
-    build_id: str = ""  # rank 0's id for this run (``BUILD_ID_FILE``)
+    build_id: str = ""  # rank 0's id for this run (``BUILD_ID_FILE``), written in every task's stats
 
     def stage(self, stage: str, tasks: list[tuple[str, str, float]], compute: Callable[[str, StageProgress], tuple]) -> None:
         """Run this rank's share of ``tasks`` (shard, fingerprint, audio seconds); finished ones are skipped.
@@ -359,6 +374,7 @@ class _Run:
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
                 stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
+                stats["build_id"] = self.build_id  # the run that computed it ("LLM calls this run")
                 # LLM calls that failed (after their retries) leave the shard unfinished: the next run
                 # redoes it, with every successful reply from the cache, so only the failures are sent.
                 written = incomplete(fp) if counts.get(f"{_LLM}failed") else fp
@@ -865,12 +881,26 @@ def _dropped_rows(run: _Run, shards: list[str], sample_shards: list[str], extra_
 
 
 def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> Funnel:
+    """Counts summed over every task's stats; the LLM calls also over the tasks this run computed (its
+    build id in their stats), with the LLM tasks it skipped because an earlier run had finished them."""
     counts: Counter = Counter()
+    this_run: Counter = Counter()
+    skipped = 0
     for stage, shard in _tasks(shards, sample_shards, extra_stages, manifests):
-        counts.update(run.work.read_stats(stage, shard)["counts"])
+        stats = run.work.read_stats(stage, shard)
+        counts.update(stats["counts"])
+        if f"{_LLM}requests" in stats["counts"]:
+            if stats.get("build_id") == run.build_id:
+                this_run.update(stats["counts"])
+            else:
+                skipped += 1
     drops = [Drop(**row) for row in _dropped_rows(run, shards, sample_shards, extra_stages, manifests).to_pylist()]
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops), llm_calls(counts))
+    build = llm_calls(counts)
+    mine = None
+    if build is not None:
+        mine = {**llm_calls({f"{_LLM}requests": 0, **this_run}), "tasks_skipped": skipped}
+    return Funnel(ordered, tuple(drops), build, mine)
 
 
 def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> None:

@@ -13,8 +13,9 @@ import yaml
 from datasets import load_from_disk
 
 import cpqa
-from audited_build import PAIRS, audited_config
-from build import export, schema
+from audited_build import PAIRS, audited_config, reply
+from build import export, pipeline, schema
+from build.llm import summary_line
 from openai_stub import OpenAIStub, Reply
 
 NO_LIVE_REPLY = Reply(500, "no live replies in this test")
@@ -106,6 +107,52 @@ def test_stop_after_condense_removes_the_export_and_an_empty_result_opens_empty(
     listed = [entry["filename"] for entry in json.loads((folder / "state.json").read_text())["_data_files"]]
     assert sorted(p.name for p in folder.iterdir()) == sorted(["dataset_info.json", "state.json", *listed])
     assert _report(out)["configs"] == [] and _report(out)["counts"]["condensed segments"] == 0
+
+
+def _llm_tasks(out) -> dict[str, dict]:
+    """Stage -> its LLM call counts, from the stats of every task that called the LLM."""
+    found = {}
+    for path in sorted((out / "work").glob("*/*.stats.json")):
+        stats = json.loads(path.read_text())
+        if "llm:requests" in stats["counts"]:
+            found[stats["stage"]] = pipeline.llm_calls(stats["counts"])
+    return found
+
+
+def test_the_report_counts_the_llm_calls_of_this_run_and_names_the_build_total(audited_build, out, capsys):
+    tasks = _llm_tasks(out)
+    assert sorted(tasks) == ["empathy", "qa"]
+    # 1. --outputs qa, nothing left to do: no request, the QA task skipped; the total is the QA task's
+    with OpenAIStub(lambda request: NO_LIVE_REPLY) as stub:
+        assert _rebuild(audited_build, out, stub, outputs="qa") == 0
+        assert stub.requests == []
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3:-1] == [
+        "LLM calls this run: 0 requests: 0 from cache, 0 sent in 0 attempts; 0 retried; 0 failed; "
+        "1 task skipped as finished",
+        f"LLM calls, build total (every run): {summary_line(tasks['qa'])}",
+    ]
+    assert _report(out)["llm_calls"]["tasks_skipped"] == 1
+    # 2. a changed empathy value: only the empathy task is redone, and only its requests are counted
+    with OpenAIStub(reply) as stub:
+        assert _rebuild(audited_build, out, stub, ["empathy.demos_per_sample=1"]) == 0
+        sent = len(stub.requests)
+    assert sent == 1  # one clip
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3:-1] == [
+        f"LLM calls this run: {sent} requests: 0 from cache, {sent} sent in {sent} attempts; 0 retried; "
+        "0 failed; 1 task skipped as finished",
+        f"LLM calls, build total (every run): {summary_line(pipeline.llm_calls(_sum_counts(out)))}",
+    ]
+    assert pipeline.llm_calls(_sum_counts(out))["requests"] == tasks["qa"]["requests"] + sent
+
+
+def _sum_counts(out) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for stage in ("qa", "empathy"):
+        for key, n in json.loads((out / "work" / stage / "s00000.stats.json").read_text())["counts"].items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
 def test_the_card_and_report_name_only_the_configs_written(audited_build, out, capsys):
