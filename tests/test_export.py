@@ -232,3 +232,10 @@ def test_push_uploads_exactly_those_files(built, monkeypatch):
 def test_local_model_folders_are_published_by_name_only(tmp_path):
     assert export.public_model_id(str(tmp_path)) == f"local:{tmp_path.name}"
     assert export.public_model_id("iic/emotion2vec_plus_large") == "iic/emotion2vec_plus_large"
+
+
+def test_a_build_id_of_digits_only_stays_the_same_string_in_the_card(tmp_path):
+    """The card's YAML quotes the id: unquoted, 0000000000000123 would read back as the integer 123."""
+    write(tmp_path, build_id="0000000000000123")
+    assert export.card_header(tmp_path)["cpqa_build_id"] == "0000000000000123"
+    assert export.check_current(tmp_path) == "0000000000000123"
