@@ -11,7 +11,7 @@
                                               # rerun the same command after a crash: it resumes
     python cpqa.py build SOURCE --out DIR --publish metadata-only --splits train=0.8,test=0.2
                                               # no audio in the tables; recording-disjoint splits
-    python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
+    python cpqa.py rehydrate DIR --audio-root MY_COPY   # DIR-rehydrated: audio from your copy, sha256-checked
     python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
     python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
                                               # Figure 3 (UWA over x, y) and the SER table on labelled speech
@@ -91,13 +91,18 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, outputs:
     print(pipeline.format_report(result))
     out_dir = Path(out)
     if result.status in ("condensed", "nothing condensed"):
-        print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}")')
+        empty = " (0 rows: nothing was condensed)" if result.status == "nothing condensed" else ""
+        print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}"){empty}')
         return 0
     if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in ("segments", "empathy") if name != "empathy" or result.empathy is not None)
-    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or {others}')
+    from build.export import written_splits
+
+    written = written_splits(out_dir)  # the configs this build wrote, no other
+    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in written if name != "qa")
+    split = next(iter(written["qa"]))
+    print(f'open with: datasets.load_dataset("{out_dir}", split="{split}")   # or {others}')
     return 0
 
 
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     rehydrate_cmd = sub.add_parser("rehydrate", help="rebuild the audio of a metadata-only build from your copy of the sources")
     rehydrate_cmd.add_argument("folder")
     rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
+    rehydrate_cmd.add_argument("--into", help="where the copy with audio goes (default: FOLDER-rehydrated)")
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on CPQA-style QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s), Parquet or save_to_disk folder(s), or Hub id(s) with context/instruction/answer; two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
@@ -308,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "rehydrate":
         from build.publish import rehydrate
 
-        report = rehydrate(args.folder, args.audio_root)
+        report = rehydrate(args.folder, args.audio_root, args.into)
         print("\n".join(report.lines()))
         return 1 if report.missing or report.changed else 0
     if args.command == "demo":  # offline by construction; set before transformers/datasets import

@@ -41,7 +41,9 @@ import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +60,7 @@ from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
 from .ranks import Ranks, current
-from .work import Timer, WorkDir, fingerprint, incomplete, plan_shards, shard_name
+from .work import Timer, WorkDir, atomic_write, fingerprint, incomplete, plan_shards, shard_name
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -132,7 +134,8 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
-    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
+    llm: dict | None = None  # LLM call counts of every task of the build, whichever run did it
+    llm_run: dict | None = None  # the same counts of the tasks this run computed, with ``tasks_skipped``
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -154,6 +157,7 @@ class BuildResult:
     out_dir: Path | None = None
     quota: dict[str, dict[str, int]] | None = None  # per primary emotion: asked, candidates, sampled, delivered
     empathy: Dataset | None = None  # empathy samples (schema.EMPATHY_SAMPLE), once that stage ran
+    build_id: str | None = None  # this run's id, in report.json and the exported card
 
     @property
     def ledger(self) -> list[dict]:
@@ -161,7 +165,10 @@ class BuildResult:
         return _ledger(self.recording_ids, self.funnel, {rid for d in finals for rid in d["recording_id"]})
 
     def report(self) -> dict:
+        """The funnel, drops, ledger statuses and labels; ``llm_calls`` counts this run's LLM calls (with
+        ``tasks_skipped``: LLM tasks an earlier run finished), ``llm_calls_build`` those of every task."""
         report = {
+            "build_id": self.build_id,
             "counts": self.funnel.named_counts(),
             "drops": self.funnel.drop_counts(),
             "recordings": dict(Counter(entry["status"] for entry in self.ledger)),
@@ -172,7 +179,8 @@ class BuildResult:
         if self.empathy is not None:
             report["empathy_strategies"] = dict(Counter(r["response_strategy"] for r in self.empathy["desired_response"]))
         if self.funnel.llm is not None:
-            report["llm_calls"] = self.funnel.llm
+            report["llm_calls"] = self.funnel.llm_run
+            report["llm_calls_build"] = self.funnel.llm
         if self.quota is not None:
             report["quota"] = self.quota
         return report
@@ -230,8 +238,19 @@ def format_report(result: BuildResult) -> str:
     if report.get("empathy_strategies"):
         lines.append("empathy strategies: " + ", ".join(f"{k} {v}" for k, v in sorted(report["empathy_strategies"].items())))
     if report.get("llm_calls"):
-        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
+        lines += llm_lines(report["llm_calls"], report["llm_calls_build"])
     return "\n".join(lines)
+
+
+def llm_lines(this_run: dict, build: dict) -> list[str]:
+    """What this run asked of the LLM (skipped tasks sent nothing), then, when it skipped any, the totals
+    of every task of the build, whichever run did it."""
+    skipped = this_run["tasks_skipped"]
+    tasks = f"{skipped} task{'s' * (skipped != 1)} skipped as finished"
+    lines = [f"LLM calls this run: {summary_line(this_run)}; {tasks}"]
+    if skipped:
+        lines.append(f"LLM calls, build total (every run): {summary_line(build)}")
+    return lines
 
 
 # ---------------------------------------------------------------- helpers over column dicts
@@ -339,6 +358,7 @@ class _Run:
     work: WorkDir
     ranks: Ranks
     progress: bool
+    build_id: str = ""  # rank 0's id for this run (``BUILD_ID_FILE``), written in every task's stats
 
     def stage(self, stage: str, tasks: list[tuple[str, str, float]], compute: Callable[[str, StageProgress], tuple]) -> None:
         """Run this rank's share of ``tasks`` (shard, fingerprint, audio seconds); finished ones are skipped.
@@ -354,6 +374,7 @@ class _Run:
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
                 stats = {"counts": counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
+                stats["build_id"] = self.build_id  # the run that computed it ("LLM calls this run")
                 # LLM calls that failed (after their retries) leave the shard unfinished: the next run
                 # redoes it, with every successful reply from the cache, so only the failures are sent.
                 written = incomplete(fp) if counts.get(f"{_LLM}failed") else fp
@@ -398,8 +419,10 @@ def build(
     run = _Run(config, WorkDir(out_dir / "work"), ranks, progress)
     params = stage_params(config)
     if ranks.is_main:
+        new_build_id(run.work)
         _plan(run, source, allow_outside_root)
     ranks.barrier()
+    run.build_id = read_build_id(run.work)
     plan = run.work.read("ingest", "recordings")
     recording_ids = plan["recording_id"]
     shards = sorted(set(plan["shard"]))
@@ -431,7 +454,9 @@ def build(
         """Rank 0 only: the funnel and ledger from every task's files, the audit files merged."""
         funnel = _funnel(run, shards, sample_shards, extra_stages, manifests)
         quota = _quota(run, shards, sample_shards, config) if extra_stages else None
-        result = BuildResult(recording_ids, funnel, segments, pairs, status, out_dir, quota)
+        result = BuildResult(
+            recording_ids, funnel, segments, pairs, status, out_dir, quota, build_id=run.build_id
+        )
         _merge_dropped(run, shards, sample_shards, extra_stages, manifests)
         return result
 
@@ -439,8 +464,9 @@ def build(
         if not ranks.is_main:
             return None
         segments = _dataset(run.table("sample", sample_shards, schema.CONDENSED_SEGMENT), schema.CONDENSED_SEGMENT)
-        segments.save_to_disk(str(out_dir / "condensed"))
+        save_condensed(segments, out_dir / "condensed")
         result = finish(segments, None, "condensed" if sample_shards else "nothing condensed", ())
+        _no_export(out_dir, say)
         write_report(result, out_dir)
         return result
 
@@ -495,6 +521,7 @@ def build(
     samples = _dataset(run.table("empathy", sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE) if "empathy" in outputs else None
     if len(pairs) == 0:  # nothing is exported, so no recording is kept (empathy samples included)
         result = finish(segments, pairs, "no pairs", stages)
+        _no_export(out_dir, say)
         write_report(result, out_dir)
         return result
     result = dataclasses.replace(finish(segments, pairs, "built", stages), empathy=samples)
@@ -854,12 +881,26 @@ def _dropped_rows(run: _Run, shards: list[str], sample_shards: list[str], extra_
 
 
 def _funnel(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> Funnel:
+    """Counts summed over every task's stats; the LLM calls also over the tasks this run computed (its
+    build id in their stats), with the LLM tasks it skipped because an earlier run had finished them."""
     counts: Counter = Counter()
+    this_run: Counter = Counter()
+    skipped = 0
     for stage, shard in _tasks(shards, sample_shards, extra_stages, manifests):
-        counts.update(run.work.read_stats(stage, shard)["counts"])
+        stats = run.work.read_stats(stage, shard)
+        counts.update(stats["counts"])
+        if f"{_LLM}requests" in stats["counts"]:
+            if stats.get("build_id") == run.build_id:
+                this_run.update(stats["counts"])
+            else:
+                skipped += 1
     drops = [Drop(**row) for row in _dropped_rows(run, shards, sample_shards, extra_stages, manifests).to_pylist()]
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops), llm_calls(counts))
+    build = llm_calls(counts)
+    mine = None
+    if build is not None:
+        mine = {**llm_calls({f"{_LLM}requests": 0, **this_run}), "tasks_skipped": skipped}
+    return Funnel(ordered, tuple(drops), build, mine)
 
 
 def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra_stages: tuple[str, ...], manifests: list[str]) -> None:
@@ -877,10 +918,13 @@ def _merge_dropped(run: _Run, shards: list[str], sample_shards: list[str], extra
 
 
 def write_report(result: BuildResult, out_dir: str | Path) -> None:
-    """``report.json`` (funnel) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
+    """``report.json`` (funnel, with ``configs``: the dataset configs exported in ``out_dir``, none when
+    this build exported nothing) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
+    exported = export.written_configs(out_dir) if (out_dir / "README.md").exists() else []
+    report = {**result.report(), "configs": exported}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out_dir / "recordings.jsonl", "w") as f:
         for entry in result.ledger:
             f.write(json.dumps(entry) + "\n")
@@ -901,14 +945,57 @@ def export_dataset(
     result: BuildResult, config: Config, out_dir: str | Path, *, license: str, sources: str, card_template: str | None = None, licences: list[str] | None = None,
     source_hashes: dict[str, str] | None = None,
 ) -> Path:
-    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as README.md, and the
-    reports (``licences``: each segment's source licence, default ``license``; ``source_hashes``: path -> sha256)."""
+    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as
+    README.md, and the reports (``licences``: each segment's source licence, default ``license``;
+    ``source_hashes``: path -> sha256).
+
+    The export is written into ``OUT/.export-<build id>`` and then replaces the previous one
+    (``export.install_export``), so ``OUT`` never mixes the files of two builds."""
     out_dir = Path(out_dir)
     if card_template is None:
         card_template = (Path(__file__).resolve().parents[1] / "dataset_card.md").read_text()
+    for stale in out_dir.glob(".export-*"):  # left by a run that died while exporting
+        shutil.rmtree(stale)
+    staging = out_dir / f".export-{result.build_id}"
     export.write_dataset(
-        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(), card_template=card_template, license=license, sources=sources,
-        licences=licences, empathy=result.empathy, source_hashes=source_hashes,
+        result.segments, result.pairs, config, staging, models=model_ids(config), report=result.report(),
+        card_template=card_template, license=license, sources=sources, build_id=result.build_id,
+        licences=licences, empathy=result.empathy, source_hashes=source_hashes, load_path=str(out_dir),
     )  # fmt: skip
+    export.install_export(staging, out_dir)
     write_report(result, out_dir)
     return out_dir
+
+
+BUILD_ID_FILE = "build.json"  # under OUT/work: the id rank 0 gave this run, read by every rank
+
+
+def new_build_id(work: WorkDir) -> str:
+    """A fresh id for this run of ``build``, written for the other ranks to read after the barrier."""
+    build_id = uuid.uuid4().hex[:16]
+    atomic_write(work.root / BUILD_ID_FILE, lambda p: p.write_text(json.dumps({"build_id": build_id}) + "\n"))
+    return build_id
+
+
+def read_build_id(work: WorkDir) -> str:
+    return json.loads((work.root / BUILD_ID_FILE).read_text())["build_id"]
+
+
+def _no_export(out_dir: Path, say: Callable[[str], None]) -> None:
+    """A build that exports nothing leaves no earlier build's export behind, and says so."""
+    removed = export.remove_export(out_dir)
+    if removed:
+        say(f"removed the previous build's export ({', '.join(removed)}): this build exported nothing")
+
+
+def save_condensed(segments: Dataset, path: Path) -> None:
+    """``segments`` as a ``save_to_disk`` folder that replaces ``path`` whole (no shard of an earlier run
+    left); an empty result is written as one empty shard, so that ``load_from_disk`` opens it with its
+    features."""
+    token = uuid.uuid4().hex[:8]
+    staging, old = path.with_name(f".{path.name}-{token}"), path.with_name(f".{path.name}-old-{token}")
+    segments.save_to_disk(str(staging), num_shards=None if len(segments) else 1)
+    if path.exists():
+        path.rename(old)
+    staging.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
