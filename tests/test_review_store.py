@@ -640,10 +640,13 @@ def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only
         assert not {"context", "audio"} & set(
             pq.read_schema(next((out / "data" / config).glob("*.parquet"))).names
         )
-    report = rehydrate(out, copy)
+    report = rehydrate(out, copy, tmp_path / "rehydrated")
     assert (report.missing, report.changed) == ({}, {})
-    assert "audio" in pq.read_schema(out / "data" / "empathy_reviewed" / "train-00000-of-00001.parquet").names
-    assert "context" in pq.read_schema(out / "data" / "qa_human" / "train-00000-of-00001.parquet").names
+    restored = tmp_path / "rehydrated" / "data"
+    assert "audio" in pq.read_schema(restored / "empathy_reviewed" / "train-00000-of-00001.parquet").names
+    assert "context" in pq.read_schema(restored / "qa_human" / "train-00000-of-00001.parquet").names
+    # the build itself is only read
+    assert "audio" not in pq.read_schema(out / "data" / "empathy_reviewed" / "train-00000-of-00001.parquet").names
 
 
 # --- the command line ---------------------------------------------------------------------------------
