@@ -11,7 +11,7 @@
                                               # rerun the same command after a crash: it resumes
     python cpqa.py build SOURCE --out DIR --publish metadata-only --splits train=0.8,test=0.2
                                               # no audio in the tables; recording-disjoint splits
-    python cpqa.py rehydrate DIR --audio-root MY_COPY   # audio back from your copy, checked by sha256
+    python cpqa.py rehydrate DIR --audio-root MY_COPY   # DIR-rehydrated: audio from your copy, sha256-checked
     python cpqa.py push DIR --repo-id you/name [--public] [--dry-run]   # token from $HF_TOKEN
     python cpqa.py calibrate SOURCE --corpus ravdess [--labels FILE] --out DIR [--write-config FILE]
                                               # Figure 3 (UWA over x, y) and the SER table on labelled speech
@@ -20,6 +20,9 @@
                                               # Qwen2-Audio answers, LLM judges score (metrics/cpqa)
     python cpqa.py evaluate DATASET --backend openai --base-url http://localhost:8000/v1 --judge ...
                                               # any served audio model (vllm serve Qwen/Qwen2-Audio-7B-Instruct)
+    python cpqa.py review DIR [--overlap 2]   # people check pairs and labels, write their own (browser, 127.0.0.1)
+    python cpqa.py review export DIR          # qa_reviewed, qa_human, empathy_reviewed + the card's Human review
+    python cpqa.py review import DIR FILE.csv # human pairs written elsewhere
 
 Options shared by the build commands: ``--config FILE`` (YAML or JSON, any subset of the config tree),
 ``--set key=value`` (repeatable, dotted keys, JSON values), ``--profile paper|tiny``, ``--quiet`` (no
@@ -88,13 +91,18 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, outputs:
     print(pipeline.format_report(result))
     out_dir = Path(out)
     if result.status in ("condensed", "nothing condensed"):
-        print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}")')
+        empty = " (0 rows: nothing was condensed)" if result.status == "nothing condensed" else ""
+        print(f'open with: datasets.load_from_disk("{out_dir / "condensed"}"){empty}')
         return 0
     if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in ("segments", "empathy") if name != "empathy" or result.empathy is not None)
-    print(f'open with: datasets.load_dataset("{out_dir}", split="test")   # or {others}')
+    from build.export import written_splits
+
+    written = written_splits(out_dir)  # the configs this build wrote, no other
+    others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in written if name != "qa")
+    split = next(iter(written["qa"]))
+    print(f'open with: datasets.load_dataset("{out_dir}", split="{split}")   # or {others}')
     return 0
 
 
@@ -126,11 +134,14 @@ def run_evaluate(args) -> int:
     judges = [parse_judge(spec) for spec in args.judge]
     if args.judge_samples:
         judges = [{**judge, "samples": judge.get("samples", args.judge_samples)} for judge in judges]
+    datasets, labels = args.dataset, args.labels
+    if args.name and len(args.name) > 1 and len(datasets) == 1:  # one folder, several configs (--name qa qa_human)
+        datasets, labels = datasets * len(args.name), labels or args.name
     options = EvaluateOptions(
-        datasets=args.dataset,
+        datasets=datasets,
         judges=judges,
         out=args.out,
-        labels=args.labels,
+        labels=labels,
         name=args.name,
         split=args.split,
         limit=args.limit,
@@ -181,6 +192,12 @@ def run_stats(args) -> int:
     return 0
 
 
+def add_review_arguments(parser: argparse.ArgumentParser) -> None:
+    from build.review.options import add_arguments  # argparse only
+
+    add_arguments(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     rehydrate_cmd = sub.add_parser("rehydrate", help="rebuild the audio of a metadata-only build from your copy of the sources")
     rehydrate_cmd.add_argument("folder")
     rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
+    rehydrate_cmd.add_argument("--into", help="where the copy with audio goes (default: FOLDER-rehydrated)")
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on CPQA-style QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s), Parquet or save_to_disk folder(s), or Hub id(s) with context/instruction/answer; two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
-    eval_cmd.add_argument("--name", help="dataset config (default: qa when the set has it)")
+    eval_cmd.add_argument("--name", nargs="+", help="dataset config(s) (default: qa when the set has it): one "
+                          "per dataset, or several for one folder (--name qa qa_human: the LLM and the human set)")
     eval_cmd.add_argument("--split", default="test")
     eval_cmd.add_argument("--judge", action="append", required=True, metavar="PRESET|model=...,base_url=...,api_key_env=...,name=...",
                           help="a judge: a preset (gpt-4o, llama3-70b-awq) or key=value settings; repeat for several")
@@ -254,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eval_cmd.add_argument("--out", default="results")
 
-    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd):
+    review_cmd = sub.add_parser("review", help="human review in the browser (review OUT), its configs and card "
+                                "section (review export OUT), human pairs from a file (review import OUT FILE)")
+    add_review_arguments(review_cmd)
+
+    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd, review_cmd):
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -279,6 +302,10 @@ def _run(args: argparse.Namespace) -> int:
         return run_evaluate(args)
     if args.command == "stats":
         return run_stats(args)
+    if args.command == "review":
+        from build.review.cli import run
+
+        return run(args)
     if args.command == "push":
         from build.publish import push_build
 
@@ -287,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "rehydrate":
         from build.publish import rehydrate
 
-        report = rehydrate(args.folder, args.audio_root)
+        report = rehydrate(args.folder, args.audio_root, args.into)
         print("\n".join(report.lines()))
         return 1 if report.missing or report.changed else 0
     if args.command == "demo":  # offline by construction; set before transformers/datasets import

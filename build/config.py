@@ -207,7 +207,8 @@ class PostFilterConfig:
     max_question_chars: int = ranged(300, 1)
     max_answer_chars: int = ranged(600, 1)
     # Table 1 categories: "auto" asks the QA endpoint's LLM when one is configured (qa.base_url or
-    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "rules" uses the keyword rules.
+    # $OPENAI_BASE_URL; never the embedded server), "llm" requires it, "embeddings" (or its old name
+    # "rules") uses the offline classifier of build/categories.py.
     categoriser: str = "auto"
 
 

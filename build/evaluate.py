@@ -320,7 +320,7 @@ class EvaluateOptions:
     judges: list[dict]
     out: str
     labels: list[str] | None = None
-    name: str | None = None
+    name: str | list[str] | None = None  # one config for all datasets, or one per dataset
     split: str = "test"
     limit: int | None = None
     prompts: tuple[str, ...] = ("audiobench", "paralinguistic")
@@ -353,7 +353,8 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
         if judge.call is None:
             check_endpoint(f"judge {judge.name!r}", judge.base_url, judge.api_key_env)
     backend = make_backend(options)
-    sets = [load_qa_set(d, label, name=options.name, split=options.split, limit=options.limit) for d, label in zip(options.datasets, labels)]
+    names = config_names(options)
+    sets = [load_qa_set(d, label, name=n, split=options.split, limit=options.limit) for d, label, n in zip(options.datasets, labels, names)]
     predictions = read_predictions(options.predictions) if options.backend == "predictions" else None
     given = [set_predictions(predictions, qa, options.predictions) for qa in sets] if predictions is not None else None
     control_client = text_control_client(options, judges) if options.controls else None
@@ -393,6 +394,16 @@ def evaluate_sets(options: EvaluateOptions, say: Callable[[str], None] = print) 
     (out / "results.md").write_text(results_markdown(results))
     say(f"wrote {out / 'predictions.jsonl'}, {out / 'results.json'} and {out / 'results.md'}")
     return results
+
+
+def config_names(options: EvaluateOptions) -> list[str | None]:
+    """The config of each dataset: ``name`` for all, or a list with one per dataset (or one for all)."""
+    names = list(options.name) if isinstance(options.name, (list, tuple)) else [options.name]
+    if len(names) == 1:
+        return names * len(options.datasets)
+    if len(names) != len(options.datasets):
+        raise ValueError(f"--name: give one config for every dataset, or one per dataset ({len(options.datasets)}), got {names}")
+    return names
 
 
 def make_backend(options: EvaluateOptions):

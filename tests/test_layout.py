@@ -56,3 +56,19 @@ def test_no_link_or_environment_is_committed():
     assert [line.split("\t", 1)[1] for line in staged if line.startswith("120000 ")] == []  # mode 120000: a symbolic link
     ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", ".venv"], cwd=REPO)
     assert ignored.returncode == 0  # .venv is ignored as a file or link too
+
+
+# build/review (the human review app) sits on top: it reads exported tables through these lower modules,
+# and nothing in build/ or metrics/ imports it (only cpqa.py does)
+REVIEW_MAY_IMPORT = {"audio", "categories", "config", "errors", "export", "publish", "schema", "stats"}
+
+
+def test_the_review_package_imports_only_lower_modules_and_nothing_imports_it():
+    import re
+
+    for path in [*(REPO / "build").glob("*.py"), *(REPO / "metrics").rglob("*.py")]:
+        text = path.read_text()
+        assert not re.search(r"from \.review\b|from \. import review\b|build\.review\b|import review\b", text), f"{path.name} imports build.review"
+    for path in (REPO / "build" / "review").glob("*.py"):
+        used = set(re.findall(r"^from \.\.(\w+) import", path.read_text(), flags=re.M))
+        assert used <= REVIEW_MAY_IMPORT, f"build/review/{path.name} imports {sorted(used - REVIEW_MAY_IMPORT)}"

@@ -2,6 +2,7 @@
 reported, never used; gated cards and pushes; per-row licences and the most restrictive one."""
 
 import hashlib
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -9,11 +10,13 @@ import pytest
 import soundfile as sf
 import yaml
 
+from datasets import Dataset
+
 from build import export, publish, stats
 from build.audio import decode_span
 from build.config import paper_config
 from conftest import AMI
-from test_export import write
+from test_export import BUILD_ID, write
 
 PLOTS = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics, uploaded with it
 
@@ -65,13 +68,11 @@ def test_metadata_only_tables_carry_no_audio_but_what_locates_it(metadata_only):
     assert sizes < 100_000  # ~65 s of 16-bit FLAC would be ~1.5 MB
 
 
-def test_metadata_only_plus_rehydrate_equals_the_full_build(full, metadata_only, tmp_path):
-    copy = tmp_path / "my-copy" / "nested"
-    copy.mkdir(parents=True)
-    shutil.copy(AMI, copy / AMI.name)
-    report = publish.rehydrate(metadata_only, tmp_path / "my-copy")
-    assert (report.rows, report.missing, report.changed) == (N_PAIRS + N_CLIPS, {}, {})
-    want, got = _shards(full), _shards(metadata_only)
+def _bytes(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _assert_equal_to_full(got, want):
     assert sorted(got) == sorted(want)
     for name in want:
         assert got[name].column_names == want[name].column_names, name
@@ -79,9 +80,23 @@ def test_metadata_only_plus_rehydrate_equals_the_full_build(full, metadata_only,
         for column in want[name].column_names:
             if column != "context":
                 assert got[name].column(column).to_pylist() == want[name].column(column).to_pylist(), (name, column)
+
+
+def test_metadata_only_plus_rehydrate_equals_the_full_build_in_a_copy(full, metadata_only, tmp_path):
+    copy = tmp_path / "my-copy" / "nested"
+    copy.mkdir(parents=True)
+    shutil.copy(AMI, copy / AMI.name)
+    before = _bytes(metadata_only)
+    report = publish.rehydrate(metadata_only, tmp_path / "my-copy")
+    into = tmp_path / "meta-rehydrated"
+    n = N_PAIRS + N_CLIPS
+    assert (report.into, report.rows, report.total, report.missing, report.changed) == (into, n, n, {}, {})
+    assert report.lines() == [f"rehydrated 5 of 5 rows into {into}"]
+    assert _bytes(metadata_only) == before  # the build itself is only read
+    _assert_equal_to_full(_shards(into), _shards(full))
     from datasets import load_dataset
 
-    qa = load_dataset(str(metadata_only), split="test")
+    qa = load_dataset(str(into), split="test")
     assert len(qa) == N_PAIRS and qa[0]["context"] is not None
 
 
@@ -92,29 +107,94 @@ def test_a_source_changed_after_the_build_is_reported_and_not_used(metadata_only
     audio[16_000 * 10] += 0.01  # one sample of the recording differs
     sf.write(root / AMI.name, audio, 16_000, format="FLAC")
     report = publish.rehydrate(metadata_only, root)
-    assert report.rows == 0
+    assert (report.rows, report.total) == (0, N_PAIRS + N_CLIPS)
     assert report.changed == {AMI.name: N_PAIRS + N_CLIPS} and report.missing == {}
-    assert report.lines()[1] == f"  changed since the build (sha256 differs): {AMI.name} (5 rows left out)"
-    for table in _shards(metadata_only).values():
-        assert table.num_rows == 0 and "context" in table.column_names
+    changed = f"  changed since the build (sha256 differs): {AMI.name}"
+    assert report.lines()[1] == f"{changed} ({N_PAIRS + N_CLIPS} rows without audio)"
+    for name, table in _shards(report.into).items():
+        assert table.num_rows == pq.read_table(metadata_only / name).num_rows
+        assert set(table.column("context").to_pylist()) == {None}
 
 
-def test_a_missing_source_is_reported(metadata_only, tmp_path):
-    (tmp_path / "empty").mkdir()
-    report = publish.rehydrate(metadata_only, tmp_path / "empty")
-    assert report.rows == 0 and report.missing == {AMI.name: N_PAIRS + N_CLIPS}
+def test_rehydrate_with_a_missing_source_keeps_every_row_then_a_second_run_completes(
+    full, metadata_only, tmp_path, capsys
+):
+    """The source under another name: nothing is found, the build stays as it was, the copy holds every
+    row and column with null audio, the command exits 1; a second run with the right root fills them."""
+    import cpqa
+
+    wrong, right = tmp_path / "wrong", tmp_path / "right"
+    wrong.mkdir()
+    right.mkdir()
+    shutil.copy(AMI, wrong / "renamed.flac")
+    shutil.copy(AMI, right / AMI.name)
+    before = _bytes(metadata_only)
+    assert cpqa.main(["rehydrate", str(metadata_only), "--audio-root", str(wrong)]) == 1
+    into = tmp_path / "meta-rehydrated"
+    assert capsys.readouterr().out.splitlines() == [
+        f"rehydrated 0 of 5 rows into {into}",
+        f"  missing: {AMI.name} (5 rows without audio)",
+        f"  every row is kept; run rehydrate again into {into} with a root holding these files to fill them",
+    ]
+    assert _bytes(metadata_only) == before
+    for name, table in _shards(into).items():
+        original = pq.read_table(metadata_only / name)
+        assert table.column_names == ["context", *original.column_names], name
+        assert table.drop(["context"]).to_pylist() == original.to_pylist(), name  # every row, every value
+        assert table.column("context").to_pylist() == [None] * original.num_rows
+    assert cpqa.main(["rehydrate", str(metadata_only), "--audio-root", str(right)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"rehydrated 5 of 5 rows into {into}"]
+    _assert_equal_to_full(_shards(into), _shards(full))
+
+
+def test_a_second_run_fills_only_what_the_first_could_not(tmp_path):
+    """Two sources in two roots: the first run finds one, the second (whose root lacks the first source)
+    fills the other and keeps what the first wrote; the copy equals a full build."""
+    from test_export import _segments
+
+    other = tmp_path / "meeting.flac"
+    shutil.copy(AMI, other)
+    rows = _segments().to_list()
+    rows[1]["audio_path"] = str(other)  # the second clip from a second source file
+    segments = Dataset.from_list(rows)
+    write(tmp_path / "full", _config("full"), segments=segments)
+    write(tmp_path / "meta", _config("metadata-only"), segments=segments)
+    (tmp_path / "root1").mkdir()
+    (tmp_path / "root2").mkdir()
+    shutil.copy(AMI, tmp_path / "root1" / AMI.name)
+    shutil.copy(other, tmp_path / "root2" / other.name)
+    first = publish.rehydrate(tmp_path / "meta", tmp_path / "root1", tmp_path / "copy")
+    # clip 0 (2 pairs and the clip) from root1; clip 1 (1 pair and the clip) missing
+    assert (first.rows, first.total, first.missing) == (2 + 1, N_PAIRS + N_CLIPS, {"meeting.flac": 1 + 1})
+    segments_shard = pq.read_table(tmp_path / "copy" / "data" / "segments" / "test-00000-of-00001.parquet")
+    assert [cell is not None for cell in segments_shard.column("context").to_pylist()] == [True, False]
+    second = publish.rehydrate(tmp_path / "meta", tmp_path / "root2", tmp_path / "copy")
+    assert (second.rows, second.total, second.missing, second.changed) == (first.total, first.total, {}, {})
+    _assert_equal_to_full(_shards(tmp_path / "copy"), _shards(tmp_path / "full"))
+
+
+def test_rehydrate_never_writes_over_the_build_or_a_folder_it_did_not_make(metadata_only, tmp_path):
+    with pytest.raises(ValueError, match="rehydrate writes a copy beside it, never over it"):
+        publish.rehydrate(metadata_only, AMI.parent, metadata_only)
+    with pytest.raises(ValueError, match="rehydrate writes a copy beside it, never over it"):
+        publish.rehydrate(metadata_only, AMI.parent, tmp_path)  # the folder that holds the build
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a rehydrated copy of this build"):
+        publish.rehydrate(metadata_only, AMI.parent, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
     with pytest.raises(ValueError, match=r"already has audio \(context\)"):
-        publish.rehydrate(full, AMI.parent)
+        publish.rehydrate(full, AMI.parent, tmp_path / "copy")
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
     assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *PLOTS]
-    publish.rehydrate(metadata_only, AMI.parent)
+    report = publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
-        export.files_to_upload(metadata_only)
+        export.files_to_upload(report.into)
 
 
 def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
@@ -198,6 +278,39 @@ def test_push_dry_run_lists_exactly_the_files_and_contacts_nothing(metadata_only
         *(f"  {plot}" for plot in PLOTS),
         "would create https://huggingface.co/datasets/you/cpqa",
     ]
+
+
+def test_push_refuses_an_export_that_is_not_the_last_builds(tmp_path, monkeypatch, capsys):
+    """The card's build id against report.json's: another id, no id, or no export is refused in one line."""
+    import huggingface_hub
+
+    import cpqa
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any contact would raise
+    out = tmp_path / "out"
+    write(out, _config("full"))
+    assert export.check_current(out) == BUILD_ID
+    push = ["push", str(out), "--repo-id", "you/cpqa", "--dry-run"]
+    (out / "report.json").write_text(json.dumps({"build_id": "later-build"}))  # a later build, no export
+    capsys.readouterr()  # the export's progress bars
+    assert cpqa.main(push) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == (
+        f"cpqa push: {out}: the export (build {BUILD_ID}) is not that of the folder's last build "
+        "(later-build): rebuild with the same command, then push (--debug shows the traceback)\n"
+    )
+    (out / "report.json").unlink()
+    assert cpqa.main(push) == 2
+    assert "(no build_id in report.json): rebuild with the same command, then push" in capsys.readouterr().err
+    (out / "report.json").write_text(json.dumps({"build_id": BUILD_ID}))
+    export.remove_export(out)
+    assert cpqa.main(push) == 2
+    assert capsys.readouterr().err == (
+        f"cpqa push: {out}: no exported dataset here (its last build, {BUILD_ID}, exported nothing: "
+        "see report.json): README.md and data/*/*.parquet expected (--debug shows the traceback)\n"
+    )
+    with pytest.raises(FileNotFoundError, match="no exported dataset here"):
+        export.push(out, "you/cpqa", dry_run=True)
 
 
 def test_licences_travel_per_row_and_the_card_states_the_most_restrictive(tmp_path):

@@ -536,5 +536,5 @@ def test_preflight_names_a_bad_prompt_version_word_timing_categoriser_or_topup()
         "config value condense.topup_rounds = -1 is not in [0, inf): fix it with --set condense.topup_rounds=... or in --config",
         "config value qa.prompt_version = 'qa_v7' is not one of qa_v1, qa_v2: fix it with --set qa.prompt_version=... or in --config",
         "config value qa.word_timing = 'letters' is not one of spans, words: fix it with --set qa.word_timing=... or in --config",
-        "config value postfilter.categoriser = 'keywords' is not one of auto, llm, rules: fix it with --set postfilter.categoriser=... or in --config",
+        "config value postfilter.categoriser = 'keywords' is not one of auto, llm, embeddings, rules: fix it with --set postfilter.categoriser=... or in --config",
     ]

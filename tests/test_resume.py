@@ -88,8 +88,9 @@ def published(out) -> dict:
         tables[config] = [row for f in files for row in pq.read_table(f).to_pylist()]
     report = json.loads((out / "report.json").read_text())
     # LLM call counts say how a build got there (a resumed one answers some requests from the cache);
-    # what must match is how many requests the build needed and that none failed
-    calls = report.pop("llm_calls")
+    # what must match is how many requests the build needed and that none failed. Each run has its own id.
+    report.pop("llm_calls"), report.pop("build_id")
+    calls = report.pop("llm_calls_build")
     tables["report"] = {**report, "llm_requests": calls["requests"], "llm_failed": calls["failed"]}
     tables["ledger"] = (out / "recordings.jsonl").read_text()
     return tables
@@ -160,6 +161,12 @@ def test_killed_in_labelling_asr_and_qa_the_rerun_equals_the_uninterrupted_build
         finish(run(command(source, out, stub.base_url), log), log_path)
         sent = [json.dumps(r, sort_keys=True) for r in stub.requests]
     assert completed not in sent and len(sent) == 2
+    # the printed line says what this run did: both QA shards computed, the completed reply from the cache
+    said = [line for line in log_path.read_text().splitlines() if line.startswith("LLM calls")]
+    assert said[-1] == (
+        "LLM calls this run: 3 requests: 1 from cache, 2 sent in 2 attempts; 0 retried; 0 failed; "
+        "0 tasks skipped as finished"
+    )
     assert published(out) == expected
 
 

@@ -8,10 +8,12 @@
     plan       the ingest step (global)
     sampling   balanced sampling and the top-up rounds (global)
     audit      the funnel and the dropped rows read back from every task
+    output     the run's id, the export swapped in whole, the condensed segments
     builder    build(): the steps in order, then export
 """
 
-from .builder import EMPATHY, OUTPUTS, RECORDING_STEPS, SAMPLE_STEPS, STOP_AFTER, build, export_dataset, model_ids, step_params
+from .builder import EMPATHY, OUTPUTS, RECORDING_STEPS, SAMPLE_STEPS, STOP_AFTER, build, step_params
+from .output import export_dataset, model_ids
 from .funnel import (
     DROP_REASONS,
     FUNNEL,

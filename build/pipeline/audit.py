@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from .. import schema
 from ..work import WorkDir
-from .funnel import FUNNEL, Drop, Funnel, llm_calls
+from .funnel import FUNNEL, LLM_PREFIX, Drop, Funnel, llm_calls
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,27 @@ def dropped_rows(work: WorkDir, tasks: Tasks) -> pa.Table:
     return table.take([i for i, (stage, sid) in enumerate(zip(stages, sids)) if not (stage == "sampling" and sid in rescued)])
 
 
-def funnel(work: WorkDir, tasks: Tasks, dropped: pa.Table) -> Funnel:
+def funnel(work: WorkDir, tasks: Tasks, dropped: pa.Table, build_id: str) -> Funnel:
+    """Counts summed over every task's stats; the LLM calls also over the tasks this run computed (its
+    build id in their stats), with the LLM tasks it skipped because an earlier run had finished them."""
     counts: Counter = Counter()
+    this_run: Counter = Counter()
+    skipped = 0
     for stage, shard in tasks:
-        counts.update(work.read_stats(stage, shard)["counts"])
+        stats = work.read_stats(stage, shard)
+        counts.update(stats["counts"])
+        if f"{LLM_PREFIX}requests" in stats["counts"]:
+            if stats.get("build_id") == build_id:
+                this_run.update(stats["counts"])
+            else:
+                skipped += 1
     drops = [Drop(**row) for row in dropped.to_pylist()]
     ordered = {stage: counts[stage] for stage in FUNNEL if stage in counts}
-    return Funnel(ordered, tuple(drops), llm_calls(counts))
+    build = llm_calls(counts)
+    mine = None
+    if build is not None:
+        mine = {**llm_calls({f"{LLM_PREFIX}requests": 0, **this_run}), "tasks_skipped": skipped}
+    return Funnel(ordered, tuple(drops), build, mine)
 
 
 def merge_dropped(work: WorkDir, dropped: pa.Table) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .. import export, preflight, publish, schema
+from .. import preflight, publish, schema
 from ..config import Config
 from ..ranks import Ranks, current
 from ..work import WorkDir
@@ -34,6 +34,7 @@ from . import audit, sampling
 from .columns import QA_SEGMENT, dataset
 from .executor import Context, Executor, LlmEndpoint
 from .funnel import BuildResult, write_report
+from .output import export_dataset, new_build_id, no_export, read_build_id, save_condensed
 from .plan import make_plan
 from .steps import Asr, Condense, Empathy, Label, PostFilter, Qa, Vad
 
@@ -71,8 +72,10 @@ def build(
     with contextlib.ExitStack() as stack:
         ex = Executor(Context(config, ranks, WorkDir(out_dir / "work"), LlmEndpoint(config, say, stack)), progress)
         if ranks.is_main:
+            new_build_id(ex.work)
             make_plan(ex, source, allow_outside_root)
         ranks.barrier()
+        ex.build_id = read_build_id(ex.work)
         ex.load_plan()
         shards = sorted(ex.members)
         audio = {s: sum(ex.plan["duration"][i] or 0.0 for i in ex.members[s]) for s in shards}
@@ -84,7 +87,7 @@ def build(
             sampling.sample(ex, shards, fp)
         ranks.barrier()
         if stop_after == "condense" or not _shards_of(ex.work.read("sample", "manifest")):
-            return _condensed(ex, shards, out_dir) if ranks.is_main else None
+            return _condensed(ex, shards, out_dir, say) if ranks.is_main else None
         sample_shards, manifests = _sample_rounds(ex, shards)
         if "empathy" in outputs:
             ex.run(EMPATHY, sample_shards, _audio_of(ex.work, manifests))
@@ -92,7 +95,8 @@ def build(
     if not ranks.is_main:
         return None
     tasks = audit.Tasks(shards, sample_shards, ("asr", "qa", "postfilter", *(("empathy",) if "empathy" in outputs else ())), manifests)
-    return _export(ex, tasks, out_dir, source, license=license, sources=sources, card_template=card_template, allow_outside_root=allow_outside_root)
+    options = dict(license=license, sources=sources, card_template=card_template, allow_outside_root=allow_outside_root)
+    return _export(ex, tasks, out_dir, source, say, **options)
 
 
 def step_params(config: Config) -> dict[str, dict]:
@@ -145,14 +149,15 @@ def _sample_rounds(ex: Executor, shards: list[str]) -> tuple[list[str], list[str
     return sample_shards, manifests
 
 
-def _condensed(ex: Executor, shards: list[str], out_dir: Path) -> BuildResult:
+def _condensed(ex: Executor, shards: list[str], out_dir: Path, say: Callable[[str], None]) -> BuildResult:
     """Rank 0 after condensation only (``stop_after``, or an empty sample): the condensed segments."""
     sample_shards = _shards_of(ex.work.read("sample", "manifest"))
     segments = dataset(ex.table("sample", sample_shards, schema.CONDENSED_SEGMENT), schema.CONDENSED_SEGMENT)
-    segments.save_to_disk(str(out_dir / "condensed"))
+    save_condensed(segments, out_dir / "condensed")
     tasks = audit.Tasks(shards, sample_shards, (), ["manifest"])
     status = "condensed" if sample_shards else "nothing condensed"
     result = _result(ex, tasks, segments, None, status, out_dir, quota=None)
+    no_export(out_dir, say)
     write_report(result, out_dir)
     return result
 
@@ -160,12 +165,12 @@ def _condensed(ex: Executor, shards: list[str], out_dir: Path) -> BuildResult:
 def _result(ex: Executor, tasks: audit.Tasks, segments: Dataset, pairs, status: str, out_dir: Path, quota) -> BuildResult:
     """The funnel and ledger from every task's files; the audit files merged."""
     dropped = audit.dropped_rows(ex.work, tasks)
-    funnel = audit.funnel(ex.work, tasks, dropped)
+    funnel = audit.funnel(ex.work, tasks, dropped, ex.build_id)
     audit.merge_dropped(ex.work, dropped)
-    return BuildResult(ex.plan["recording_id"], funnel, segments, pairs, status, out_dir, quota)
+    return BuildResult(ex.plan["recording_id"], funnel, segments, pairs, status, out_dir, quota, build_id=ex.build_id)
 
 
-def _export(ex: Executor, tasks: audit.Tasks, out_dir: Path, source, *, license, sources, card_template, allow_outside_root) -> BuildResult:
+def _export(ex: Executor, tasks: audit.Tasks, out_dir: Path, source, say, *, license, sources, card_template, allow_outside_root) -> BuildResult:
     """Rank 0: the kept pairs, their segments and the empathy samples, exported with the card."""
     pairs = dataset(ex.table("postfilter", tasks.sample_shards, schema.QA_PAIR), schema.QA_PAIR)
     segments = dataset(ex.table("qa", tasks.sample_shards, QA_SEGMENT), QA_SEGMENT)
@@ -174,6 +179,7 @@ def _export(ex: Executor, tasks: audit.Tasks, out_dir: Path, source, *, license,
     quota = sampling.quota(ex, tasks.shards, tasks.sample_shards)
     if len(pairs) == 0:  # nothing is exported, so no recording is kept (empathy samples included)
         result = _result(ex, tasks, segments, pairs, "no pairs", out_dir, quota)
+        no_export(out_dir, say)
         write_report(result, out_dir)
         return result
     samples = None
@@ -187,39 +193,3 @@ def _export(ex: Executor, tasks: audit.Tasks, out_dir: Path, source, *, license,
     sources = sources or f"Recordings supplied by whoever built this dataset ({n} files); their licences apply."
     export_dataset(result, ex.config, out_dir, license=license, licences=licences, source_hashes=hashes, card_template=card_template, sources=sources)
     return result
-
-
-def model_ids(config: Config) -> dict[str, object]:
-    """The models behind the labels, as published (local folders by name only)."""
-    return {
-        "emotion_models": [export.public_model_id(m) for m in config.models.emotion],
-        "dimension_model": export.public_model_id(config.models.dimension),
-        "gender_model": export.public_model_id(config.models.gender),
-        "asr_model": export.public_model_id(config.asr.model),
-    }
-
-
-def export_dataset(
-    result: BuildResult,
-    config: Config,
-    out_dir: str | Path,
-    *,
-    license: str,
-    sources: str,
-    card_template: str | None = None,
-    licences: list[str] | None = None,
-    source_hashes: dict[str, str] | None = None,
-) -> Path:
-    """Parquet shards for the ``qa``, ``segments`` and ``empathy`` configs (those built), the card as
-    README.md, and the reports (``licences``: each segment's source licence, default ``license``;
-    ``source_hashes``: path -> sha256)."""
-    out_dir = Path(out_dir)
-    if card_template is None:
-        card_template = (Path(__file__).resolve().parents[2] / "dataset_card.md").read_text()
-    export.write_dataset(
-        result.segments, result.pairs, config, out_dir, models=model_ids(config), report=result.report(),
-        card_template=card_template, license=license, sources=sources, licences=licences,
-        empathy=result.empathy, source_hashes=source_hashes,
-    )  # fmt: skip
-    write_report(result, out_dir)
-    return out_dir

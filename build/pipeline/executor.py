@@ -76,6 +76,7 @@ class Executor:
 
     def __init__(self, ctx: Context, progress: bool = True):
         self.ctx, self.work, self.ranks, self.progress = ctx, ctx.work, ctx.ranks, progress
+        self.build_id = ""  # rank 0's id for this run (``build.pipeline.output``), written in every task's stats
         self.plan: dict[str, list] = {}  # the ingest plan's columns, once read
         self.members: dict[str, list[int]] = {}  # recording shard -> plan rows
 
@@ -121,6 +122,7 @@ class Executor:
         timer = Timer()
         result = step.run(self.read(step.reads, shard), self.ctx, bar.advance)
         stats = {"counts": result.counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
+        stats["build_id"] = self.build_id  # the run that computed it ("LLM calls this run")
         # LLM calls that failed (after their retries) leave the shard unfinished: the next run redoes
         # it, with every successful reply from the cache, so only the failures are sent.
         written = incomplete(fp) if result.counts.get(f"{LLM_PREFIX}failed") else fp

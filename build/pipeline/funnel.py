@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .. import condense, empathy, ingest, postfilter, qa, segment
+from .. import condense, empathy, export, ingest, postfilter, qa, segment
 from ..llm import CallStats, summary_line
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
@@ -88,7 +88,8 @@ class Drop:
 class Funnel:
     counts: dict[str, int]  # stage id -> rows left after it (FUNNEL order)
     drops: tuple[Drop, ...] = ()
-    llm: dict | None = None  # LLM call counts (requests, cached, sent, attempts, retried, failed, reasons)
+    llm: dict | None = None  # LLM call counts of every task of the build, whichever run did it
+    llm_run: dict | None = None  # the same counts of the tasks this run computed, with ``tasks_skipped``
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -110,6 +111,7 @@ class BuildResult:
     out_dir: Path | None = None
     quota: dict[str, dict[str, int]] | None = None  # per primary emotion: asked, candidates, sampled, delivered
     empathy: Dataset | None = None  # empathy samples (schema.EMPATHY_SAMPLE), once that stage ran
+    build_id: str | None = None  # this run's id, in report.json and the exported card
 
     @property
     def ledger(self) -> list[dict]:
@@ -117,7 +119,10 @@ class BuildResult:
         return ledger(self.recording_ids, self.funnel, {rid for d in finals for rid in d["recording_id"]})
 
     def report(self) -> dict:
+        """The funnel, drops, ledger statuses and labels; ``llm_calls`` counts this run's LLM calls (with
+        ``tasks_skipped``: LLM tasks an earlier run finished), ``llm_calls_build`` those of every task."""
         report = {
+            "build_id": self.build_id,
             "counts": self.funnel.named_counts(),
             "drops": self.funnel.drop_counts(),
             "recordings": dict(Counter(entry["status"] for entry in self.ledger)),
@@ -129,7 +134,8 @@ class BuildResult:
             strategies = Counter(r["response_strategy"] for r in self.empathy["desired_response"])
             report["empathy_strategies"] = dict(strategies)
         if self.funnel.llm is not None:
-            report["llm_calls"] = self.funnel.llm
+            report["llm_calls"] = self.funnel.llm_run
+            report["llm_calls_build"] = self.funnel.llm
         if self.quota is not None:
             report["quota"] = self.quota
         return report
@@ -202,15 +208,29 @@ def _summary_lines(report: dict) -> list[str]:
     if report.get("empathy_strategies"):
         lines.append("empathy strategies: " + counted(report["empathy_strategies"]))
     if report.get("llm_calls"):
-        lines.append("LLM calls: " + summary_line(report["llm_calls"]))
+        lines += llm_lines(report["llm_calls"], report["llm_calls_build"])
+    return lines
+
+
+def llm_lines(this_run: dict, build: dict) -> list[str]:
+    """What this run asked of the LLM (skipped tasks sent nothing), then, when it skipped any, the totals
+    of every task of the build, whichever run did it."""
+    skipped = this_run["tasks_skipped"]
+    tasks = f"{skipped} task{'s' * (skipped != 1)} skipped as finished"
+    lines = [f"LLM calls this run: {summary_line(this_run)}; {tasks}"]
+    if skipped:
+        lines.append(f"LLM calls, build total (every run): {summary_line(build)}")
     return lines
 
 
 def write_report(result: BuildResult, out_dir: str | Path) -> None:
-    """``report.json`` (funnel) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
+    """``report.json`` (funnel, with ``configs``: the dataset configs exported in ``out_dir``, none when
+    this build exported nothing) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
+    exported = export.written_configs(out_dir) if (out_dir / "README.md").exists() else []
+    report = {**result.report(), "configs": exported}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out_dir / "recordings.jsonl", "w") as f:
         for entry in result.ledger:
             f.write(json.dumps(entry) + "\n")

@@ -234,7 +234,9 @@ class PostFilter(Step):
     uses = ("postfilter", "qa.pairs_per_segment")
 
     def extra(self, config):
-        return {"categoriser_model": categories.llm_model(config.postfilter.categoriser, config.qa)}
+        # the LLM that categorises, else the offline classifier (its data file's hash included)
+        llm = categories.llm_model(config.postfilter.categoriser, config.qa)
+        return {"categoriser_model": llm or categories.offline_model()}
 
     def run(self, rows, ctx, advance):
         pf = ctx.config.postfilter
