@@ -120,7 +120,7 @@ class CondenseConfig:
     y: float = ranged(0.4, 0.0, 1.0, what="a valence threshold ")  # v_neu_min = y, v_neu_max = 1 - y
     # consistent windows a label needs (1: one window suffices); the order of the mapping never matters
     alpha: dict[str, int] = ranged(lo=1, factory=lambda: dict(PAPER_ALPHA))
-    samples_per_category: int = ranged(80, 1)
+    samples_per_category: int = ranged(80, 0)  # 0: nothing is sampled (the build stops after condensation)
     seed: int = ranged(0, 0)
     # Rounds of replacements for sampled segments lost later (no transcript, no pair survived the
     # post-filter): each round takes the next unused candidates of the short categories. 0: none (the paper).

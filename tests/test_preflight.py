@@ -162,7 +162,7 @@ def test_every_numeric_setting_declares_a_range_that_the_preflight_checks():
         ("emotion_window.label_s=0", "in (0, inf)"),
         ("gender_window.label_s=0", "in (0, inf)"),
         ("vad.block_s=0", "in [0.032, inf)"),
-        ("condense.samples_per_category=-1", "in [1, inf)"),
+        ("condense.samples_per_category=-1", "in [0, inf)"),
         ("vad.threshold=1.5", "a speech probability in [0, 1]"),
         ("vad.merge_gap_s=-1", "in [0, inf)"),
         ("vad.min_speech_ms=-5", "in [0, inf)"),
