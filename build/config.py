@@ -185,6 +185,9 @@ class RuntimeConfig:
     recordings_per_shard: int = 64  # recordings per labelling shard (sorted by id)
     hours_per_shard: float | None = None  # instead: close a shard once it holds this many audio hours
     segments_per_shard: int = 32  # condensed segments per ASR / QA / post-filter shard
+    # How long a process waits at a barrier for the others (more than one process): a rank that
+    # failed or died ends the wait at once, one still missing after this long ends it too (build.ranks)
+    barrier_timeout_s: float = 6 * 3600.0
 
 
 @dataclass
