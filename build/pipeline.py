@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import sys
@@ -59,8 +60,10 @@ from . import align, categories, condense, empathy, export, ingest, label, postf
 from .config import Config
 from .llm import CallStats, stats_delta, summary_line
 from .progress import StageProgress
-from .ranks import Ranks, current
-from .work import Timer, WorkDir, atomic_write, fingerprint, incomplete, plan_shards, shard_name
+from .ranks import Ranks, current, reports_failures
+from .work import Timer, WorkDir, atomic_write, fingerprint, incomplete, interruption, plan_shards, shard_name
+
+_log = logging.getLogger(__name__)
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -370,6 +373,10 @@ class _Run:
                 if self.work.is_done(stage, shard, fp):
                     bar.shard_done(audio_s)
                     continue
+                self.ranks.working(stage, shard)
+                earlier = self.work.mark_started(stage, shard, self.ranks.index)
+                if earlier is not None:  # a killed process, a lost node or an error left it unfinished
+                    _log.warning(interruption(stage, shard, self.ranks.index, earlier))
                 before = bar.bar.n
                 timer = Timer()
                 columns, features, counts, dropped = compute(shard, bar)
@@ -386,6 +393,7 @@ class _Run:
         return pa.concat_tables(tables) if tables else features.arrow_schema.empty_table()
 
 
+@reports_failures
 def build(
     source: str | Path,
     config: Config,
@@ -412,7 +420,7 @@ def build(
         # QA is always built: its deliveries decide the top-up rounds that both outputs draw from
         raise ValueError(f"outputs must be qa or qa,empathy, got {','.join(outputs) or 'none'}")
     out_dir = Path(out_dir)
-    ranks = ranks or current()
+    ranks = (ranks or current(config.runtime.barrier_timeout_s)).reporting(out_dir / "work" / "ranks")
     # ---- preflight (config, output, models, endpoint) on every rank, so none waits at a barrier for
     # a rank 0 that stopped; then ingest: one plan for every process
     preflight.check_build(config, out_dir, stop_after=stop_after)
