@@ -245,6 +245,9 @@ class RuntimeConfig:
     # instead: close a shard once it holds this many audio hours
     hours_per_shard: float | None = ranged(None, 0.0, lo_open=True)
     segments_per_shard: int = ranged(32, 1)  # condensed segments per ASR / QA / post-filter shard
+    # How long a process waits at a barrier for the others (more than one process): a rank that
+    # failed or died ends the wait at once, one still missing after this long ends it too (build.ranks)
+    barrier_timeout_s: float = ranged(6 * 3600.0, 0.0, lo_open=True)
 
 
 @dataclass

@@ -24,13 +24,15 @@ Edge rules:
   ``n = round((ctx_end - ctx_start) * 16000)``, the same samples ``audio.decode_spans`` cuts when it
   decodes the segment's windows together.
 - Decoding runs ahead of the models in ``loader_workers`` DataLoader processes (0: in this
-  process). Decoded segments are pooled until about ``_POOL_BATCHES`` model batches of windows wait;
-  the pool's windows are sorted by length (longest first, ties in segment and window order) and cut
-  into batches of ``batch_size``, so batches hold windows of equal or near length and padding is
-  rare. Results go back to their segment and window. Batches depend only on the segments and their
-  order, so two calls with the same input give identical results (bitwise on CPU). Every model sees
-  padding (masked, see ``build.emotion`` and ``build.batching``) only where a batch mixes lengths,
-  which moves its outputs by float rounding (below 1e-6 for emotion scores).
+  process); a decoding process dies with the process that started it (a killed rank leaves none
+  behind holding its files and sockets).
+- A segment's windows are batched on their own, never with another segment's: sorted by length
+  (longest first, ties in window order) and cut into batches of ``batch_size``. Padding (masked,
+  see ``build.emotion`` and ``build.batching``) moves a model's outputs by float rounding, so this
+  makes a segment's labels a function of its own samples (with ``batch_size``, the device and the
+  precision): the other segments of its shard, their order, the shard size, the number of
+  processes and whatever a process labelled before (a build resumed after a crash) change
+  nothing, bit for bit.
 - ``on_segment_done(seconds)`` is called once per segment, failed or not, when its labels are
   final, with ``end - start``.
 - ``precision``: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``,
@@ -40,8 +42,14 @@ Edge rules:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
+import os
+import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,10 +62,9 @@ from .models import model_dtype
 from .schema import DIMENSIONS, SEGMENT
 from .windows import window_spans
 
-# Decoded segments wait until this many model batches of windows are pooled, then run.
-_POOL_BATCHES = 8
 # Segments each loader worker decodes ahead of the models.
 _PREFETCH = 4
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
 
 class _SegmentAudio:
@@ -110,25 +117,84 @@ def _decoded_segments(dataset: _SegmentAudio, loader_workers: int):
         return iter(())
     from torch.utils.data import DataLoader
 
-    extra = {"prefetch_factor": _PREFETCH} if loader_workers else {}
+    extra = {"prefetch_factor": _PREFETCH, "worker_init_fn": functools.partial(_die_with_parent, os.getpid())}
     return iter(
-        DataLoader(dataset, batch_size=None, shuffle=False, num_workers=loader_workers, collate_fn=_keep, **extra)
+        DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=loader_workers, collate_fn=_keep,
+            **(extra if loader_workers else {}),
+        )  # fmt: skip
     )
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """In a decoding process: have Linux kill it when ``parent`` (the rank) dies. Without this, a rank
+    killed with SIGKILL leaves decoders blocked on a full pipe, holding its sockets: a restarted
+    process group can then hang on the dead rank's address. The SIGTERM a launcher sends to the
+    whole process group is the rank's to handle; the decoders end with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the rank died before the line above ran
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Job:
     """One window waiting for a model: where its result goes and the samples it hears."""
 
-    __slots__ = ("segment", "window", "clip", "span")
+    __slots__ = ("window", "clip", "span")
 
-    def __init__(self, segment: int, window: int, clip: np.ndarray, span: tuple[str, float, float]):
-        self.segment, self.window, self.clip, self.span = segment, window, clip, span
+    def __init__(self, window: int, clip: np.ndarray, span: tuple[str, float, float]):
+        self.window, self.clip, self.span = window, clip, span
+
+
+@dataclass(frozen=True)
+class _Models:
+    """What labels a window: model names, where and how they run, the batch size."""
+
+    emotion: list[str]
+    dimension: str
+    gender: str
+    device: str
+    precision: str
+    batch_size: int
 
 
 def _length_batches(jobs: list[_Job], batch_size: int) -> list[list[_Job]]:
     """Jobs sorted by clip length (longest first; ties keep their order), cut into batches."""
     ordered = sorted(range(len(jobs)), key=lambda k: (-len(jobs[k].clip), k))
     return [[jobs[k] for k in ordered[i : i + batch_size]] for i in range(0, len(ordered), batch_size)]
+
+
+def _label_emotion(jobs: list[_Job], models: _Models, rows: list[dict], errors: list[str | None]) -> None:
+    """Categorical and dimensional labels of one segment's emotion windows, into ``rows`` and ``errors``."""
+    for batch in _length_batches(jobs, models.batch_size):
+        clips, spans = [job.clip for job in batch], [job.span for job in batch]
+        categorical = emotion.classify_clips(
+            clips, spans, model_ids=models.emotion, device=models.device, precision=models.precision
+        )
+        dimensional = dimension.classify_clips(
+            clips, spans, model_id=models.dimension, device=models.device, precision=models.precision
+        )
+        for k, job in enumerate(batch):
+            row = rows[job.window]
+            row["emotion"] = categorical["emotion"][k]
+            row["emotion_scores"] = categorical["emotion_scores"][k]
+            for name in DIMENSIONS:
+                row[name] = dimensional[name][k]
+            errors[job.window] = categorical["emotion_error"][k] or dimensional["dimension_error"][k]
+
+
+def _label_gender(jobs: list[_Job], models: _Models, rows: list[dict], errors: list[str | None]) -> None:
+    """Gender labels of one segment's gender windows, into ``rows`` and ``errors``."""
+    for batch in _length_batches(jobs, models.batch_size):
+        labelled = gender.classify_clips(
+            [job.clip for job in batch], [job.span for job in batch],
+            model_id=models.gender, device=models.device, precision=models.precision,
+        )  # fmt: skip
+        for k, job in enumerate(batch):
+            row = rows[job.window]
+            row["gender"], row["gender_score"] = labelled["gender"][k], labelled["gender_score"][k]
+            errors[job.window] = labelled["gender_error"][k]
 
 
 def label_segments(
@@ -155,79 +221,38 @@ def label_segments(
         raise ValueError("emotion_models is empty: the emotion stage needs at least one emotion2vec model")
     run_device = devices.device_for(rank, device)
     model_dtype(precision, run_device)  # refuse an unknown precision before any decoding
+    models = _Models(list(emotion_models), dimension_model, gender_model, run_device, precision, batch_size)
     emotion_spec, gender_spec = _spec(emotion_window), _spec(gender_window)
 
     paths, starts, ends = segments["audio_path"], segments["start"], segments["end"]
-    n = len(paths)
     emotion_spans = [window_spans(s, e, **emotion_spec) for s, e in zip(starts, ends)]
     gender_spans = [window_spans(s, e, **gender_spec) for s, e in zip(starts, ends)]
-    emotion_rows: list[list[dict]] = [
-        [_empty_emotion_window(lo, hi) for lo, hi, _, _ in spans] for spans in emotion_spans
-    ]
-    gender_rows: list[list[dict]] = [
+    emotion_rows = [[_empty_emotion_window(lo, hi) for lo, hi, _, _ in spans] for spans in emotion_spans]
+    gender_rows = [
         [{"start": lo, "end": hi, "gender": None, "gender_score": None} for lo, hi, _, _ in spans]
         for spans in gender_spans
     ]
-    decode_errors: list[str | None] = [None] * n
+    decode_errors: list[str | None] = [None] * len(paths)
     # Per segment, per window: the first error of the emotion (categorical or dimensional) and gender models.
     emotion_errors: list[list[str | None]] = [[None] * len(spans) for spans in emotion_spans]
     gender_errors: list[list[str | None]] = [[None] * len(spans) for spans in gender_spans]
 
-    def run_pool(pool: list[tuple[int, np.ndarray | None, str | None]]) -> None:
-        emotion_jobs: list[_Job] = []
-        gender_jobs: list[_Job] = []
-        for i, audio, error in pool:
-            if audio is None:
-                decode_errors[i] = error
-                continue
-            emotion_jobs += _jobs(i, audio, paths[i], starts[i], emotion_spans[i])
-            gender_jobs += _jobs(i, audio, paths[i], starts[i], gender_spans[i])
-        for batch in _length_batches(emotion_jobs, batch_size):
-            clips, spans = [job.clip for job in batch], [job.span for job in batch]
-            categorical = emotion.classify_clips(
-                clips, spans, model_ids=emotion_models, device=run_device, precision=precision
-            )
-            dimensional = dimension.classify_clips(
-                clips, spans, model_id=dimension_model, device=run_device, precision=precision
-            )
-            for k, job in enumerate(batch):
-                row = emotion_rows[job.segment][job.window]
-                row["emotion"] = categorical["emotion"][k]
-                row["emotion_scores"] = categorical["emotion_scores"][k]
-                for name in DIMENSIONS:
-                    row[name] = dimensional[name][k]
-                emotion_errors[job.segment][job.window] = (
-                    categorical["emotion_error"][k] or dimensional["dimension_error"][k]
-                )
-        for batch in _length_batches(gender_jobs, batch_size):
-            labelled = gender.classify_clips(
-                [job.clip for job in batch], [job.span for job in batch],
-                model_id=gender_model, device=run_device, precision=precision,
-            )
-            for k, job in enumerate(batch):
-                row = gender_rows[job.segment][job.window]
-                row["gender"], row["gender_score"] = labelled["gender"][k], labelled["gender_score"][k]
-                gender_errors[job.segment][job.window] = labelled["gender_error"][k]
+    for i, audio, error in _decoded_segments(_SegmentAudio(paths, starts, ends), loader_workers):
+        if audio is None:
+            decode_errors[i] = error
+        else:
+            emotion_jobs = _jobs(audio, paths[i], starts[i], emotion_spans[i])
+            _label_emotion(emotion_jobs, models, emotion_rows[i], emotion_errors[i])
+            gender_jobs = _jobs(audio, paths[i], starts[i], gender_spans[i])
+            _label_gender(gender_jobs, models, gender_rows[i], gender_errors[i])
         if on_segment_done is not None:
-            for i, _, _ in pool:
-                on_segment_done(float(ends[i] - starts[i]))
-
-    pool: list[tuple[int, np.ndarray | None, str | None]] = []
-    pooled_windows = 0
-    for item in _decoded_segments(_SegmentAudio(paths, starts, ends), loader_workers):
-        pool.append(item)
-        pooled_windows += len(emotion_spans[item[0]]) + len(gender_spans[item[0]])
-        if pooled_windows >= _POOL_BATCHES * batch_size:
-            run_pool(pool)
-            pool, pooled_windows = [], 0
-    if pool:
-        run_pool(pool)
+            on_segment_done(float(ends[i] - starts[i]))
 
     label_errors = [
         decode_errors[i]
         or next((e for e in emotion_errors[i] if e), None)
         or next((e for e in gender_errors[i] if e), None)
-        for i in range(n)
+        for i in range(len(paths))
     ]
     return {"emotion_windows": emotion_rows, "gender_windows": gender_rows, "label_error": label_errors}
 
@@ -236,11 +261,11 @@ def _empty_emotion_window(start: float, end: float) -> dict:
     return {"start": start, "end": end, "emotion": None, "emotion_scores": None, **{name: None for name in DIMENSIONS}}
 
 
-def _jobs(segment: int, audio: np.ndarray, path: str, seg_start: float, spans) -> list[_Job]:
+def _jobs(audio: np.ndarray, path: str, seg_start: float, spans) -> list[_Job]:
     """The segment's windows as slices of its decoded samples."""
     jobs = []
     for w, (_, _, ctx_start, ctx_end) in enumerate(spans):
         a = int(round((ctx_start - seg_start) * SAMPLE_RATE))
         length = int(round((ctx_end - ctx_start) * SAMPLE_RATE))
-        jobs.append(_Job(segment, w, audio[a : a + length], (path, ctx_start, ctx_end)))
+        jobs.append(_Job(w, audio[a : a + length], (path, ctx_start, ctx_end)))
     return jobs

@@ -86,9 +86,12 @@ def funasr_side_effects_contained() -> Iterator[None]:
     which calls ``logging.basicConfig(level=INFO)``; building a model calls ``basicConfig`` again and
     reseeds ``random``, ``numpy`` and ``torch`` (CPU state restored here); ``generate`` draws from
     ``random``. Its banner prints ("funasr version: ...") are discarded: stdout keeps the caller's
-    report and stderr its progress lines."""
+    report and stderr its progress lines. Under a distributed launcher, importing ModelScope (which
+    FunASR does) sets the root logger's stderr handler to ERROR; the handlers' levels are restored too,
+    or no rank would show a warning."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    handler_levels = [handler.level for handler in handlers]
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
     root.setLevel(logging.ERROR)  # its root-logger warnings are banners too
     try:
@@ -97,5 +100,7 @@ def funasr_side_effects_contained() -> Iterator[None]:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        for handler, handler_level in zip(handlers, handler_levels):
+            handler.setLevel(handler_level)
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)

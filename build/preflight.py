@@ -306,8 +306,11 @@ def check_model(key: str, name: str, files: tuple[str, ...], hub: _Hub, *, repo:
 
 def _funasr_repo(model: str) -> str:
     """The Hub repository FunASR's ``hub="hf"`` loader downloads for ``model``."""
+    from .models import funasr_side_effects_contained
+
     try:
-        from funasr.download.name_maps_from_hub import name_maps_hf
+        with funasr_side_effects_contained():  # importing FunASR changes the process's logging
+            from funasr.download.name_maps_from_hub import name_maps_hf
     except ImportError:
         return model
     return name_maps_hf.get(model, model)

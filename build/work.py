@@ -10,6 +10,10 @@ Parquet files, so that a build survives a crash and spreads over processes:
   written last and carries the task's **fingerprint** in its schema metadata. A task whose output
   exists with the same fingerprint is complete and is skipped; anything else (no file, another
   fingerprint, a torn write that never got renamed) is computed again.
+- A task that starts writes ``<shard>.started.json`` (rank, process, host) and its finished output
+  removes it, so a task that was interrupted (a killed process, a lost node, an error) is known on
+  the next run: ``mark_started`` returns the earlier start, and the temporary files the
+  interrupted writes left are removed.
 - A fingerprint hashes the stage name, the stage's code version, the config values the stage reads
   and the fingerprint of its input, so a changed value recomputes the stages it affects and those
   after them, and nothing before.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +53,14 @@ def incomplete(fp: str) -> str:
     """The fingerprint an output is written under when it is usable but not finished (some of its LLM
     calls failed): it never equals the task's own, so the next run redoes the task."""
     return f"{fp}-incomplete"
+
+
+def interruption(stage: str, shard: str, rank: int, earlier: dict) -> str:
+    """The warning for a task that an earlier run started and never finished (``WorkDir.mark_started``)."""
+    by = ""
+    if {"rank", "pid", "host"} <= earlier.keys():
+        by = f" (started by rank {earlier['rank']}, process {earlier['pid']} on {earlier['host']})"
+    return f"rank {rank}: {stage} shard {shard} was interrupted in an earlier run{by}; redoing it"
 
 
 def plan_shards(durations: Sequence[float | None], per_shard: int, hours_per_shard: float | None = None) -> list[list[int]]:
@@ -110,6 +123,26 @@ class WorkDir:
     def dropped_path(self, stage: str, shard: str) -> Path:
         return self.root / stage / f"{shard}.dropped.parquet"
 
+    def started_path(self, stage: str, shard: str) -> Path:
+        return self.root / stage / f"{shard}.started.json"
+
+    # ---------------------------------------------------------------- interrupted tasks
+    def mark_started(self, stage: str, shard: str, rank: int) -> dict | None:
+        """Record that ``rank`` starts the task. Returns what an earlier start of it that never finished
+        recorded (``{}`` when its record is unreadable), or None when there was none."""
+        path = self.started_path(stage, shard)
+        try:
+            earlier = json.loads(path.read_text())
+        except FileNotFoundError:
+            earlier = None
+        except (OSError, ValueError):
+            earlier = {}
+        for leftover in path.parent.glob(f".{shard}.*.tmp"):  # writes the interrupted run never renamed
+            leftover.unlink(missing_ok=True)
+        record = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        atomic_write(path, lambda p: p.write_text(json.dumps(record) + "\n"))
+        return earlier if earlier is None or isinstance(earlier, dict) else {}
+
     # ---------------------------------------------------------------- completion
     def fingerprint_of(self, stage: str, shard: str) -> str | None:
         """The fingerprint a finished task wrote, or None when there is no readable output."""
@@ -143,6 +176,7 @@ class WorkDir:
         table = table_from_columns(columns, features)
         metadata = {**(table.schema.metadata or {}), _METADATA_KEY: json.dumps({"stage": stage, "shard": shard, "fingerprint": fp}).encode()}
         atomic_write(self.output(stage, shard), lambda p: pq.write_table(table.replace_schema_metadata(metadata), p))
+        self.started_path(stage, shard).unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- read
     def read(self, stage: str, shard: str) -> dict[str, list]:

@@ -28,7 +28,7 @@ from datasets import Dataset
 
 from .. import preflight, publish, schema
 from ..config import Config
-from ..ranks import Ranks, current
+from ..ranks import Ranks, current, reports_failures
 from ..work import WorkDir
 from . import audit, sampling
 from .columns import QA_SEGMENT, dataset
@@ -45,6 +45,7 @@ STOP_AFTER = ("condense",)
 OUTPUTS = ("qa", "empathy")
 
 
+@reports_failures
 def build(
     source: str | Path,
     config: Config,
@@ -66,7 +67,8 @@ def build(
     the lines meant for the user (the embedded server starting); progress bars go to stderr.
     ``allow_outside_root``: read manifest rows whose file lies outside the manifest's folder."""
     _check_options(stop_after, outputs)
-    out_dir, ranks = Path(out_dir), ranks or current()
+    out_dir = Path(out_dir)
+    ranks = (ranks or current(config.runtime.barrier_timeout_s)).reporting(out_dir / "work" / "ranks")
     # on every rank, so none waits at a barrier for a rank 0 that stopped
     preflight.check_build(config, out_dir, stop_after=stop_after)
     with contextlib.ExitStack() as stack:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,11 +25,12 @@ from ..llm import LlmClient
 from ..llm_server import embedded_server, resolve_endpoint
 from ..progress import StageProgress
 from ..ranks import Ranks
-from ..work import Timer, WorkDir, fingerprint, incomplete
+from ..work import Timer, WorkDir, fingerprint, incomplete, interruption
 from .columns import pick
 from .funnel import LLM_PREFIX
 from .steps import Step
 
+_log = logging.getLogger(__name__)
 PLAN = ("ingest", "recordings")  # the work file of the ingest plan (build.pipeline.plan)
 
 
@@ -119,6 +121,10 @@ class Executor:
                 bar.shard_done(audio_s[shard] - (bar.bar.n - before))
 
     def _run_task(self, step: Step, shard: str, fp: str, audio_s: float, bar: StageProgress) -> None:
+        self.ranks.working(step.name, shard)
+        earlier = self.work.mark_started(step.name, shard, self.ranks.index)
+        if earlier is not None:  # a killed process, a lost node or an error left it unfinished
+            _log.warning(interruption(step.name, shard, self.ranks.index, earlier))
         timer = Timer()
         result = step.run(self.read(step.reads, shard), self.ctx, bar.advance)
         stats = {"counts": result.counts, "audio_s": round(audio_s, 3), "wall_s": timer.seconds, "rank": self.ranks.index}
