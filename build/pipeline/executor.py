@@ -30,7 +30,7 @@ from .columns import pick
 from .funnel import LLM_PREFIX
 from .steps import Step
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(__package__)  # "build.pipeline": the log of every step
 PLAN = ("ingest", "recordings")  # the work file of the ingest plan (build.pipeline.plan)
 
 
