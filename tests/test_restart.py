@@ -79,10 +79,10 @@ def test_labelling_interrupted_mid_shard_resumes_to_the_same_rows_and_says_so(
     def stop(seconds):
         raise KeyboardInterrupt  # what a kill does to the task: nothing after this point runs
 
-    def second_shard_stops(segments, **kwargs):
+    def second_shard_stops(segments, config, **kwargs):
         calls.append(segments["segment_id"])
         return real(
-            segments, **{**kwargs, "on_segment_done": stop if len(calls) == 2 else kwargs["on_segment_done"]}
+            segments, config, **{**kwargs, "on_segment_done": stop if len(calls) == 2 else kwargs["on_segment_done"]}
         )
 
     monkeypatch.setattr(label, "label_segments", second_shard_stops)
