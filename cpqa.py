@@ -47,10 +47,10 @@ TINY_MODELS = REPO / ".cpqa" / "tiny-models"
 
 
 def load_config(args: argparse.Namespace):
-    from build.config import paper_config, tiny_config
+    from build.core.config import paper_config, tiny_config
 
     if args.profile == "tiny":
-        from build.tiny import build_tiny_models
+        from build.models.tiny import build_tiny_models
 
         config = tiny_config(str(build_tiny_models(TINY_MODELS)))
     else:
@@ -65,7 +65,7 @@ def with_export_options(config, args: argparse.Namespace):
     """``--publish``, ``--splits`` and ``--split-by`` on top of the config's ``export`` section."""
     import dataclasses
 
-    from build.splits import parse_splits
+    from build.publishing.splits import parse_splits
 
     changes = {"publish": args.publish, "split_by": args.split_by, "splits": parse_splits(args.splits) if args.splits else None}
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -97,7 +97,7 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, outputs:
     if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    from build.export import written_splits
+    from build.publishing.export import written_splits
 
     written = written_splits(out_dir)  # the configs this build wrote, no other
     others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in written if name != "qa")
@@ -129,7 +129,7 @@ def parse_judge(spec: str) -> dict:
 
 def run_evaluate(args) -> int:
     """Score a speech-LLM on QA sets (build/evaluate.py); write predictions.jsonl, results.json and results.md."""
-    from build.evaluate import EvaluateOptions, evaluate_sets
+    from build.commands.evaluate import EvaluateOptions, evaluate_sets
 
     judges = [parse_judge(spec) for spec in args.judge]
     if args.judge_samples:
@@ -164,7 +164,7 @@ def run_evaluate(args) -> int:
 
 
 def run_calibrate(args, config) -> int:
-    from build import calibrate
+    from build.commands import calibrate
 
     result = calibrate.calibrate(
         args.source, corpus=args.corpus, config=config, out_dir=args.out, labels_file=args.labels,
@@ -183,7 +183,7 @@ def run_calibrate(args, config) -> int:
 
 
 def run_stats(args) -> int:
-    from build import stats
+    from build.publishing import stats
 
     collected = stats.collect(stats.named_folders(args.dataset, args.names))
     path = stats.write_stats(collected, args.out)
@@ -193,7 +193,7 @@ def run_stats(args) -> int:
 
 
 def add_review_arguments(parser: argparse.ArgumentParser) -> None:
-    from build.review.options import add_arguments  # argparse only
+    from build.commands.review.options import add_arguments  # argparse only
 
     add_arguments(parser)
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line for anything a user can cause; the traceback with --debug
         if args.debug:
             raise
-        from build.errors import first_line
+        from build.core.errors import first_line
 
         print(f"cpqa {args.command}: {first_line(error, with_type=False)} (--debug shows the traceback)", file=sys.stderr)
         return 2
@@ -303,16 +303,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "stats":
         return run_stats(args)
     if args.command == "review":
-        from build.review.cli import run
+        from build.commands.review.cli import run
 
         return run(args)
     if args.command == "push":
-        from build.publish import push_build
+        from build.publishing.publish import push_build
 
         push_build(args.folder, args.repo_id, public=args.public, dry_run=args.dry_run, say=print)
         return 0
     if args.command == "rehydrate":
-        from build.publish import rehydrate
+        from build.publishing.publish import rehydrate
 
         report = rehydrate(args.folder, args.audio_root, args.into)
         print("\n".join(report.lines()))

@@ -17,8 +17,8 @@ import numpy as np
 import soundfile as sf
 
 from build import pipeline
-from build.audio import decode_span
-from build.config import PAPER_ALPHA, Config
+from build.sources.audio import decode_span
+from build.core.config import PAPER_ALPHA, Config
 from conftest import AMI, ravdess_recording
 from openai_stub import OpenAIStub
 

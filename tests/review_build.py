@@ -10,9 +10,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from build import export, pipeline
-from build.config import paper_config
-from build.schema import EMOTION_LABELS
+from build.publishing import export
+from build import pipeline
+from build.core.config import paper_config
+from build.core.schema import EMOTION_LABELS
 from conftest import AMI, REPO, ravdess_recording
 
 XSS = "<img src=x onerror=alert(1)> {{constructor}} ${alert(2)}"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from build import align
-from build.config import AsrConfig
-from build.words import label_for_span, tag_segment_words, tag_words
+from build.stages import align
+from build.core.config import AsrConfig
+from build.stages.words import label_for_span, tag_segment_words, tag_words
 from conftest import ravdess_clips, ravdess_recording
 
 # ---- stage 9: the join rule on hand-made words and windows ----------------------------------------
@@ -154,7 +154,7 @@ def test_an_unreadable_file_gives_an_error_naming_it_and_the_rest_is_transcribed
 
 
 def test_bundled_model_name_resolves_to_the_wheel_folder():
-    from build.align import resolve_model
+    from build.stages.align import resolve_model
 
     folder = Path(resolve_model("bundled:tiny.en"))
     assert (folder / "model.bin").is_file() and (folder / "tokenizer.json").is_file()
@@ -212,8 +212,8 @@ def _tiny_align_model():
 def test_whisperx_aligner_with_an_align_model_times_every_word_offline(monkeypatch):
     """WhisperX's batched transcription and align() run for real (align() needs NLTK's punkt_tab,
     which is not installed here); only the align model's weights are random instead of downloaded."""
-    from build import devices
-    from build.align import align_model_key
+    from build.core import devices
+    from build.stages.align import align_model_key
 
     monkeypatch.setitem(devices._CACHE, align_model_key("en", "cpu"), _tiny_align_model())
     out = transcribe_and_align({"audio_path": [RAVDESS], "start": [SEGMENT[0]], "end": [SEGMENT[1]]}, aligner="whisperx", **ASR)

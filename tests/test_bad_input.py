@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from build import ingest, pipeline, segment
-from build.audio import decode_span
+from build.sources import ingest
+from build import pipeline
+from build.stages import segment
+from build.sources.audio import decode_span
 from conftest import AMI
 
 SPEECH_S = 8.0

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from build import categories
-from build.categories import (
+from build.models import categories
+from build.models.categories import (
     BATCH, CATEGORIES, DATA, MODES, accuracy, categorise, categorise_question, classify, cross_validated,
     offline_model, parse_reply, read_labelled, request_for,
 )
-from build.llm import LlmClient
+from build.models.llm import LlmClient
 from openai_stub import OpenAIStub, Reply
 
 E, S, R, O = CATEGORIES
@@ -283,8 +283,8 @@ def test_parse_reply_wants_exactly_n_known_categories():
 
 
 def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
-    from build.categories import client_for, llm_model
-    from build.config import Config
+    from build.models.categories import client_for, llm_model
+    from build.core.config import Config
 
     qa = Config().qa
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -300,8 +300,8 @@ def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
 
 
 def test_preflight_accepts_every_categoriser_mode():
-    from build.config import Config
-    from build.preflight import check_config
+    from build.core.config import Config
+    from build.commands.preflight import check_config
 
     assert MODES == ("auto", "llm", "embeddings", "rules")
     for mode in MODES:

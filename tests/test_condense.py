@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from build import pipeline, schema
-from build.calibrate import X_GRID, Y_GRID, parse_grid
-from build.condense import (
+from build import pipeline
+from build.core import schema
+from build.commands.calibrate import X_GRID, Y_GRID, parse_grid
+from build.stages.condense import (
     balanced_sample,
     consistent_mask,
     count_occurrences,
@@ -17,9 +18,9 @@ from build.condense import (
     occurrence_labels,
     primary_label,
 )
-from build.config import PAPER_ALPHA, Config
+from build.core.config import PAPER_ALPHA, Config
 from build.pipeline.steps import Condense
-from build.work import WorkDir, fingerprint
+from build.core.work import WorkDir, fingerprint
 
 X, Y = 0.5, 0.4  # the paper's best: v_pos_min 0.5, v_neg_max 0.5, neutral band [0.4, 0.6]
 

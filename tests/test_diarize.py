@@ -3,8 +3,8 @@ per-speaker transcripts, and the diarization error rate of RTTM-shaped input (py
 
 import pytest
 
-from build import diarize
-from build.config import AsrConfig
+from build.models import diarize
+from build.core.config import AsrConfig
 from conftest import SAMPLES
 
 RTTM = SAMPLES / "ami_es2004_excerpt.rttm"
@@ -112,7 +112,7 @@ def test_diarization_without_a_token_is_refused_with_what_to_do(monkeypatch):
 
 
 def test_speaker_turns_reach_the_prompt_in_clip_time():
-    from build.qa import render_messages
+    from build.stages.qa import render_messages
 
     words = [
         {"word": "hello", "start": 10.5, "end": 11.0, "score": 0.9, "speaker": "SPEAKER_00", "emotion": "happy", "gender": "female"},
@@ -129,7 +129,7 @@ def test_speaker_turns_reach_the_prompt_in_clip_time():
 def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
     """The ASR map with diarize=True: the pyannote pipeline is replaced by the excerpt's RTTM (turns in
     segment time), the rest is the real code (bundled tiny.en, faster-whisper word times)."""
-    from build import align
+    from build.stages import align
     from conftest import AMI
 
     start, end = 20.0, 50.0
@@ -154,9 +154,9 @@ def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
 
 def test_split_by_speaker_is_refused_even_with_diarization(tmp_path):
     from build import pipeline
-    from build.config import paper_config
+    from build.core.config import paper_config
 
-    from build.preflight import PreflightError
+    from build.commands.preflight import PreflightError
 
     config = paper_config().with_overrides(["export.split_by=speaker", "asr.diarize=true"])
     with pytest.raises(PreflightError, match=r"export.split_by=speaker: diarization labels speakers per clip"):

@@ -4,7 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from audited_build import PAIRS
-from build import condense, ingest, pipeline, postfilter, qa, schema, segment
+from build.stages import condense, postfilter, qa, segment
+from build.sources import ingest
+from build import pipeline
+from build.core import schema
 
 
 def _dropped(out) -> dict[str, list[dict]]:

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from build import devices, empathy
-from build.config import EmpathyConfig, QaConfig
-from build.empathy import (
+from build.core import devices
+from build.stages import empathy
+from build.core.config import EmpathyConfig, QaConfig
+from build.stages.empathy import (
     FAMILIES,
     context_turns,
     family_of,
@@ -22,7 +23,7 @@ from build.empathy import (
     sentence_spans,
     target_emotions,
 )
-from build.schema import EMOTION_LABELS
+from build.core.schema import EMOTION_LABELS
 from openai_stub import OpenAIStub, Reply
 
 
@@ -322,7 +323,7 @@ def test_bad_settings_are_named():
     ],
 )
 def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem):
-    from build import preflight
+    from build.commands import preflight
 
     key = override.split("=")[0]
     assert preflight.check_config(tiny_config.with_overrides([override])) == [f"{problem}: fix it with --set {key}=... or in --config"]
@@ -331,8 +332,9 @@ def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem)
 def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode(tmp_path):
     from datasets import Dataset, load_dataset
 
-    from build import export, publish, schema
-    from build.config import ExportConfig
+    from build.publishing import export, publish
+    from build.core import schema
+    from build.core.config import ExportConfig
     from conftest import AMI
 
     def sample(sid, rid, start):

@@ -409,7 +409,7 @@ BAD_PREDICTION_LINES = [
 
 @pytest.mark.parametrize(("content", "line", "problem"), BAD_PREDICTION_LINES)
 def test_a_bad_predictions_line_is_one_error_naming_file_and_line(tmp_path, content, line, problem):
-    from build.evaluate import read_predictions
+    from build.commands.evaluate import read_predictions
 
     path = tmp_path / "predictions.jsonl"
     path.write_bytes(content)
@@ -419,7 +419,7 @@ def test_a_bad_predictions_line_is_one_error_naming_file_and_line(tmp_path, cont
 
 
 def test_what_a_predictions_file_may_hold(tmp_path):
-    from build.evaluate import read_predictions
+    from build.commands.evaluate import read_predictions
 
     path = tmp_path / "predictions.jsonl"
     lines = [

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from build import export, pipeline, stats
-from build.audio import decode_span
-from build.config import paper_config
-from build.schema import EMOTION_LABELS
+from build.publishing import export, stats
+from build import pipeline
+from build.sources.audio import decode_span
+from build.core.config import paper_config
+from build.core.schema import EMOTION_LABELS
 from conftest import AMI, REPO
 
 SPANS = [(2.0, 34.0), (20.5, 55.0)]

@@ -1,4 +1,4 @@
-"""Recording ids: a slug of the file name in any script, unique in every case (``build.ingest.slug``, ``unique_ids``)."""
+"""Recording ids: a slug of the file name in any script, unique in every case (``build.sources.ingest.slug``, ``unique_ids``)."""
 
 import hashlib
 import re
@@ -7,8 +7,8 @@ import unicodedata
 
 import pytest
 
-from build import ingest
-from build.ingest import list_recordings
+from build.sources import ingest
+from build.sources.ingest import list_recordings
 from conftest import AMI, APOLLO
 from test_ingest import _audio_table, _hub
 

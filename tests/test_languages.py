@@ -14,10 +14,10 @@ import json
 
 import pytest
 
-from build import devices
-from build.align import align_model_key, transcribe_and_align
-from build.audio import decode_span
-from build.config import AsrConfig
+from build.core import devices
+from build.stages.align import align_model_key, transcribe_and_align
+from build.sources.audio import decode_span
+from build.core.config import AsrConfig
 from conftest import AMI, ravdess_recording
 
 SPANS = {"audio_path": [str(AMI), str(ravdess_recording(2))], "start": [0.0, 5.0], "end": [4.0, 9.0]}  # short: decoding random weights is slow
@@ -118,7 +118,7 @@ def test_auto_identifies_each_segment_transcribes_and_aligns_in_its_language(mul
 
 
 def test_a_fixed_language_is_used_without_identification(multilingual_whisper, spies, monkeypatch):
-    from build import align
+    from build.stages import align
 
     monkeypatch.setattr(align, "_detect_language", lambda *a: pytest.fail("a fixed language needs no language id"))
     out = _asr(multilingual_whisper, "zh", aligner="faster-whisper")
@@ -147,7 +147,7 @@ def test_an_english_only_model_says_english_in_auto_mode(spies):
 
 
 def test_qa_in_the_segment_language_or_in_english():
-    from build.qa import render_messages
+    from build.stages.qa import render_messages
 
     row = {"transcript": "你好", "language": "zh", "tagged_words": [], "primary_emotion": "happy", "emotions": ["happy"], "gender": "female"}
     segment = render_messages(row, 3, True, language="segment")[1]["content"]
@@ -161,7 +161,7 @@ def test_the_card_lists_the_languages_with_counts(tmp_path):
     import yaml
     from datasets import Dataset
 
-    from build.config import paper_config
+    from build.core.config import paper_config
     from test_export import _segments, write
 
     rows = [{**row, "language": lang} for row, lang in zip(_segments().to_list(), ["zh", "en"])]

@@ -10,10 +10,11 @@ import json
 
 import pytest
 
-from build import devices, postfilter
-from build.config import PostFilterConfig, QaConfig
-from build.llm import LlmClient, cache_key
-from build.qa import generate_qa, load_prompt, prompt_fragments
+from build.core import devices
+from build.stages import postfilter
+from build.core.config import PostFilterConfig, QaConfig
+from build.models.llm import LlmClient, cache_key
+from build.stages.qa import generate_qa, load_prompt, prompt_fragments
 from metrics.cpqa import llm_client
 from openai_stub import FAULTS, Faults, OpenAIStub, Reply
 
@@ -195,7 +196,7 @@ def test_a_transcript_that_hijacks_the_llm_cannot_get_its_pairs_trusted():
 
 
 def test_pairs_of_the_wrong_shape_never_reach_the_table():
-    from build.qa import parse_qa
+    from build.stages.qa import parse_qa
 
     reply = json.dumps({"pairs": [
         {"question": "What is said?", "answer": {"text": "nested"}},

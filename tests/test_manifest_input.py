@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from build import publish
-from build.ingest import list_recordings, read_records
+from build.publishing import publish
+from build.sources.ingest import list_recordings, read_records
 
 COLUMNS = ("license", "audio_path", "recording_id")
 ROWS = [{"license": "cc-by-nc-4.0", "audio_path": "one.wav", "recording_id": "first"},

@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from build import pipeline, schema
-from build.audio import decode_span
-from build.config import PAPER_ALPHA
+from build import pipeline
+from build.core import schema
+from build.sources.audio import decode_span
+from build.core.config import PAPER_ALPHA
 from build.pipeline.columns import rows as rows_of
-from build.windows import window_spans
+from build.core.windows import window_spans
 from conftest import AMI, ravdess_recording
 
 
@@ -210,7 +211,7 @@ def _empathy_reply(request):
 def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_config, out):
     from datasets import load_dataset
 
-    from build import empathy, words
+    from build.stages import empathy, words
     from openai_stub import OpenAIStub
 
     with OpenAIStub(_empathy_reply) as stub:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from build.config import PostFilterConfig
-from build.postfilter import (
+from build.core.config import PostFilterConfig
+from build.stages.postfilter import (
     duplicate_flags,
     embed,
     explode_pairs,

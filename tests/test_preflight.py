@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from build import pipeline, preflight
-from build.config import Config, field_range, paper_config
+from build import pipeline
+from build.commands import preflight
+from build.core.config import Config, field_range, paper_config
 from conftest import REPO, SAMPLES
 
 

@@ -12,9 +12,9 @@ import yaml
 
 from datasets import Dataset
 
-from build import export, publish, stats
-from build.audio import decode_span
-from build.config import paper_config
+from build.publishing import export, publish, stats
+from build.sources.audio import decode_span
+from build.core.config import paper_config
 from conftest import AMI
 from test_export import BUILD_ID, write
 
@@ -228,7 +228,7 @@ def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
 
 
 def test_push_build_checks_the_token_then_lists_the_files_before_uploading(full, monkeypatch):
-    from build.preflight import PreflightError
+    from build.commands.preflight import PreflightError
 
     events = []
 
@@ -331,7 +331,7 @@ def test_most_restrictive_licence():
 
 def test_an_unknown_mode_is_refused_before_any_audio_is_read(tmp_path):
     from build import pipeline
-    from build.preflight import PreflightError
+    from build.commands.preflight import PreflightError
 
     with pytest.raises(PreflightError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
         pipeline.build(tmp_path / "nothing-here", _config("public"), tmp_path / "out", progress=False)
@@ -352,7 +352,7 @@ def test_a_manifest_license_column_gives_each_row_its_licence(tmp_path):
 
 
 def test_a_built_dataset_names_each_source_by_the_hash_ingest_took(audited_build):
-    from build import ingest
+    from build.sources import ingest
 
     plan = pq.read_table(audited_build.out / "work" / "ingest" / "recordings.parquet").to_pydict()
     planned = dict(zip(plan["recording_id"], plan["sha256"]))

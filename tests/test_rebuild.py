@@ -14,8 +14,10 @@ from datasets import load_from_disk
 
 import cpqa
 from audited_build import PAIRS, audited_config, reply
-from build import export, pipeline, schema
-from build.llm import summary_line
+from build.publishing import export
+from build import pipeline
+from build.core import schema
+from build.models.llm import summary_line
 from openai_stub import OpenAIStub, Reply
 
 NO_LIVE_REPLY = Reply(500, "no live replies in this test")

@@ -8,12 +8,12 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
-from build.review import agreement
-from build.review.export import SECTION_END, SECTION_START, export_review
-from build.review.folder import NotReviewable, open_build
-from build.review.imports import ImportErrors, import_pairs
-from build.review.session import Review
-from build.review.store import Action, Store, problem
+from build.commands.review import agreement
+from build.commands.review.export import SECTION_END, SECTION_START, export_review
+from build.commands.review.folder import NotReviewable, open_build
+from build.commands.review.imports import ImportErrors, import_pairs
+from build.commands.review.session import Review
+from build.commands.review.store import Action, Store, problem
 from review_build import XSS, cached_review_build, write_review_build
 
 
@@ -156,13 +156,13 @@ def finish(review, annotator, segment_id, label="yes"):
     """Every verdict a clip needs from ``annotator``: accept its pairs and sample, answer its label check."""
     for pair in review.build.pairs_of(segment_id):
         act(review, annotator, segment_id, "pair", target=pair.question_id, verdict="accept")
-    if segment_id in review.build.empathy:
+    if segment_id in review.build.stages.empathy:
         act(
             review,
             annotator,
             segment_id,
             "empathy",
-            target=review.build.empathy[segment_id].id,
+            target=review.build.stages.empathy[segment_id].id,
             verdict="accept",
         )
     act(
@@ -573,7 +573,7 @@ REASONING = "contextual paralinguistic reasoning"
 
 
 def test_a_real_build_is_reviewed_and_exported(real_reviewed):
-    from build.export import files_to_upload
+    from build.publishing.export import files_to_upload
 
     out, review, rows, section, before = real_reviewed
     clip = review.build.clips[0]
@@ -623,7 +623,7 @@ def test_evaluate_scores_the_llm_and_the_human_set_of_one_folder(real_reviewed, 
 
 
 def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only_build(tmp_path):
-    from build.publish import rehydrate
+    from build.publishing.publish import rehydrate
     from conftest import AMI, ravdess_recording
 
     out = write_review_build(tmp_path / "meta", publish="metadata-only")
@@ -692,7 +692,7 @@ def test_review_of_a_folder_that_is_no_build_ends_in_one_line(tmp_path, capsys):
 
 
 def test_auth_files_and_variables(tmp_path, monkeypatch):
-    from build.review.serve import AccessRefused, check_access, read_auth
+    from build.commands.review.serve import AccessRefused, check_access, read_auth
 
     users = tmp_path / "users"
     users.write_text("# who\nalice:s3cret\n\n bob :pa:ss\n")

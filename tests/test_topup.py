@@ -5,8 +5,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from build import condense, pipeline, qa
-from build.config import PAPER_ALPHA
+from build.stages import condense, qa
+from build import pipeline
+from build.core.config import PAPER_ALPHA
 from conftest import ravdess_recording
 from openai_stub import OpenAIStub
 

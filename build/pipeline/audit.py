@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import schema
-from ..work import WorkDir
+from ..core import schema
+from ..core.work import WorkDir
 from .funnel import FUNNEL, LLM_PREFIX, Drop, Funnel, llm_calls
 
 

@@ -8,9 +8,9 @@
     empathy          per sample shard, top-ups included (``outputs`` with ``empathy``)
     export (global)  Parquet + dataset card, report.json, recordings.jsonl, work/dropped/<stage>.parquet
 
-Every task is a file under ``OUT/work`` (``build.work``): rerunning the same command after a crash
+Every task is a file under ``OUT/work`` (``build.core.work``): rerunning the same command after a crash
 skips every task whose output carries the same fingerprint, and the LLM cache answers every request
-that had completed. ``accelerate launch`` runs the same ``build`` on N processes (``build.ranks``):
+that had completed. ``accelerate launch`` runs the same ``build`` on N processes (``build.core.ranks``):
 rank r takes every N-th task of each per-shard step, and rank 0 runs the global steps after a barrier.
 QA is always built (its deliveries decide the top-up rounds that both outputs draw from); a recording
 is kept when either output holds a row of it.
@@ -26,10 +26,12 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .. import preflight, publish, schema
-from ..config import Config
-from ..ranks import Ranks, current, reports_failures
-from ..work import WorkDir
+from ..commands import preflight
+from ..publishing import publish
+from ..core import schema
+from ..core.config import Config
+from ..core.ranks import Ranks, current, reports_failures
+from ..core.work import WorkDir
 from . import audit, sampling
 from .columns import QA_SEGMENT, dataset
 from .executor import Context, Executor, LlmEndpoint

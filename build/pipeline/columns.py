@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from datasets import Dataset, DatasetInfo, Features
 
-from .. import schema
+from ..core import schema
 
 
 def rows(columns: dict[str, list]) -> list[dict]:

@@ -1,6 +1,6 @@
 """The one loop around every step, in datatrove's manner: this rank's share of a step's shards, each
 skipped when its output carries the same fingerprint, else run, then written with its stats and
-dropped rows (``build.work``), with progress on stderr.
+dropped rows (``build.core.work``), with progress on stderr.
 
 A step's fingerprint chains to the fingerprint its input was *written* under, so an input that was
 redone (an LLM shard written "incomplete" and finished on a later run) makes its readers redo too.
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from datasets import Features
 
-from .. import categories
-from ..config import Config, QaConfig
-from ..llm import LlmClient
-from ..llm_server import embedded_server, resolve_endpoint
-from ..progress import StageProgress
-from ..ranks import Ranks
-from ..work import Timer, WorkDir, fingerprint, incomplete, interruption
+from ..models import categories
+from ..core.config import Config, QaConfig
+from ..models.llm import LlmClient
+from ..models.llm_server import embedded_server, resolve_endpoint
+from ..core.progress import StageProgress
+from ..core.ranks import Ranks
+from ..core.work import Timer, WorkDir, fingerprint, incomplete, interruption
 from .columns import pick
 from .funnel import LLM_PREFIX
 from .steps import Step

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .. import condense, empathy, export, ingest, postfilter, qa, segment
-from ..llm import CallStats, summary_line
+from ..stages import condense, empathy, postfilter, qa, segment
+from ..publishing import export
+from ..sources import ingest
+from ..models.llm import CallStats, summary_line
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {

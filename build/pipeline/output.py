@@ -17,9 +17,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .. import export
-from ..config import Config
-from ..work import WorkDir, atomic_write
+from ..publishing import export
+from ..core.config import Config
+from ..core.work import WorkDir, atomic_write
 from .funnel import BuildResult, write_report
 
 BUILD_ID_FILE = "build.json"  # under OUT/work: the id rank 0 gave this run, read by every rank

@@ -1,7 +1,7 @@
 """The ingest step (global, rank 0): list and probe every recording, sort by id, cut into shards.
 
 Writes ``OUT/work/ingest/recordings.parquet`` (``schema.PLANNED_RECORDING``). A recording refused at
-ingest (``build.ingest`` reasons) keeps its row with ``error`` set, so later steps skip it; a
+ingest (``build.sources.ingest`` reasons) keeps its row with ``error`` set, so later steps skip it; a
 duplicate (same sha256 as a recording earlier by id) too. The plan is redone when the listing (ids,
 paths, sizes, modification times) or the shard settings change.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import ingest, schema
-from ..work import Timer, fingerprint, plan_shards, shard_name
+from ..sources import ingest
+from ..core import schema
+from ..core.work import Timer, fingerprint, plan_shards, shard_name
 from .executor import PLAN, Executor
 
 

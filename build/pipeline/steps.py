@@ -11,7 +11,7 @@ loop around them (skip if done, stats, drops, progress); ``build.pipeline.build`
     postfilter  qa         kept QA pair with category      postfilter, qa.pairs_per_segment
     empathy     asr        clip's empathetic sample        empathy, the QA model
 
-A step's fingerprint hashes its name, its code version (``build.work``), the values of ``uses`` (plus
+A step's fingerprint hashes its name, its code version (``build.core.work``), the values of ``uses`` (plus
 ``extra``), the shard and the fingerprint its input was written under: the flow is written once, here.
 """
 
@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from datasets import Features
 
-from .. import align, categories, condense, empathy, label, postfilter, qa, schema, segment, words
-from ..config import Config
-from ..llm import stats_delta
-from ..llm_server import resolve_endpoint
-from ..prompting import client_for
+from ..stages import align, condense, empathy, label, postfilter, qa, segment, words
+from ..models import categories
+from ..core import schema
+from ..core.config import Config
+from ..models.llm import stats_delta
+from ..models.llm_server import resolve_endpoint
+from ..models.prompting import client_for
 from . import columns as cols
 from .funnel import (
     ASR_FAILED,
