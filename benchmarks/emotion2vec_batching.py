@@ -102,8 +102,8 @@ def main() -> None:
     import torch
 
     from build.models import emotion
-    from build.sources.audio import SAMPLE_RATE
     from build.models.base import funasr_side_effects_contained
+    from build.sources.audio import SAMPLE_RATE
 
     clips = windows(args.windows)
     batches = [clips[i : i + args.batch_size] for i in range(0, len(clips), args.batch_size)]

@@ -331,9 +331,9 @@ def section_throughput(args, results: dict) -> None:
 
 # ---------------------------------------------------------------- 2. pipeline overhead, tiny models
 def section_overhead(args, results: dict) -> None:
+    from build import pipeline
     from build.sources import audio as audio_module
     from build.stages import label as label_module
-    from build import pipeline
 
     info = header("2. Pipeline overhead of the label stage (tiny models, pipeline.build)")
     config = load_config("tiny", args.device, args.set)
@@ -473,8 +473,8 @@ def _bare_emotion2vec(member, device: str):
 
 def _windows(segments: dict, spec) -> list:
     """The windows ``label_segments`` cuts (same formula), decoded and sliced in memory."""
-    from build.sources.audio import SAMPLE_RATE, decode_span
     from build.core.windows import window_spans
+    from build.sources.audio import SAMPLE_RATE, decode_span
 
     clips = []
     for path, start, end in zip(segments["audio_path"], segments["start"], segments["end"]):

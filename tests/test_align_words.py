@@ -5,11 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from build.stages import align
-from build.core.config import AsrConfig
-from build.stages.words import label_for_span, tag_segment_words, tag_words
 from conftest import ravdess_clips, ravdess_recording
+
+from build.core.config import AsrConfig
+from build.stages import align
+from build.stages.words import label_for_span, tag_segment_words, tag_words
 
 # ---- stage 9: the join rule on hand-made words and windows ----------------------------------------
 EMOTION_WINDOWS = [

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import AMI, APOLLO, ravdess_recording
 
 from build.sources.audio import AudioError, decode_span, iter_blocks, probe_duration
-from conftest import AMI, APOLLO, ravdess_recording
 
 
 @pytest.mark.parametrize("path", [AMI, ravdess_recording(1)], ids=["ami", "ravdess"])

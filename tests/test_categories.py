@@ -9,14 +9,25 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from openai_stub import OpenAIStub, Reply
 
 from build.models import categories
 from build.models.categories import (
-    BATCH, CATEGORIES, DATA, MODES, accuracy, categorise, categorise_question, classify, cross_validated,
-    offline_model, parse_reply, read_labelled, request_for,
+    BATCH,
+    CATEGORIES,
+    DATA,
+    MODES,
+    accuracy,
+    categorise,
+    categorise_question,
+    classify,
+    cross_validated,
+    offline_model,
+    parse_reply,
+    read_labelled,
+    request_for,
 )
 from build.models.llm import LlmClient
-from openai_stub import OpenAIStub, Reply
 
 E, S, R, O = CATEGORIES
 HELD_OUT = Path(__file__).parent / "data"
@@ -283,8 +294,8 @@ def test_parse_reply_wants_exactly_n_known_categories():
 
 
 def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
-    from build.models.categories import client_for, llm_model
     from build.core.config import Config
+    from build.models.categories import client_for, llm_model
 
     qa = Config().qa
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -300,8 +311,8 @@ def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
 
 
 def test_preflight_accepts_every_categoriser_mode():
-    from build.core.config import Config
     from build.commands.preflight import check_config
+    from build.core.config import Config
 
     assert MODES == ("auto", "llm", "embeddings", "rules")
     for mode in MODES:

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from build import pipeline
-from build.core import schema
 from build.commands.calibrate import X_GRID, Y_GRID, parse_grid
+from build.core.config import PAPER_ALPHA, Config
+from build.core.work import WorkDir, fingerprint
+from build.pipeline.steps import Condense
 from build.stages.condense import (
     balanced_sample,
     consistent_mask,
@@ -18,9 +20,6 @@ from build.stages.condense import (
     occurrence_labels,
     primary_label,
 )
-from build.core.config import PAPER_ALPHA, Config
-from build.pipeline.steps import Condense
-from build.core.work import WorkDir, fingerprint
 
 X, Y = 0.5, 0.4  # the paper's best: v_pos_min 0.5, v_neg_max 0.5, neutral band [0.4, 0.6]
 

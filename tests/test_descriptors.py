@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import syllables
-
-from build.stages import descriptors as d
-from build.core.schema import DESCRIPTORS_OUTPUT
 from conftest import ravdess_clips, ravdess_recording
+
+from build.core.schema import DESCRIPTORS_OUTPUT
+from build.stages import descriptors as d
 
 SR = 16_000
 ACTORS = (1, 2, 3, 4, 5, 6)

@@ -2,10 +2,10 @@
 per-speaker transcripts, and the diarization error rate of RTTM-shaped input (pyannote.metrics)."""
 
 import pytest
-
-from build.models import diarize
-from build.core.config import AsrConfig
 from conftest import SAMPLES
+
+from build.core.config import AsrConfig
+from build.models import diarize
 
 RTTM = SAMPLES / "ami_es2004_excerpt.rttm"
 # Which transcript is whose (from what each says when, against the RTTM's turns): D speaks the long
@@ -129,8 +129,9 @@ def test_speaker_turns_reach_the_prompt_in_clip_time():
 def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
     """The ASR map with diarize=True: the pyannote pipeline is replaced by the excerpt's RTTM (turns in
     segment time), the rest is the real code (bundled tiny.en, faster-whisper word times)."""
-    from build.stages import align
     from conftest import AMI
+
+    from build.stages import align
 
     start, end = 20.0, 50.0
     reference = diarize.read_rttm(RTTM)
@@ -154,9 +155,8 @@ def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
 
 def test_split_by_speaker_is_refused_even_with_diarization(tmp_path):
     from build import pipeline
-    from build.core.config import paper_config
-
     from build.commands.preflight import PreflightError
+    from build.core.config import paper_config
 
     config = paper_config().with_overrides(["export.split_by=speaker", "asr.diarize=true"])
     with pytest.raises(PreflightError, match=r"export.split_by=speaker: diarization labels speakers per clip"):

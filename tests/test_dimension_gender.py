@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
-from build.sources.audio import decode_span
+from build.core.schema import DIMENSIONAL_OUTPUT, DIMENSIONS, GENDER_LABELS, GENDER_OUTPUT
 from build.models.batching import batch_plan
 from build.models.dimension import (
     MspDimensionModel,
@@ -28,7 +28,6 @@ from build.models.dimension import (
     load_dimension_model,
 )
 from build.models.gender import gender_from_logits, gender_label_indices, label_gender, load_gender_model
-from build.core.schema import DIMENSIONAL_OUTPUT, DIMENSIONS, GENDER_LABELS, GENDER_OUTPUT
 from build.models.tiny.classifiers import (
     build_tiny_dimension_model,
     build_tiny_gender_model,
@@ -36,6 +35,7 @@ from build.models.tiny.classifiers import (
     tiny_feature_extractor,
     tiny_gender_config,
 )
+from build.sources.audio import decode_span
 
 REAL_EMOTION_SPEECH = Path(__file__).resolve().parent / "data" / "ravdess"
 # RAVDESS, 48 kHz: actor 01 (male) and 02 (female), neutral and angry; 3.3-4.3 s each.

@@ -2,12 +2,12 @@
 
 import pyarrow.parquet as pq
 import pytest
-
 from audited_build import PAIRS
-from build.stages import condense, postfilter, qa, segment
-from build.sources import ingest
+
 from build import pipeline
 from build.core import schema
+from build.sources import ingest
+from build.stages import condense, postfilter, qa, segment
 
 
 def _dropped(out) -> dict[str, list[dict]]:

@@ -5,10 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from openai_stub import OpenAIStub, Reply
 
 from build.core import devices
-from build.stages import empathy
 from build.core.config import EmpathyConfig, QaConfig
+from build.core.schema import EMOTION_LABELS
+from build.publishing import licences
+from build.stages import empathy
 from build.stages.empathy import (
     FAMILIES,
     context_turns,
@@ -23,8 +26,6 @@ from build.stages.empathy import (
     sentence_spans,
     target_emotions,
 )
-from build.core.schema import EMOTION_LABELS
-from openai_stub import OpenAIStub, Reply
 
 
 def words_of(*sentences, start=10.0, step=0.5, speaker=None):
@@ -330,12 +331,12 @@ def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem)
 
 
 def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode(tmp_path):
+    from conftest import AMI
     from datasets import Dataset, load_dataset
 
-    from build.publishing import export, publish
     from build.core import schema
     from build.core.config import ExportConfig
-    from conftest import AMI
+    from build.publishing import export, publish
 
     def sample(sid, rid, start):
         target = {"text": "Really?", "start": 1.0, "end": 1.5, "emotions": {"primary": "surprised", "secondary": None}}
@@ -359,7 +360,7 @@ def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode
     export.write_empathy(samples, tmp_path, {}, {}, ExportConfig(publish="metadata-only"))
     bare = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train")
     assert "audio" not in bare.column_names and sorted(bare["id"]) == ["a-0000-empathy", "b-0000-empathy", "c-0000-empathy"]
-    assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {publish.source_sha256(str(AMI))}
+    assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {licences.source_sha256(str(AMI))}
     # rehydrate puts back exactly the audio a full build embeds
     report = publish.rehydrate(tmp_path, AMI.parent)  # into a copy beside tmp_path
     assert (report.rows, report.missing, report.changed) == (3, {}, {})

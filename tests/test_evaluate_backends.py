@@ -11,9 +11,9 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
+from openai_stub import OpenAIStub, Reply
 
 import cpqa
-from openai_stub import OpenAIStub, Reply
 
 SR = 16_000
 datasets.disable_progress_bars()  # as the CLI does before datasets is imported, so stderr holds only the error
@@ -276,7 +276,6 @@ def test_a_set_without_the_audiobench_columns_is_named(tmp_path, capsys):
 
 def test_the_metric_takes_a_served_model_as_a_dict(tmp_path):
     import evaluate
-
     from conftest import REPO
 
     metric = evaluate.load(str(REPO / "metrics" / "cpqa"), keep_in_memory=True)

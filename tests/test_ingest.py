@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import AMI, APOLLO, ravdess_recording
 from datasets import Dataset
 
 from build.sources.audio import decode_span, iter_blocks, probe_duration
 from build.sources.ingest import list_recordings, probe_recordings
-from conftest import AMI, APOLLO, ravdess_recording
 
 
 def _probe(data):

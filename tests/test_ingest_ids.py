@@ -6,11 +6,11 @@ import string
 import unicodedata
 
 import pytest
+from conftest import AMI, APOLLO
+from test_ingest import _audio_table, _hub
 
 from build.sources import ingest
 from build.sources.ingest import list_recordings
-from conftest import AMI, APOLLO
-from test_ingest import _audio_table, _hub
 
 
 def _h(key: str) -> str:

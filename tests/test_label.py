@@ -11,15 +11,22 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import AMI, APOLLO, ravdess_recording
 
 from build.core.config import WindowSpec
+from build.core.schema import (
+    DIMENSIONS,
+    EMOTION_LABELS,
+    GENDER_LABELS,
+    GENDER_WINDOW,
+    LABEL_OUTPUT,
+    RAW_EMOTION_WINDOW,
+)
+from build.core.windows import explode_windows, window_spans
 from build.models.dimension import label_dimensions
 from build.models.emotion import label_categorical_emotion
 from build.models.gender import label_gender
 from build.stages.label import label_segments
-from build.core.schema import DIMENSIONS, EMOTION_LABELS, GENDER_LABELS, LABEL_OUTPUT, RAW_EMOTION_WINDOW, GENDER_WINDOW
-from build.core.windows import explode_windows, window_spans
-from conftest import AMI, APOLLO, ravdess_recording
 
 # Every segment's windows reach both of its ends (a kept remainder, or context reaching the end),
 # so the window map functions, which decode the range covering a batch's windows, decode exactly

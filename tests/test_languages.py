@@ -13,12 +13,12 @@ import copy
 import json
 
 import pytest
+from conftest import AMI, ravdess_recording
 
 from build.core import devices
-from build.stages.align import align_model_key, transcribe_and_align
-from build.sources.audio import decode_span
 from build.core.config import AsrConfig
-from conftest import AMI, ravdess_recording
+from build.sources.audio import decode_span
+from build.stages.align import align_model_key, transcribe_and_align
 
 SPANS = {"audio_path": [str(AMI), str(ravdess_recording(2))], "start": [0.0, 5.0], "end": [4.0, 9.0]}  # short: decoding random weights is slow
 SOT, ZH = 50258, 50260  # multilingual layout: <|startoftranscript|>, <|zh|>
@@ -44,7 +44,13 @@ def _multilingual_tokenizer():
 def multilingual_whisper(tmp_path_factory):
     import ctranslate2
     import torch
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     tokenizer, languages = _multilingual_tokenizer()
     assert len(languages) == 99 and tokenizer.token_to_id("<|zh|>") == ZH and tokenizer.token_to_id("<|startoftranscript|>") == SOT
@@ -160,9 +166,9 @@ def test_qa_in_the_segment_language_or_in_english():
 def test_the_card_lists_the_languages_with_counts(tmp_path):
     import yaml
     from datasets import Dataset
+    from test_export import _segments, write
 
     from build.core.config import paper_config
-    from test_export import _segments, write
 
     rows = [{**row, "language": lang} for row, lang in zip(_segments().to_list(), ["zh", "en"])]
     write(tmp_path, paper_config(), segments=Dataset.from_list(rows))

@@ -9,14 +9,14 @@ import importlib
 import json
 
 import pytest
+from openai_stub import FAULTS, Faults, OpenAIStub, Reply
 
 from build.core import devices
-from build.stages import postfilter
 from build.core.config import PostFilterConfig, QaConfig
 from build.models.llm import LlmClient, cache_key
+from build.stages import postfilter
 from build.stages.qa import generate_qa, load_prompt, prompt_fragments
 from metrics.cpqa import llm_client
-from openai_stub import FAULTS, Faults, OpenAIStub, Reply
 
 KEY_ENV = "CPQA_TEST_FAULTS_KEY"
 
@@ -211,7 +211,6 @@ def test_pairs_of_the_wrong_shape_never_reach_the_table():
 @pytest.fixture(scope="module")
 def metric():
     import evaluate
-
     from conftest import REPO
 
     return evaluate.load(str(REPO / "metrics" / "cpqa"))

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import AMI, REPO, ravdess_recording
 from openai_stub import OpenAIStub, Reply
 

@@ -8,14 +8,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from conftest import AMI, ravdess_recording
 
 from build import pipeline
 from build.core import schema
-from build.sources.audio import decode_span
 from build.core.config import PAPER_ALPHA
-from build.pipeline.columns import rows as rows_of
 from build.core.windows import window_spans
-from conftest import AMI, ravdess_recording
+from build.pipeline.columns import rows as rows_of
+from build.sources.audio import decode_span
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +210,9 @@ def _empathy_reply(request):
 
 def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_config, out):
     from datasets import load_dataset
+    from openai_stub import OpenAIStub
 
     from build.stages import empathy, words
-    from openai_stub import OpenAIStub
 
     with OpenAIStub(_empathy_reply) as stub:
         config = _config(tiny_config).with_overrides(

@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, SAMPLES
 
 from build import pipeline
 from build.commands import preflight
 from build.core.config import Config, field_range, paper_config
-from conftest import REPO, SAMPLES
 
 
 def _closed_port() -> int:

@@ -5,12 +5,12 @@ import threading
 import time
 
 import pytest
+from openai_stub import OpenAIStub, Reply
 
 from build.core import devices
 from build.core.config import QaConfig
 from build.models.llm import LlmClient, cache_key
 from build.stages.qa import PROMPT_VERSION, generate_qa, parse_qa, qa_schema, render_messages, word_spans
-from openai_stub import OpenAIStub, Reply
 
 SECRET = "sk-test-0123456789abcdef"
 KEY_ENV = "CPQA_TEST_LLM_KEY"
@@ -528,8 +528,8 @@ def test_embedded_server_dies_with_its_parent_even_on_sigkill(tmp_path):
 
 
 def test_preflight_names_a_bad_prompt_version_word_timing_categoriser_or_topup():
-    from build.core.config import Config
     from build.commands.preflight import check_config
+    from build.core.config import Config
 
     config = Config().with_overrides(["qa.prompt_version=qa_v7", "qa.word_timing=letters", "postfilter.categoriser=keywords", "condense.topup_rounds=-1"])
     assert check_config(config) == [

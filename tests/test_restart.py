@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import AMI, REPO, ravdess_recording
 
-from build.stages import label
 from build import pipeline
 from build.core.devices import torch_threads
 from build.core.ranks import RankFailure, RankReports, Ranks, current, describe, reports_failures
 from build.core.work import WorkDir, interruption
-from conftest import AMI, REPO, ravdess_recording
+from build.stages import label
 
 SETTINGS = ["condense.x=0", "condense.y=0", "runtime.recordings_per_shard=1"]
 SHARDS = ["r00000", "r00001", "r00002"]

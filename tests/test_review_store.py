@@ -7,6 +7,7 @@ import sqlite3
 
 import pyarrow.parquet as pq
 import pytest
+from review_build import XSS, cached_review_build, write_review_build
 
 from build.commands.review import agreement
 from build.commands.review.export import SECTION_END, SECTION_START, export_review
@@ -14,7 +15,6 @@ from build.commands.review.folder import NotReviewable, open_build
 from build.commands.review.imports import ImportErrors, import_pairs
 from build.commands.review.session import Review
 from build.commands.review.store import Action, Store, problem
-from review_build import XSS, cached_review_build, write_review_build
 
 
 @pytest.fixture
@@ -573,7 +573,7 @@ REASONING = "contextual paralinguistic reasoning"
 
 
 def test_a_real_build_is_reviewed_and_exported(real_reviewed):
-    from build.publishing.export import files_to_upload
+    from build.publishing.publish import files_to_upload
 
     out, review, rows, section, before = real_reviewed
     clip = review.build.clips[0]
@@ -594,8 +594,9 @@ def test_a_real_build_is_reviewed_and_exported(real_reviewed):
 def test_evaluate_scores_the_llm_and_the_human_set_of_one_folder(real_reviewed, tmp_path):
     import json
 
-    import cpqa
     from openai_stub import OpenAIStub
+
+    import cpqa
 
     out, review, *_ = real_reviewed
     clip = review.build.clips[0].segment_id
@@ -623,8 +624,9 @@ def test_evaluate_scores_the_llm_and_the_human_set_of_one_folder(real_reviewed, 
 
 
 def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only_build(tmp_path):
-    from build.publishing.publish import rehydrate
     from conftest import AMI, ravdess_recording
+
+    from build.publishing.publish import rehydrate
 
     out = write_review_build(tmp_path / "meta", publish="metadata-only")
     copy = tmp_path / "copy"

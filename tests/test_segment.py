@@ -1,8 +1,8 @@
 import pytest
+from conftest import AMI, APOLLO, ravdess_recording
 
 from build.core.config import VadConfig
 from build.stages.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
-from conftest import AMI, APOLLO, ravdess_recording
 
 
 def _vad(paths, **kwargs):

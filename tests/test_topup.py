@@ -4,12 +4,12 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-
-from build.stages import condense, qa
-from build import pipeline
-from build.core.config import PAPER_ALPHA
 from conftest import ravdess_recording
 from openai_stub import OpenAIStub
+
+from build import pipeline
+from build.core.config import PAPER_ALPHA
+from build.stages import condense, qa
 
 PAIRS = "Q: How does the speaker feel?\nA: Afraid.\nQ: Is the speaker male or female?\nA: Male."
 QUOTA = 2

@@ -65,15 +65,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..sources import audio, ingest
-from ..stages import condense
-from ..models import dimension, emotion
 from ..core.config import Config
-from ..sources.corpora import normalise_labels
-from ..publishing.export import markdown_table, public_model_id
 from ..core.schema import EMOTION_LABELS, SENTIMENT_CLASSES
 from ..core.windows import explode_windows
 from ..core.work import atomic_write, fingerprint
+from ..models import dimension, emotion
+from ..publishing.card import markdown_table, public_model_id
+from ..sources import audio, ingest
+from ..sources.corpora import normalise_labels
+from ..stages import condense
 
 LABEL_COLUMNS = ("emotion", "label")
 PATH_COLUMNS = ("audio_path", "path", "audio", "file", "recording")

@@ -25,7 +25,7 @@ rest (``--debug`` shows them all). Checked, in this order:
   request log sees it) and, when it is not on this machine, the key variable ``qa.api_key_env`` is
   set; without one, the embedded server's GGUF file exists.
 
-``check_push(token_env)``: a token in ``$HF_TOKEN`` (or huggingface_hub's own login) before uploading.
+``publish.check_push(token_env)``: a token in ``$HF_TOKEN`` (or huggingface_hub's own login) before uploading.
 """
 
 from __future__ import annotations
@@ -40,9 +40,17 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..core.config import Config, field_range
-from ..models.prompting import STRUCTURED_MODES as STRUCTURED_OUTPUTS
-from ..core.errors import first_line
+from ..core.errors import PreflightError, first_line
 from ..core.schema import EMOTION_LABELS
+from ..models.base import PRECISIONS, funasr_side_effects_contained
+from ..models.categories import MODES as CATEGORISERS
+from ..models.diarize import check_available
+from ..models.llm_server import EmbeddedServerError, gguf_path, resolve_endpoint
+from ..models.prompting import STRUCTURED_MODES as STRUCTURED_OUTPUTS
+from ..publishing import licences, splits
+from ..stages.align import ALIGNERS, BUNDLED_PREFIX, resolve_model
+from ..stages.empathy import STRATEGY_MODES
+from ..stages.qa import QA_LANGUAGES, WORD_TIMINGS, prompt_versions
 
 HUB_HOST = "huggingface.co"
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -51,15 +59,6 @@ FUNASR_FILES = ("config.yaml", "model.pt", "tokens.txt")
 TRANSFORMERS_FILES = ("config.json",)
 CTRANSLATE2_FILES = ("model.bin",)
 TINY_HINT = "or use --profile tiny"
-
-
-class PreflightError(RuntimeError):
-    """What a build cannot do without; one line per problem, the first one first."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        head = problems[0] if len(problems) == 1 else f"{problems[0]} [1 of {len(problems)} problems; --debug lists them all]"
-        super().__init__("\n".join([head, *problems[1:]]))
 
 
 def check_build(config: Config, out_dir: str | Path, *, stop_after: str | None = None) -> None:
@@ -88,15 +87,11 @@ def check_build(config: Config, out_dir: str | Path, *, stop_after: str | None =
 
 
 def diarize_check() -> None:
-    from ..models.diarize import check_available
-
     check_available()  # the gated pyannote model needs a token
 
 
 def check_categoriser(config: Config) -> list[str]:
     """``postfilter.categoriser=llm`` needs an endpoint (the embedded server never categorises)."""
-    from ..models.llm_server import resolve_endpoint
-
     if config.postfilter.categoriser == "llm" and resolve_endpoint(config.qa)[0] is None:
         return ["postfilter.categoriser=llm needs an endpoint: set qa.base_url or $OPENAI_BASE_URL, or use postfilter.categoriser=rules"]
     return []
@@ -121,12 +116,6 @@ def check_config(config: Config) -> list[str]:
     for label, alpha in c.condense.alpha.items():
         if label not in EMOTION_LABELS:
             problems.append(_bad(f"condense.alpha.{label}", alpha, f"a key among {', '.join(EMOTION_LABELS)}"))
-    from ..stages.align import ALIGNERS
-    from ..models.categories import MODES as CATEGORISERS
-    from ..stages.empathy import STRATEGY_MODES
-    from ..models.base import PRECISIONS
-    from ..stages.qa import WORD_TIMINGS, prompt_versions
-
     for key, value, allowed in (
         ("asr.aligner", c.asr.aligner, ALIGNERS),
         ("qa.structured_output", c.qa.structured_output, STRUCTURED_OUTPUTS),
@@ -141,13 +130,10 @@ def check_config(config: Config) -> list[str]:
             problems.append(_bad(key, value, f"one of {', '.join(allowed)}"))
     if not _DEVICE.match(c.runtime.device):
         problems.append(_bad("runtime.device", c.runtime.device, "auto, cpu, mps, cuda or cuda:N"))
-    from ..publishing import publish, splits
-    from ..stages.qa import QA_LANGUAGES
-
     if c.qa.language not in QA_LANGUAGES:
         problems.append(_bad("qa.language", c.qa.language, f"one of {', '.join(QA_LANGUAGES)}"))
     splits_in_range = not any(p.startswith("config value export.splits.") for p in problems)  # else said once
-    checks = [lambda: publish.check_mode(c.export.publish), lambda: splits.check_split_by(c.export.split_by)]
+    checks = [lambda: licences.check_mode(c.export.publish), lambda: splits.check_split_by(c.export.split_by)]
     if splits_in_range:
         checks.insert(1, lambda: splits.check_splits(c.export.splits))
     for check in checks:
@@ -306,8 +292,6 @@ def check_model(key: str, name: str, files: tuple[str, ...], hub: _Hub, *, repo:
 
 def _funasr_repo(model: str) -> str:
     """The Hub repository FunASR's ``hub="hf"`` loader downloads for ``model``."""
-    from ..models.base import funasr_side_effects_contained
-
     try:
         with funasr_side_effects_contained():  # importing FunASR changes the process's logging
             from funasr.download.name_maps_from_hub import name_maps_hf
@@ -317,8 +301,6 @@ def _funasr_repo(model: str) -> str:
 
 
 def check_asr_model(name: str, hub: _Hub) -> list[str]:
-    from ..stages.align import BUNDLED_PREFIX, resolve_model
-
     if name.startswith(BUNDLED_PREFIX):
         try:
             folder = resolve_model(name)
@@ -345,8 +327,6 @@ def is_loopback(host: str | None) -> bool:
 
 
 def check_qa_endpoint(qa_config) -> list[str]:
-    from ..models.llm_server import EmbeddedServerError, gguf_path, resolve_endpoint
-
     base_url, model = resolve_endpoint(qa_config)
     if base_url is None:
         try:
@@ -366,10 +346,3 @@ def check_qa_endpoint(qa_config) -> list[str]:
     return problems
 
 
-# ---------------------------------------------------------------- push
-def check_push(token_env: str = "HF_TOKEN") -> None:
-    """A Hub token before uploading: ``$<token_env>`` or huggingface_hub's saved login."""
-    from huggingface_hub import get_token
-
-    if not os.environ.get(token_env) and not get_token():
-        raise PreflightError([f"no Hugging Face token: set ${token_env} to a write token (https://huggingface.co/settings/tokens) or run `huggingface-cli login`"])

@@ -23,8 +23,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sources.audio import SAMPLE_RATE
-
 PAPER_EMOTION_MODELS = (
     "iic/emotion2vec_plus_large",
     "iic/emotion2vec_plus_base",
@@ -38,6 +36,7 @@ DEFAULT_GENDER_MODEL = "alefiury/wav2vec2-large-xlsr-53-gender-recognition-libri
 # α per emotion (paper, Algorithm 1). Neutral is not a target category in the paper: a segment
 # whose only consistent label is neutral is dropped. Add "neutral": k to make it one.
 PAPER_ALPHA = {"angry": 10, "disgusted": 10, "fearful": 4, "happy": 4, "sad": 2, "surprised": 3}
+SAMPLE_RATE = 16_000  # every stage reads audio at this rate (build.sources.audio decodes to it)
 SILERO_WINDOW_S = 512 / SAMPLE_RATE  # silero-vad scores windows of 512 samples
 
 

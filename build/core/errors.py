@@ -14,3 +14,12 @@ def first_line(exc: BaseException, with_type: bool = True) -> str:
 def span_label(path: str, start: float, end: float) -> str:
     """``/data/a.wav [1.000-3.000 s]``: where in which file a window or segment lies."""
     return f"{path} [{start:.3f}-{end:.3f} s]"
+
+
+class PreflightError(RuntimeError):
+    """What a build cannot do without; one line per problem, the first one first."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        head = problems[0] if len(problems) == 1 else f"{problems[0]} [1 of {len(problems)} problems; --debug lists them all]"
+        super().__init__("\n".join([head, *problems[1:]]))

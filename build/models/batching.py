@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..sources.audio import SAMPLE_RATE, AudioError, decode_spans
 from ..core.errors import first_line, span_label
+from ..sources.audio import SAMPLE_RATE, AudioError, decode_spans
 
 Span = tuple[str, float, float]  # (audio_path, start, end): where a clip comes from, for messages
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..core.devices import cached
+
 DIARIZATION_MODEL = "pyannote/speaker-diarization-3.1"
 TOKEN_ENV = "HF_TOKEN"
 
@@ -102,8 +104,6 @@ def check_available(model: str = DIARIZATION_MODEL, token_env: str = TOKEN_ENV) 
 def diarize_audio(audio, device: str, model: str = DIARIZATION_MODEL, token_env: str = TOKEN_ENV) -> list[dict]:
     """Turns of one clip (seconds from its start) from WhisperX's pyannote pipeline, loaded once per process."""
     from whisperx.diarize import DiarizationPipeline
-
-    from ..core.devices import cached
 
     pipeline = cached(("diarize", model, device), lambda: DiarizationPipeline(model_name=model, use_auth_token=check_available(model, token_env), device=device))
     table = pipeline(audio)

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import Wav2Vec2FeatureExtractor
 
-from . import batching
 from ..core import devices
-from .base import MspDimensionModel, MspRegressionHead, model_dtype  # noqa: F401  (re-exported)
 from ..core.schema import DIMENSIONAL_OUTPUT, DIMENSIONS
+from . import batching
+from .base import MspDimensionModel, MspRegressionHead, model_dtype  # noqa: F401  (re-exported)
 
 
 def dimension_columns(id2label: dict, model_id: str) -> list[int]:

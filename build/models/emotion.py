@@ -64,10 +64,10 @@ from typing import Any
 import numpy as np
 
 from ..core import devices
-from .batching import Span, over_windows, run_in_groups
 from ..core.errors import first_line, span_label
-from .base import funasr_side_effects_contained, model_dtype
 from ..core.schema import CATEGORICAL_OUTPUT, EMOTION_LABELS
+from .base import funasr_side_effects_contained, model_dtype
+from .batching import Span, over_windows, run_in_groups
 
 _log = logging.getLogger(__name__)
 

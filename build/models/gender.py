@@ -29,10 +29,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import batching
 from ..core import devices
-from .base import model_dtype
 from ..core.schema import GENDER_LABELS, GENDER_OUTPUT
+from . import batching
+from .base import model_dtype
 
 _GENDER_WORDS = {
     "female": "female",

@@ -26,10 +26,10 @@ import ctypes
 import os
 import signal
 import socket
-import threading
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request

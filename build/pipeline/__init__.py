@@ -13,7 +13,6 @@
 """
 
 from .builder import EMPATHY, OUTPUTS, RECORDING_STEPS, SAMPLE_STEPS, STOP_AFTER, build, step_params
-from .output import export_dataset, model_ids
 from .funnel import (
     DROP_REASONS,
     FUNNEL,
@@ -26,6 +25,7 @@ from .funnel import (
     registered,
     write_report,
 )
+from .output import export_dataset, model_ids
 
 __all__ = [
     "DROP_REASONS",

@@ -27,14 +27,15 @@ from pathlib import Path
 from datasets import Dataset
 
 from ..commands import preflight
-from ..publishing import publish
 from ..core import schema
 from ..core.config import Config
 from ..core.ranks import Ranks, current, reports_failures
 from ..core.work import WorkDir
+from ..publishing import licences
 from . import audit, sampling
 from .columns import QA_SEGMENT, dataset
-from .executor import Context, Executor, LlmEndpoint
+from .context import Context, LlmEndpoint
+from .executor import Executor
 from .funnel import BuildResult, write_report
 from .output import export_dataset, new_build_id, no_export, read_build_id, save_condensed
 from .plan import make_plan
@@ -190,7 +191,7 @@ def _export(ex: Executor, tasks: audit.Tasks, out_dir: Path, source, say, *, lic
     if "empathy" in tasks.stages:
         samples = dataset(ex.table("empathy", tasks.sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE)
     result = dataclasses.replace(_result(ex, tasks, segments, pairs, "built", out_dir, quota), empathy=samples)
-    licences = publish.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
+    licences = licences.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
     plan = ex.plan
     hashes = {path: digest for path, digest in zip(plan["audio_path"], plan["sha256"]) if digest}  # hashed at ingest
     n = len(plan["recording_id"])

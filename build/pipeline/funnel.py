@@ -15,10 +15,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from ..stages import condense, empathy, postfilter, qa, segment
-from ..publishing import export
-from ..sources import ingest
 from ..models.llm import CallStats, summary_line
+from ..publishing import card
+from ..sources import ingest
+from ..stages import condense, empathy, postfilter, qa, segment
 
 # stage id -> the funnel line that counts what is left after it, in pipeline order
 FUNNEL = {
@@ -230,7 +230,7 @@ def write_report(result: BuildResult, out_dir: str | Path) -> None:
     this build exported nothing) and ``recordings.jsonl`` (ledger) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    exported = export.written_configs(out_dir) if (out_dir / "README.md").exists() else []
+    exported = card.written_configs(out_dir) if (out_dir / "README.md").exists() else []
     report = {**result.report(), "configs": exported}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out_dir / "recordings.jsonl", "w") as f:

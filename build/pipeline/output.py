@@ -17,9 +17,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from ..publishing import export
 from ..core.config import Config
 from ..core.work import WorkDir, atomic_write
+from ..publishing import card, export
 from .funnel import BuildResult, write_report
 
 BUILD_ID_FILE = "build.json"  # under OUT/work: the id rank 0 gave this run, read by every rank
@@ -59,10 +59,10 @@ def save_condensed(segments: Dataset, path: Path) -> None:
 def model_ids(config: Config) -> dict[str, object]:
     """The models behind the labels, as published (local folders by name only)."""
     return {
-        "emotion_models": [export.public_model_id(m) for m in config.models.emotion],
-        "dimension_model": export.public_model_id(config.models.dimension),
-        "gender_model": export.public_model_id(config.models.gender),
-        "asr_model": export.public_model_id(config.asr.model),
+        "emotion_models": [card.public_model_id(m) for m in config.models.emotion],
+        "dimension_model": card.public_model_id(config.models.dimension),
+        "gender_model": card.public_model_id(config.models.gender),
+        "asr_model": card.public_model_id(config.asr.model),
     }
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..sources import ingest
 from ..core import schema
 from ..core.work import Timer, fingerprint, plan_shards, shard_name
+from ..sources import ingest
 from .executor import PLAN, Executor
 
 

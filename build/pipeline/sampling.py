@@ -15,9 +15,9 @@ from collections import Counter
 
 import pyarrow as pa
 
-from ..stages import condense
 from ..core import schema
 from ..core.work import Timer, fingerprint, shard_name
+from ..stages import condense
 from .columns import SAMPLE_MANIFEST
 from .executor import Executor
 from .funnel import OVER_QUOTA

@@ -20,18 +20,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from datasets import Features
 
-from ..stages import align, condense, empathy, label, postfilter, qa, segment, words
-from ..models import categories
 from ..core import schema
 from ..core.config import Config
+from ..models import categories
 from ..models.llm import stats_delta
 from ..models.llm_server import resolve_endpoint
 from ..models.prompting import client_for
+from ..stages import align, condense, empathy, label, postfilter, qa, segment, words
 from . import columns as cols
+from .context import Context
 from .funnel import (
     ASR_FAILED,
     LABELLING_FAILED,
@@ -42,9 +43,6 @@ from .funnel import (
     NO_WORDS,
     llm_counts,
 )
-
-if TYPE_CHECKING:
-    from .executor import Context
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,12 @@ same ``into`` (recognised by its ``rehydrated.json``) with another root: rows th
 audio keep it, and only the others are looked up.
 
 ``push_build(out_dir, repo_id, public=..., dry_run=...)`` is ``cpqa.py push``: the token check (not for
-a dry run), then what goes up (``export.files_to_upload``) told line by line before the upload
-(``export.push``), then the URL.
+a dry run), then what goes up (``files_to_upload``) told line by line before the upload
+(``push``), then the URL.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,111 +38,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from datasets import Audio, Dataset
 
+from ..core.errors import PreflightError, first_line
 from ..sources import audio
-from . import export
-
-MODES = ("full", "gated", "metadata-only")
-
-# Licences from least to most restrictive; anything not listed ranks as "other" (most restrictive:
-# its terms are unknown to cpqa).
-LICENCE_ORDER = (
-    "cc0-1.0",
-    "pddl",
-    "public-domain",
-    "cc-by-4.0",
-    "cc-by-3.0",
-    "cc-by-sa-4.0",
-    "cc-by-sa-3.0",
-    "cc-by-nc-4.0",
-    "cc-by-nc-3.0",
-    "cc-by-nc-sa-4.0",
-    "cc-by-nc-sa-3.0",
-    "cc-by-nd-4.0",
-    "cc-by-nc-nd-4.0",
-    "cc-by-nc-nd-3.0",
-    "other",
-)
-
-GATED_PROMPT = (
-    "The audio in this dataset comes from sources whose licences restrict redistribution and use. "
-    "Access is granted for research on speech and paralinguistics only. By requesting access you agree "
-    "not to redistribute the audio, not to try to identify the people speaking, and to follow the "
-    "licence of each source recording (the `license` column)."
-)
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"export.publish {mode!r}: expected one of {', '.join(MODES)}")
-    return mode
-
-
-def most_restrictive(licences: list[str]) -> str:
-    """The licence that restricts most (``LICENCE_ORDER``; an unlisted one counts as ``other``)."""
-    rank = {name: i for i, name in enumerate(LICENCE_ORDER)}
-    worst = max(licences, key=lambda name: rank.get(name.lower(), len(LICENCE_ORDER) - 1), default="other")
-    return worst if worst.lower() in rank else "other"
-
-
-def source_sha256(path: str) -> str:
-    """sha256 of a source file's bytes (``build.sources.ingest.content_hash``), or of the referenced cell's audio
-    bytes for a ``build.sources.audio`` reference (whose file is a whole table, not this recording)."""
-    from ..sources.ingest import content_hash
-
-    if audio.is_reference(path):
-        cell = audio._cell(audio.parse_reference(path))
-        if cell.get("bytes") is None:
-            return content_hash(cell["path"])
-        return hashlib.sha256(cell["bytes"]).hexdigest()
-    return content_hash(path)
-
-
-def row_licences(source: str | Path, audio_paths: list[str], default: str, allow_outside_root: bool = False) -> list[str]:
-    """Each row's source licence: a ``.csv``/``.jsonl`` manifest's ``license`` column where it has a
-    value for the row's file, else ``default`` (``--license``)."""
-    from ..sources.ingest import read_manifest, read_records
-
-    path = Path(str(source))
-    if path.suffix.lower() not in (".csv", ".jsonl") or not path.is_file():
-        return [default] * len(audio_paths)
-    records = read_records(path)
-    listed = read_manifest(path, allow_outside_root)  # one row per record, in order: the same paths as the plan
-    by_path = {row[1]: str(record["license"]).strip() for row, record in zip(listed, records) if str(record.get("license") or "").strip()}
-    return [by_path.get(p, default) for p in audio_paths]
-
-
-def source_columns(paths: list[str], licences: list[str], known: dict[str, str] | None = None) -> dict[str, list]:
-    """``source_sha256`` and ``license`` per row; each distinct source is hashed once, unless ``known``
-    (the ingest plan's ``sha256`` by path) already holds its hash."""
-    known = known or {}
-    hashes = {p: known.get(p) or source_sha256(p) for p in sorted(set(paths))}
-    return {"source_sha256": [hashes[p] for p in paths], "license": list(licences)}
-
-
-def gating_yaml(mode: str) -> str:
-    """The card header's gating fields (empty unless ``gated``)."""
-    if mode != "gated":
-        return ""
-    import yaml
-
-    fields = {"extra_gated_prompt": GATED_PROMPT, "extra_gated_fields": {"Name": "text", "Affiliation": "text", "Intended use": "text", "I agree to use this dataset for non-commercial research only": "checkbox"}}
-    return yaml.safe_dump(fields, sort_keys=False, width=10_000).rstrip("\n")
-
-
-def publication_text(mode: str, licence: str) -> str:
-    """The card's paragraph on what is published and how to get the audio."""
-    if mode == "metadata-only":
-        return (
-            "**Metadata only.** The audio is not redistributed here (its licence does not allow it). Each row "
-            "names its source (`source_file`), the sha256 of the source's content (`source_sha256`) and the "
-            "clip's span in it (`clip_start`, `clip_end`). With your own copy of the sources, rebuild the "
-            "`context` audio column with\n\n```bash\npython cpqa.py rehydrate <this folder> --audio-root <your copy>\n```\n\n"
-            "which writes a copy of this folder with the audio (`<this folder>-rehydrated`), checks every "
-            "source by its hash and reports any that is missing or differs from the one used here."
-        )
-    if mode == "gated":
-        return f"**Gated.** The audio is embedded; the Hub grants access to those who accept these terms: {GATED_PROMPT}"
-    return f"The audio is embedded. Most restrictive source licence: {licence}."
+from . import card, export
+from .card import card_header, written_splits
+from .licences import source_sha256
 
 
 @dataclass
@@ -290,7 +189,7 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path, into: str | Path | No
     shards = _metadata_shards(out_dir)
     if not audio_root.is_dir():
         raise FileNotFoundError(f"{audio_root}: no such folder (--audio-root names your copy of the sources)")
-    build_id = export.card_header(out_dir).get("cpqa_build_id")
+    build_id = card.card_header(out_dir).get("cpqa_build_id")
     _check_into(out_dir, into, build_id)
     locate = _locator(_index(audio_root))
     staging = into.with_name(f".{into.name}.tmp-{os.getpid()}")
@@ -304,7 +203,7 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path, into: str | Path | No
             _with_audio(shard, into / shard.relative_to(out_dir), locate, report).to_parquet(str(target))
         card = staging / "README.md"
         if card.exists():
-            card.write_text(replace_dataset_info(card.read_text(), export.dataset_info_yaml(staging)))
+            card.write_text(replace_dataset_info(card.read_text(), card.dataset_info_yaml(staging)))
         marker = {"from": str(out_dir.resolve()), "build_id": build_id, "rows": report.rows}
         marker["total"] = report.total
         marker.update(missing=report.missing, changed=report.changed)
@@ -348,17 +247,122 @@ def push_build(out_dir: str | Path, repo_id: str, *, public: bool, dry_run: bool
 
     Says ``would upload (MODE, private):`` (``uploading`` for a real push), one indented line per file,
     before anything is sent, then ``would create URL`` / ``done: URL`` (`` (gated: access requests on)``
-    for a gated build). A real push first checks for a Hub token (``preflight.check_push``); a dry run
+    for a gated build). A real push first checks for a Hub token (``check_push``); a dry run
     contacts nothing."""
-    from ..commands.preflight import check_push
-
-    export.check_current(out_dir)
+    check_current(out_dir)
     if not dry_run:
         check_push()
-    mode = export.publication_mode(out_dir)
+    mode = publication_mode(out_dir)
     say(f"{'would upload' if dry_run else 'uploading'} ({mode}, {'public' if public else 'private'}):")
-    for name in export.files_to_upload(out_dir):
+    for name in files_to_upload(out_dir):
         say(f"  {name}")
-    url = export.push(out_dir, repo_id, private=not public, dry_run=dry_run)
+    url = push(out_dir, repo_id, private=not public, dry_run=dry_run)
     say(f"{'would create' if dry_run else 'done:'} {url}" + (" (gated: access requests on)" if mode == "gated" else ""))
     return url
+
+
+def files_to_upload(out_dir: str | Path) -> list[str]:
+    """The card, its plots and the Parquet shards, relative to ``out_dir``; work files and reports stay local.
+
+    A metadata-only build (the card's ``cpqa_publication``) whose shards hold audio (rehydrated from a
+    local copy) is refused: that audio is the user's own copy, not for upload."""
+    import pyarrow.parquet as pq
+
+    root = Path(out_dir)
+    files = ["README.md"] if (root / "README.md").exists() else []
+    shards = sorted((root / "data").rglob("*.parquet"))
+    if publication_mode(root) == "metadata-only":
+        for shard in shards:
+            if {"context", "audio"} & set(pq.read_schema(shard).names):
+                raise ValueError(f"{shard}: holds audio (rehydrated?) but {root} was built metadata-only: refusing to upload audio")
+    files += [str(p.relative_to(root)) for p in shards]
+    return files + sorted(str(p.relative_to(root)) for p in (root / "stats").glob("*.png"))  # the card's plots
+
+
+def publication_mode(out_dir: str | Path) -> str:
+    """``full``, ``gated`` or ``metadata-only``, as the card records it (``full`` for older builds)."""
+    return card_header(out_dir).get("cpqa_publication", "full")
+
+
+def last_build_id(out_dir: str | Path) -> str | None:
+    """The ``build_id`` of ``out_dir/report.json`` (the folder's last build), None without one."""
+    report = Path(out_dir) / "report.json"
+    try:
+        return json.loads(report.read_text()).get("build_id")
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{report}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+def check_current(out_dir: str | Path) -> str:
+    """The build id of ``out_dir``'s export when it is the export of the folder's last build; else a
+    ``FileNotFoundError`` (no export) or ``ValueError`` (another build's, or no build id) in one line."""
+    root = Path(out_dir)
+    last = last_build_id(root)
+    if not (root / "README.md").exists() or not written_splits(root):
+        done = f" (its last build, {last}, exported nothing: see report.json)" if last else ""
+        expected = "README.md and data/*/*.parquet expected"
+        raise FileNotFoundError(f"{root}: no exported dataset here{done}: {expected}")
+    exported = card_header(root).get("cpqa_build_id")
+    if last is None or exported != last:
+        raise ValueError(
+            f"{root}: the export (build {exported or 'without id'}) is not that of the folder's last build "
+            f"({last or 'no build_id in report.json'}): rebuild with the same command, then push"
+        )
+    return last
+
+
+def push(out_dir: str | Path, repo_id: str, private: bool = True, token_env: str = "HF_TOKEN", dry_run: bool = False) -> str:
+    """Create the dataset repo (private by default), upload exactly ``files_to_upload``, and turn the Hub's
+    access requests on for a gated build; returns its URL. ``dry_run`` contacts nothing."""
+    import os
+
+    from huggingface_hub import HfApi
+
+    check_current(out_dir)
+    files = files_to_upload(out_dir)
+    url = f"https://huggingface.co/datasets/{repo_id}"
+    if dry_run:
+        return url
+    api = HfApi(token=os.environ.get(token_env))  # None lets huggingface_hub use its own login
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", allow_patterns=files, commit_message="Upload cpqa build")
+        if publication_mode(out_dir) == "gated":
+            api.update_repo_settings(repo_id, gated="manual", repo_type="dataset")
+    except Exception as exc:
+        raise RuntimeError(_push_error(exc, repo_id, token_env)) from exc
+    return url
+
+
+def _push_error(exc: Exception, repo_id: str, token_env: str) -> str:
+    """One line for a failed upload: no network, a refused token, or the Hub's own words."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "cannot push: HF_HUB_OFFLINE is set; unset it where the Hub is reachable, then run push again"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+        return f"the Hub refused the token (HTTP {status}) for {repo_id}: set ${token_env} to a token with write access to that namespace"
+    if _network_error(exc):
+        return f"cannot reach the Hugging Face Hub ({first_line(exc, with_type=False)}): check the network connection, then run push again"
+    return f"push to {repo_id} failed: {first_line(exc)}"
+
+
+def _network_error(exc: BaseException | None) -> bool:
+    """A transport failure: an OSError (requests' errors are), or httpx's TransportError, anywhere in the chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) or any(c.__name__ == "TransportError" for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# ---------------------------------------------------------------- push
+def check_push(token_env: str = "HF_TOKEN") -> None:
+    """A Hub token before uploading: ``$<token_env>`` or huggingface_hub's saved login."""
+    from huggingface_hub import get_token
+
+    if not os.environ.get(token_env) and not get_token():
+        raise PreflightError([f"no Hugging Face token: set ${token_env} to a write token (https://huggingface.co/settings/tokens) or run `huggingface-cli login`"])

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ..models.categories import CATEGORIES
-from .export import markdown_table
+from .card import markdown_table
 
 DURATION_BIN_S = 5
 PLOTS = ("categories", "emotions", "genders", "durations", "pairs_per_clip")

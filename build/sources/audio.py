@@ -58,9 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import SAMPLE_RATE
 from ..core.errors import first_line
 
-SAMPLE_RATE = 16_000
 REFERENCE_KINDS = ("parquet", "arrow")
 _REFERENCE = re.compile(r"^(parquet|arrow):(.+)#([^#]+)\[(\d+)\]$", re.DOTALL)
 _CACHE_ENTRIES = 4

@@ -60,10 +60,10 @@ from typing import NamedTuple
 
 from datasets import Dataset, Features
 
-from . import audio
-from .audio import AudioError, probe_duration
 from ..core.errors import first_line
 from ..core.schema import RECORDING
+from . import audio
+from .audio import AudioError, probe_duration
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 _PATH_COLUMNS = ("audio_path", "path", "audio", "file")

@@ -57,17 +57,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import sys
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 
-from ..sources.audio import SAMPLE_RATE, decode_span
 from ..core.config import AsrConfig
 from ..core.devices import cached, device_for, torch_threads
 from ..models.diarize import diarize_audio, join_speakers
+from ..sources.audio import SAMPLE_RATE, decode_span
 
 logger = logging.getLogger(__name__)
 

@@ -98,8 +98,8 @@ import numpy as np
 import pyloudnorm
 import syllables
 
-from ..sources.audio import SAMPLE_RATE
 from ..core.devices import cached
+from ..sources.audio import SAMPLE_RATE
 
 F0_REFERENCE_HZ = 27.5  # eGeMAPS's F0 unit: semitones above this frequency
 PAUSE_MIN_S = 0.25

@@ -67,8 +67,17 @@ from collections import Counter
 from pathlib import Path
 
 from ..core.config import EmpathyConfig, QaConfig
-from ..models.prompting import FENCE, LENIENT_JSON, PROMPT_DIR, chat_request, check_structured_mode, client_for, load_sections, speaker_runs
 from ..core.schema import EMOTION_FAMILY, EMOTION_LABELS, FAMILIES
+from ..models.prompting import (
+    FENCE,
+    LENIENT_JSON,
+    PROMPT_DIR,
+    chat_request,
+    check_structured_mode,
+    client_for,
+    load_sections,
+    speaker_runs,
+)
 
 PROMPT_VERSION = "empathy_v1"
 DEMOS_FILE = PROMPT_DIR / "empathy_demos.jsonl"

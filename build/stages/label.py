@@ -55,13 +55,13 @@ from typing import Any
 import numpy as np
 
 from ..core import devices
-from ..models import dimension, emotion, gender
-from ..sources.audio import SAMPLE_RATE, AudioError, decode_span
 from ..core.config import Config
 from ..core.errors import first_line, span_label
-from ..models.base import model_dtype
 from ..core.schema import DIMENSIONS, SEGMENT
 from ..core.windows import window_spans
+from ..models import dimension, emotion, gender
+from ..models.base import model_dtype
+from ..sources.audio import SAMPLE_RATE, AudioError, decode_span
 
 # Segments each loader worker decodes ahead of the models.
 _PREFETCH = 4

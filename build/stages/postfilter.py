@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import re
 
-from ..models.categories import has_words as _has
-from ..models.categories import categorise as categorise_questions
 from ..core.config import PostFilterConfig
 from ..core.devices import device_for
+from ..models.categories import categorise as categorise_questions
+from ..models.categories import has_words as _has
 from ..models.embeddings import embed
-from ..models.prompting import ARMENIAN_QUESTION_MARK, FRAGMENT_WORDS, ends_with_question_mark
 from ..models.llm import LlmClient
+from ..models.prompting import ARMENIAN_QUESTION_MARK, FRAGMENT_WORDS, ends_with_question_mark
 
 EXTRA_PAIR = "beyond the pairs asked for"
 TOO_LONG = "too long"

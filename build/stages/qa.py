@@ -35,11 +35,21 @@ import json
 import re
 from string import Template
 
+from ..core.config import QaConfig
+from ..models.prompting import (
+    CLOSERS,
+    FRAGMENT_WORDS,
+    PROMPT_DIR,
+    chat_request,
+    check_structured_mode,
+    client_for,
+    ends_with_question_mark,
+    json_schema_format,
+    load_sections,
+    speaker_runs,
+)
 from ..models.prompting import FENCE as _FENCE
 from ..models.prompting import LENIENT_JSON as _LENIENT_JSON
-from ..core.config import QaConfig
-from ..models.prompting import FRAGMENT_WORDS, PROMPT_DIR, chat_request, check_structured_mode, client_for, json_schema_format, load_sections, speaker_runs
-from ..models.prompting import CLOSERS, ends_with_question_mark
 
 PROMPT_VERSION = "qa_v2"  # the default of qa.prompt_version
 WORD_TIMINGS = ("spans", "words")

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sources.audio import SAMPLE_RATE, AudioError, iter_blocks
 from ..core.config import VadConfig
 from ..core.devices import cached, torch_threads
 from ..core.errors import first_line
+from ..sources.audio import SAMPLE_RATE, AudioError, iter_blocks
 
 _WINDOW = 512  # silero's window at 16 kHz
 

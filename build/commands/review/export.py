@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features, List, Value
 
-from ...publishing.export import MAX_SHARD_BYTES, configs_yaml, dataset_info_yaml
+from ...publishing.card import configs_yaml, dataset_info_yaml
+from ...publishing.export import MAX_SHARD_BYTES
 from ...publishing.stats import plot
 from .folder import shards
 from .report import FIGURE, human_review_section, table1_sets

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from ...publishing.card import card_header
+from ...publishing.export import flac_bytes
+from ...publishing.licences import source_sha256
 from ...sources.audio import decode_span
-from ...publishing.export import card_header, flac_bytes
-from ...publishing.publish import source_sha256
 
 AUDIO_DIR = "audio"
 

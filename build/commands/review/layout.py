@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ...models.categories import CATEGORIES
 from ...core.schema import EMOTION_LABELS, GENDER_LABELS
+from ...models.categories import CATEGORIES
 from .page import GUIDELINES, PLAYER_JS
 from .store import REJECT_REASONS, STRATEGIES
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ...publishing.export import markdown_table
+from ...publishing.card import markdown_table
 from ...publishing.stats import SetStats, table1
 from .agreement import Precision, agreements, label_precision
 from .state import ReviewState

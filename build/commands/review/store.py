@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ...models.categories import CATEGORIES
 from ...core.schema import EMOTION_LABELS, FAMILIES, GENDER_LABELS
+from ...models.categories import CATEGORIES
 
 PAIR, EMPATHY, LABEL, HUMAN, WITHDRAW = "pair", "empathy", "label", "human", "withdraw"
 KINDS = (PAIR, EMPATHY, LABEL, HUMAN, WITHDRAW)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .emotion2vec import build_tiny_emotion2vec
 from .classifiers import build_tiny_dimension_model, build_tiny_gender_model
+from .emotion2vec import build_tiny_emotion2vec
 
 _MARKER = "BUILT"
 

@@ -21,6 +21,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
 from ...core.schema import DIMENSIONS, GENDER_LABELS
+from ..base import MspDimensionModel
 
 
 def _tiny_wav2vec2_config(**overrides) -> Wav2Vec2Config:
@@ -78,8 +79,6 @@ def _build_and_save(model_class, config: Wav2Vec2Config, dest: str | Path, seed:
 
 def build_tiny_dimension_model(dest: str | Path, seed: int = 0) -> Path:
     """A random ``MspDimensionModel`` saved in ``dest`` with its feature extractor."""
-    from ..base import MspDimensionModel
-
     return _build_and_save(MspDimensionModel, tiny_dimension_config(), dest, seed)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..base import funasr_side_effects_contained
+
 # tokens.txt of emotion2vec_plus_{large,base,seed} on the hubs (9-class release, June 2024).
 EMOTION2VEC_TOKENS = (
     "生气/angry",
@@ -167,8 +169,6 @@ _CONFIGURATION = {
 
 
 def _random_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    from ..base import funasr_side_effects_contained
-
     with funasr_side_effects_contained():  # importing funasr switches the root logger to INFO
         from funasr.models.emotion2vec.model import Emotion2vec
 
