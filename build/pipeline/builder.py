@@ -191,10 +191,10 @@ def _export(ex: Executor, tasks: audit.Tasks, out_dir: Path, source, say, *, lic
     if "empathy" in tasks.stages:
         samples = dataset(ex.table("empathy", tasks.sample_shards, schema.EMPATHY_SAMPLE), schema.EMPATHY_SAMPLE)
     result = dataclasses.replace(_result(ex, tasks, segments, pairs, "built", out_dir, quota), empathy=samples)
-    licences = licences.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
+    row_licences = licences.row_licences(source, result.segments["audio_path"], license, allow_outside_root)
     plan = ex.plan
     hashes = {path: digest for path, digest in zip(plan["audio_path"], plan["sha256"]) if digest}  # hashed at ingest
     n = len(plan["recording_id"])
     sources = sources or f"Recordings supplied by whoever built this dataset ({n} files); their licences apply."
-    export_dataset(result, ex.config, out_dir, license=license, licences=licences, source_hashes=hashes, card_template=card_template, sources=sources)
+    export_dataset(result, ex.config, out_dir, license=license, licences=row_licences, source_hashes=hashes, card_template=card_template, sources=sources)
     return result

@@ -201,9 +201,9 @@ def rehydrate(out_dir: str | Path, audio_root: str | Path, into: str | Path | No
             target = staging / shard.relative_to(out_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             _with_audio(shard, into / shard.relative_to(out_dir), locate, report).to_parquet(str(target))
-        card = staging / "README.md"
-        if card.exists():
-            card.write_text(replace_dataset_info(card.read_text(), card.dataset_info_yaml(staging)))
+        card_file = staging / "README.md"
+        if card_file.exists():
+            card_file.write_text(replace_dataset_info(card_file.read_text(), card.dataset_info_yaml(staging)))
         marker = {"from": str(out_dir.resolve()), "build_id": build_id, "rows": report.rows}
         marker["total"] = report.total
         marker.update(missing=report.missing, changed=report.changed)
