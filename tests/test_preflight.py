@@ -251,7 +251,8 @@ def test_cli_bad_set_value_is_one_line(tmp_path):
 def test_cli_push_without_a_token_or_without_network_is_one_line(tmp_path):
     folder = tmp_path / "built"
     (folder / "data" / "qa").mkdir(parents=True)
-    (folder / "README.md").write_text("card")
+    (folder / "README.md").write_text('---\ncpqa_build_id: "b1"\n---\ncard')  # the export of the last build
+    (folder / "report.json").write_text('{"build_id": "b1"}')
     (folder / "data" / "qa" / "test-00000-of-00001.parquet").write_bytes(b"PAR1")
     home = {"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}
     done = _cli("push", str(folder), "--repo-id", "me/set", **home)
