@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=os.environ.get("CPQA_LOG", "WARNING"))
+    # --debug also shows what third-party libraries print while loading models (build.core.logs)
+    logging.basicConfig(level="DEBUG" if args.debug else os.environ.get("CPQA_LOG", "WARNING"))
     if not os.environ.get("CPQA_PROGRESS"):  # keep the printed funnel readable
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too

@@ -65,7 +65,7 @@ BATCH = 20  # questions per LLM request
 # "rules" is the old name of the offline classifier (the keyword rules it replaced), kept for old configs.
 MODES = ("auto", "llm", "embeddings", "rules")
 LLM_MODES = ("auto", "llm")
-DATA = Path(__file__).resolve().parent / "data" / "categories.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "categories.jsonl"  # build/data
 EMBEDDING_MODEL = BUNDLED
 C = 10.0  # inverse regularisation strength of the logistic regression
 FOLDS = 5

@@ -55,7 +55,6 @@ Two fixes make WhisperX 3.7.4 run under torch 2.8 and offline:
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import shutil
@@ -66,6 +65,7 @@ import numpy as np
 
 from ..core.config import AsrConfig
 from ..core.devices import cached, device_for, torch_threads
+from ..core.logs import third_party_quiet
 from ..models.diarize import diarize_audio, join_speakers
 from ..sources.audio import SAMPLE_RATE, decode_span
 
@@ -151,8 +151,9 @@ def _load_whisperx(model_path: str, device: str, compute_type: str, language: st
     # CTranslate2 sets OpenMP's thread count for the whole process when it loads (cpu_threads), which
     # would change torch's too, and with it the float rounding of the labelling models of any later
     # build in this process: torch's count is restored afterwards.
-    # pyannote print()s version warnings about the bundled VAD checkpoint: to stderr with them.
-    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), contextlib.redirect_stdout(sys.stderr), torch_threads():
+    # pyannote print()s version warnings about the bundled VAD checkpoint and Lightning logs an upgrade of
+    # it at INFO: both to the log at DEBUG (build.core.logs).
+    with torch.serialization.safe_globals(_pyannote_checkpoint_globals()), third_party_quiet(), torch_threads():
         return whisperx.load_model(
             model_path,
             kind,
