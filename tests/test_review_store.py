@@ -156,13 +156,13 @@ def finish(review, annotator, segment_id, label="yes"):
     """Every verdict a clip needs from ``annotator``: accept its pairs and sample, answer its label check."""
     for pair in review.build.pairs_of(segment_id):
         act(review, annotator, segment_id, "pair", target=pair.question_id, verdict="accept")
-    if segment_id in review.build.stages.empathy:
+    if segment_id in review.build.empathy:
         act(
             review,
             annotator,
             segment_id,
             "empathy",
-            target=review.build.stages.empathy[segment_id].id,
+            target=review.build.empathy[segment_id].id,
             verdict="accept",
         )
     act(

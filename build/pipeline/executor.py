@@ -55,10 +55,6 @@ class Executor:
     def read(self, reads: str, shard: str) -> dict[str, list]:
         return pick(self.plan, self.members[shard]) if reads == "ingest" else self.work.read(reads, shard)
 
-    def pending(self, step: Step, shards: list[str]) -> list[str]:
-        """This rank's shards of ``step`` that are not finished."""
-        return [s for s in self.ranks.mine(shards) if not self.work.is_done(step.name, s, self.fingerprint(step, s))]
-
     def run(self, step: Step, shards: list[str], audio_s: dict[str, float]) -> None:
         """This rank's share of ``step`` over ``shards`` (``audio_s``: each shard's audio, for progress)."""
         mine = self.ranks.mine(shards)
@@ -92,11 +88,3 @@ class Executor:
         """Every shard's output of ``stage`` as one table typed by ``features``."""
         tables = [self.work.read_table(stage, s).cast(features.arrow_schema) for s in shards]
         return pa.concat_tables(tables) if tables else features.arrow_schema.empty_table()
-
-    def segment_audio(self, stage: str, shards: list[str]) -> dict[str, float]:
-        """Seconds of segment audio per shard of ``stage`` (the sample's shards), for progress."""
-        out = {}
-        for s in shards:
-            spans = self.work.read_table(stage, s).select(["start", "end"]).to_pydict()
-            out[s] = sum(e - b for b, e in zip(spans["start"], spans["end"]))
-        return out

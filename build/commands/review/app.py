@@ -112,7 +112,7 @@ class App:
         }
 
     def _empathy(self, page: Page, state, clip, who: str) -> dict:
-        sample = self.review.build.stages.empathy.get(clip.segment_id)
+        sample = self.review.build.empathy.get(clip.segment_id)
         mine = state.empathy.get(sample.id, {}).get(who) if sample else None
         edit = mine if mine is not None and mine.verdict == EDIT else None
         return {
@@ -275,7 +275,7 @@ def _decision(app: App, page: Page, fixed: dict, names: tuple[str, ...]):
         if fixed["kind"] == PAIR:
             fields["target"] = pick
         if fixed["kind"] == EMPATHY and at >= 0:
-            sample = app.review.build.stages.empathy.get(app.review.build.clips[at].segment_id)
+            sample = app.review.build.empathy.get(app.review.build.clips[at].segment_id)
             fields["target"] = sample.id if sample else None
         shown = app.act(page, who, at, pick, fixed["kind"] == PAIR, **fields)
         if fixed["kind"] == HUMAN and page.progress in shown:  # saved

@@ -72,7 +72,7 @@ def serve(
 
     blocks = make_blocks(review, named_by_login=bool(users))
     build = review.build
-    counts = f"{len(build.clips)} clips, {len(build.pairs)} LLM pairs, {len(build.stages.empathy)} empathy samples"
+    counts = f"{len(build.clips)} clips, {len(build.pairs)} LLM pairs, {len(build.empathy)} empathy samples"
     say(f"cpqa review: {counts}; actions in {review.store.path}")
     for name, n in sorted(build.left_out.items()):
         say(f"  left out: {name} ({n} clips)")

@@ -43,7 +43,7 @@ class Review:
             if pair is None or pair.segment_id != clip.segment_id:
                 return f"no LLM pair {action.target!r} on clip {clip.segment_id}"
         if action.kind == EMPATHY:
-            sample = self.build.stages.empathy.get(clip.segment_id)
+            sample = self.build.empathy.get(clip.segment_id)
             if sample is None or sample.id != action.target:
                 return f"no empathy sample {action.target!r} on clip {clip.segment_id}"
         if action.kind == WITHDRAW:

@@ -82,7 +82,7 @@ class ReviewState:
         pairs_done = all(
             annotator in self.pairs.get(p.question_id, {}) for p in self.build.pairs_of(clip.segment_id)
         )
-        sample = self.build.stages.empathy.get(clip.segment_id)
+        sample = self.build.empathy.get(clip.segment_id)
         empathy_done = sample is None or annotator in self.empathy.get(sample.id, {})
         return pairs_done and empathy_done and annotator in self.labels.get(clip.segment_id, {})
 
@@ -120,7 +120,7 @@ class ReviewState:
         return {qid: final(qid, self.pairs[qid]) for qid in self.build.pairs if qid in self.pairs}
 
     def empathy_finals(self) -> dict[str, Final]:
-        ids = [s.id for s in self.build.stages.empathy.values()]
+        ids = [s.id for s in self.build.empathy.values()]
         return {sid: final(sid, self.empathy[sid]) for sid in ids if sid in self.empathy}
 
     def reviews_by_verdict(self) -> Counter:
