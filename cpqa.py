@@ -47,10 +47,10 @@ TINY_MODELS = REPO / ".cpqa" / "tiny-models"
 
 
 def load_config(args: argparse.Namespace):
-    from build.config import paper_config, tiny_config
+    from build.core.config import paper_config, tiny_config
 
     if args.profile == "tiny":
-        from build.tiny import build_tiny_models
+        from build.models.tiny import build_tiny_models
 
         config = tiny_config(str(build_tiny_models(TINY_MODELS)))
     else:
@@ -65,9 +65,9 @@ def with_export_options(config, args: argparse.Namespace):
     """``--publish``, ``--splits`` and ``--split-by`` on top of the config's ``export`` section."""
     import dataclasses
 
-    from build.splits import parse_splits
+    from build.publishing.splits import parse_splits
 
-    changes = {"publish": args.publish, "split_by": args.split_by, "splits": parse_splits(args.splits) if args.splits else None}
+    changes = {"publish": args.publish, "splits": parse_splits(args.splits) if args.splits else None}
     changes = {k: v for k, v in changes.items() if v is not None}
     return dataclasses.replace(config, export=dataclasses.replace(config.export, **changes)) if changes else config
 
@@ -97,7 +97,7 @@ def run_build(source: str, out: str, config, *, stop_after: str | None, outputs:
     if result.status == "no pairs":
         print(f"no QA pair survived: nothing to export (see {out_dir / 'recordings.jsonl'})")
         return 1
-    from build.export import written_splits
+    from build.publishing.card import written_splits
 
     written = written_splits(out_dir)  # the configs this build wrote, no other
     others = ", ".join(f'load_dataset("{out_dir}", "{name}")' for name in written if name != "qa")
@@ -129,7 +129,7 @@ def parse_judge(spec: str) -> dict:
 
 def run_evaluate(args) -> int:
     """Score a speech-LLM on QA sets (build/evaluate.py); write predictions.jsonl, results.json and results.md."""
-    from build.evaluate import EvaluateOptions, evaluate_sets
+    from build.commands.evaluate import EvaluateOptions, evaluate_sets
 
     judges = [parse_judge(spec) for spec in args.judge]
     if args.judge_samples:
@@ -164,7 +164,7 @@ def run_evaluate(args) -> int:
 
 
 def run_calibrate(args, config) -> int:
-    from build import calibrate
+    from build.commands import calibrate
 
     result = calibrate.calibrate(
         args.source, corpus=args.corpus, config=config, out_dir=args.out, labels_file=args.labels,
@@ -183,7 +183,7 @@ def run_calibrate(args, config) -> int:
 
 
 def run_stats(args) -> int:
-    from build import stats
+    from build.publishing import stats
 
     collected = stats.collect(stats.named_folders(args.dataset, args.names))
     path = stats.write_stats(collected, args.out)
@@ -193,20 +193,17 @@ def run_stats(args) -> int:
 
 
 def add_review_arguments(parser: argparse.ArgumentParser) -> None:
-    from build.review.options import add_arguments  # argparse only
+    from build.commands.review.options import add_arguments  # argparse only
 
     add_arguments(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _config_options(p: argparse.ArgumentParser, profile: str) -> None:
+    p.add_argument("--profile", choices=("paper", "tiny"), default=profile)
+    p.add_argument("--config", help="YAML or JSON file with config values")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value")
 
-    def config_options(p, profile):
-        p.add_argument("--profile", choices=("paper", "tiny"), default=profile)
-        p.add_argument("--config", help="YAML or JSON file with config values")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value")
-
+def _build_commands(sub) -> list[argparse.ArgumentParser]:
     demo = sub.add_parser("demo", help="run the pipeline offline on the bundled sample audio")
     demo.add_argument("--out", default="runs/demo")
     build_cmd = sub.add_parser("build", help="build from your own audio")
@@ -216,13 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("--sources", help="a sentence on where the audio comes from, for the dataset card")
     build_cmd.add_argument("--allow-outside-root", action="store_true", help="read manifest rows whose file lies outside the manifest's folder")
     for p, profile in ((demo, "tiny"), (build_cmd, "paper")):
-        config_options(p, profile)
+        _config_options(p, profile)
         p.add_argument("--stop-after", choices=("condense",), help="stop after condensation (no ASR, no LLM)")
         p.add_argument("--outputs", default="qa,empathy", help="what to build: qa,empathy (default) or qa")
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
         p.add_argument("--publish", choices=("full", "gated", "metadata-only"), help="embed the audio (full), embed it behind the Hub's access form (gated), or publish no audio (metadata-only)")
         p.add_argument("--splits", metavar="NAME=FRACTION,...", help="e.g. train=0.8,test=0.2 (default: all in test)")
-        p.add_argument("--split-by", choices=("recording", "speaker"), help="no recording in two splits (speaker-disjoint splits are refused: diarized speakers are labelled per clip)")
+    return [demo, build_cmd]
+
+
+def _corpus_commands(sub) -> list[argparse.ArgumentParser]:
     calib_cmd = sub.add_parser("calibrate", help="grid-search condense.x/y and score the SER models on a human-labelled corpus")
     calib_cmd.add_argument("source", help="as for build; labels come from --labels or from a manifest's emotion/label column")
     calib_cmd.add_argument("--corpus", required=True, help="label table of build/corpora.py (ravdess, iemocap, meld, ...; emotion2vec: labels already in the taxonomy)")
@@ -231,11 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     calib_cmd.add_argument("--write-config", metavar="FILE", help="write the best x and y as a config fragment (.yaml or .json) for --config")
     calib_cmd.add_argument("--x-grid", default="0.3:0.7:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
     calib_cmd.add_argument("--y-grid", default="0:0.5:0.05", help="start:stop:step or comma-separated values (default %(default)s)")
-    config_options(calib_cmd, "paper")
+    _config_options(calib_cmd, "paper")
     stats_cmd = sub.add_parser("stats", help="Table 1 and the distributions of built QA sets, as markdown and PNG plots")
     stats_cmd.add_argument("dataset", nargs="+", help="built folder(s); two or more are shown side by side")
     stats_cmd.add_argument("--names", nargs="+", help="a name per folder for the tables (default: folder names)")
     stats_cmd.add_argument("--out", required=True, help="folder for stats.md and the plots")
+    return [calib_cmd, stats_cmd]
+
+
+def _hub_commands(sub) -> list[argparse.ArgumentParser]:
     push_cmd = sub.add_parser("push", help="upload a built dataset to the Hugging Face Hub")
     push_cmd.add_argument("folder")
     push_cmd.add_argument("--repo-id", required=True)
@@ -245,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     rehydrate_cmd.add_argument("folder")
     rehydrate_cmd.add_argument("--audio-root", required=True, help="folder holding your copy of the source files (searched recursively by name)")
     rehydrate_cmd.add_argument("--into", help="where the copy with audio goes (default: FOLDER-rehydrated)")
+    return [push_cmd, rehydrate_cmd]
+
+
+def _evaluate_command(sub) -> argparse.ArgumentParser:
     eval_cmd = sub.add_parser("evaluate", help="score a speech-LLM on CPQA-style QA sets with LLM judges")
     eval_cmd.add_argument("dataset", nargs="+", help="built folder(s), Parquet or save_to_disk folder(s), or Hub id(s) with context/instruction/answer; two sets over the same clips are also correlated")
     eval_cmd.add_argument("--labels", nargs="+", help="a name per dataset for the table (default: folder names)")
@@ -272,13 +280,28 @@ def main(argv: list[str] | None = None) -> int:
     eval_cmd.add_argument("--limit", type=int, help="only the first N questions of each set")
     eval_cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eval_cmd.add_argument("--out", default="results")
+    return eval_cmd
 
+
+def _review_command(sub) -> argparse.ArgumentParser:
     review_cmd = sub.add_parser("review", help="human review in the browser (review OUT), its configs and card "
                                 "section (review export OUT), human pairs from a file (review import OUT FILE)")
     add_review_arguments(review_cmd)
+    return review_cmd
 
-    for p in (demo, build_cmd, push_cmd, rehydrate_cmd, eval_cmd, calib_cmd, stats_cmd, review_cmd):
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job, each with ``--debug``."""
+    parser = argparse.ArgumentParser(prog="cpqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = [*_build_commands(sub), *_corpus_commands(sub), *_hub_commands(sub), _evaluate_command(sub), _review_command(sub)]
+    for p in commands:
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -287,14 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line for anything a user can cause; the traceback with --debug
         if args.debug:
             raise
-        from build.errors import first_line
+        from build.core.errors import first_line
 
         print(f"cpqa {args.command}: {first_line(error, with_type=False)} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 
+
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=os.environ.get("CPQA_LOG", "WARNING"))
+    # --debug also shows what third-party libraries print while loading models (build.core.logs)
+    logging.basicConfig(level="DEBUG" if args.debug else os.environ.get("CPQA_LOG", "WARNING"))
     if not os.environ.get("CPQA_PROGRESS"):  # keep the printed funnel readable
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
@@ -303,16 +328,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "stats":
         return run_stats(args)
     if args.command == "review":
-        from build.review.cli import run
+        from build.commands.review.cli import run
 
         return run(args)
     if args.command == "push":
-        from build.publish import push_build
+        from build.publishing.publish import push_build
 
         push_build(args.folder, args.repo_id, public=args.public, dry_run=args.dry_run, say=print)
         return 0
     if args.command == "rehydrate":
-        from build.publish import rehydrate
+        from build.publishing.publish import rehydrate
 
         report = rehydrate(args.folder, args.audio_root, args.into)
         print("\n".join(report.lines()))

@@ -1,5 +1,5 @@
 """Seconds for a full-size emotion2vec+ large on labelling windows: FunASR's generate (one clip at a
-time) against ``build.emotion``'s batched path.
+time) against ``build.models.emotion``'s batched path.
 
     .venv/bin/python benchmarks/emotion2vec_batching.py                  # 64 windows of 4 s, batch 16, CPU
     .venv/bin/python benchmarks/emotion2vec_batching.py --device cuda:0 --windows 256
@@ -10,7 +10,7 @@ front end with layer norm, 5 positional convs of width 95 in 16 groups) with ran
 as a FunASR folder in a temporary directory (about 1.2 GB) and loaded by FunASR like the real one;
 nothing is downloaded. The windows are 4 s (t + 2Δt with the paper's t = 2 s, Δt = 1 s) cut every 2 s
 from the bundled AMI and RAVDESS recordings, so every batch has windows of one length, as most of
-``build.label``'s batches do.
+``build.stages.label``'s batches do.
 
 (a) is the stage's former path: ``AutoModel.generate`` on each batch of ``--batch-size`` clips, which
 FunASR runs one clip at a time. (b) is ``emotion.classify_clips`` on the same batches. Both get one
@@ -38,7 +38,7 @@ WINDOW_S, HOP_S = 4.0, 2.0
 
 def large_config() -> dict:
     """emotion2vec_plus_large's config.yaml layout and sizes (the tiny config with the real numbers)."""
-    from build.tiny.emotion2vec import tiny_emotion2vec_config
+    from build.models.tiny.emotion2vec import tiny_emotion2vec_config
 
     config = tiny_emotion2vec_config()
     model = config["model_conf"]
@@ -62,8 +62,8 @@ def write_large_member(dest: Path) -> tuple[str, int]:
     import torch
     import yaml
 
-    from build.models import funasr_side_effects_contained
-    from build.tiny.emotion2vec import EMOTION2VEC_TOKENS, build_tiny_emotion2vec
+    from build.models.base import funasr_side_effects_contained
+    from build.models.tiny.emotion2vec import EMOTION2VEC_TOKENS, build_tiny_emotion2vec
 
     folder = build_tiny_emotion2vec(dest)  # configuration.json and tokens.txt; config and weights replaced
     config = large_config()
@@ -78,7 +78,7 @@ def write_large_member(dest: Path) -> tuple[str, int]:
 
 
 def windows(count: int) -> list:
-    from build.audio import SAMPLE_RATE, decode_span
+    from build.sources.audio import SAMPLE_RATE, decode_span
 
     size, hop = int(WINDOW_S * SAMPLE_RATE), int(HOP_S * SAMPLE_RATE)
     clips = []
@@ -101,9 +101,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from build import emotion
-    from build.audio import SAMPLE_RATE
-    from build.models import funasr_side_effects_contained
+    from build.models import emotion
+    from build.models.base import funasr_side_effects_contained
+    from build.sources.audio import SAMPLE_RATE
 
     clips = windows(args.windows)
     batches = [clips[i : i + args.batch_size] for i in range(0, len(clips), args.batch_size)]

@@ -48,8 +48,9 @@ def build_recording(path: Path, minutes: float) -> float:
 def child(path: str, mode: str) -> None:
     """Measure one recording in this (fresh) process and print a JSON line."""
     sys.path.insert(0, str(REPO))
-    from build import audio, segment
-    from build.devices import cached
+    from build.core.devices import cached
+    from build.sources import audio
+    from build.stages import segment
 
     def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -1,6 +1,6 @@
 """The scale-out benchmark: five sections, each printed as a markdown table headed by the machine,
 the date and the command line. Every figure comes from the orchestrator (``build.pipeline.build``),
-the stage function it calls (``build.label.label_segments``) or the CLI; nothing here wires stages.
+the stage function it calls (``build.stages.label.label_segments``) or the CLI; nothing here wires stages.
 
     .venv/bin/python benchmarks/run.py                          # every section, tiny models, CPU
     .venv/bin/python benchmarks/run.py --only overhead          # one section
@@ -14,7 +14,7 @@ Sections (``--only``):
    QA goes to a loopback OpenAI-compatible stub (``tests/openai_stub.py``) that answers at once, so no
    LLM time is measured; ``--stop-after condense`` stops before ASR instead.
 2. ``overhead``: the label stage of ``pipeline.build`` (tiny models) with ``emotion.classify_clips``,
-   ``dimension.classify_clips`` and ``gender.classify_clips`` wrapped in timers (as ``build.label``
+   ``dimension.classify_clips`` and ``gender.classify_clips`` wrapped in timers (as ``build.stages.label``
    sees them), then with null labellers (constant, correctly shaped outputs at once), each with the
    configured ``loader_workers`` and with 0 (then ``audio.decode_span`` is timed too, in-process).
    overhead = (label wall - model time) / label wall; target <= 10 %. Ingest and VAD outputs of a
@@ -140,11 +140,11 @@ def verdict(value: float, target: float, what: str) -> str:
 
 # ---------------------------------------------------------------- shared helpers
 def load_config(profile: str, device: str, overrides: list[str]):
-    from build.config import paper_config, tiny_config
+    from build.core.config import paper_config, tiny_config
 
     if profile == "tiny":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from build.tiny import build_tiny_models
+        from build.models.tiny import build_tiny_models
 
         config = tiny_config(str(build_tiny_models(TINY_MODELS)))
     else:
@@ -154,7 +154,7 @@ def load_config(profile: str, device: str, overrides: list[str]):
 
 
 def resolve_device(device: str) -> str:
-    from build.devices import device_for
+    from build.core.devices import device_for
 
     return device_for(0, device)
 
@@ -190,10 +190,10 @@ def forget_decoders() -> None:
     """Drop this process's cached torchcodec decoders before anything forks loader workers.
 
     Workaround, not a fix: a DataLoader worker forked from a process that holds a decoder in
-    ``build.audio``'s forward-reader cache hangs for ever in ``audio._after_fork`` (dropping the
+    ``build.sources.audio``'s forward-reader cache hangs for ever in ``audio._after_fork`` (dropping the
     parent's decoder in the child blocks on a futex). That happens when one process decodes in the
     parent (ASR, ``loader_workers=0``, a pre-decode) and then runs a label stage with workers."""
-    from build import audio
+    from build.sources import audio
 
     audio.clear_caches()
 
@@ -226,7 +226,7 @@ class Stopwatch:
 
 # Null labellers: the signatures and output columns of the real classify_clips, constant values, no model.
 def null_emotion(clips, spans, *, model_ids, device, hub=None, precision="float32"):
-    from build.schema import EMOTION_LABELS
+    from build.core.schema import EMOTION_LABELS
 
     scores = [0.02] * len(EMOTION_LABELS)
     scores[EMOTION_LABELS.index("happy")] = 1.0 - 0.02 * (len(EMOTION_LABELS) - 1)
@@ -244,7 +244,7 @@ def null_gender(clips, spans, *, model_id, device, precision="float32"):
 
 
 def labellers():
-    from build import dimension, emotion, gender
+    from build.models import dimension, emotion, gender
 
     return {"emotion": (emotion, null_emotion), "dimension": (dimension, null_dimension), "gender": (gender, null_gender)}
 
@@ -273,7 +273,7 @@ def qa_stub() -> Iterator[str]:
 # ---------------------------------------------------------------- 1. per-stage throughput
 def stage_functions() -> dict[str, tuple]:
     """The function ``build.pipeline`` calls for the models of each stage, as (module, name)."""
-    from build import align, label, postfilter, segment
+    from build.stages import align, label, postfilter, segment
 
     return {"vad": (segment, "detect_speech"), "label": (label, "label_segments"), "asr": (align, "transcribe_and_align"),
             "postfilter": (postfilter, "mark_duplicates")}
@@ -331,9 +331,9 @@ def section_throughput(args, results: dict) -> None:
 
 # ---------------------------------------------------------------- 2. pipeline overhead, tiny models
 def section_overhead(args, results: dict) -> None:
-    from build import audio as audio_module
-    from build import label as label_module
     from build import pipeline
+    from build.sources import audio as audio_module
+    from build.stages import label as label_module
 
     info = header("2. Pipeline overhead of the label stage (tiny models, pipeline.build)")
     config = load_config("tiny", args.device, args.set)
@@ -371,7 +371,7 @@ def section_overhead(args, results: dict) -> None:
         label_run(f"null models, loader_workers={workers}", True, workers)
         if workers:
             label_run("null models, loader_workers=0", True, 0)
-    _ = audio_module  # decode_span is timed where build.label calls it
+    _ = audio_module  # decode_span is timed where build.stages.label calls it
     rows = [[r["run"], r["label_wall_s"], r["per_model_s"]["emotion"], r["per_model_s"]["dimension"], r["per_model_s"]["gender"],
              r["decode_s"], f"{100 * r['overhead']:.0f} %"] for r in runs]
     print(f"source: `{args.source}` ({runs[0]['label_audio_s']:.0f} s of recordings), device {device}, batch {config.runtime.batch_size}; "
@@ -398,7 +398,7 @@ def _wav2vec2_large(**overrides):
 def _save_random(model_class, config, dest: Path) -> tuple[str, float]:
     import torch
 
-    from build.tiny.classifiers import tiny_feature_extractor
+    from build.models.tiny.classifiers import tiny_feature_extractor
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -411,8 +411,8 @@ def _save_random(model_class, config, dest: Path) -> tuple[str, float]:
 
 
 def build_fullsize_dimension(dest: Path, layers: int) -> tuple[str, float]:
-    from build.models import MspDimensionModel
-    from build.tiny.classifiers import tiny_dimension_config
+    from build.models.base import MspDimensionModel
+    from build.models.tiny.classifiers import tiny_dimension_config
 
     return _save_random(MspDimensionModel, tiny_dimension_config(**_wav2vec2_large(num_hidden_layers=layers)), dest)
 
@@ -420,7 +420,7 @@ def build_fullsize_dimension(dest: Path, layers: int) -> tuple[str, float]:
 def build_fullsize_gender(dest: Path) -> tuple[str, float]:
     from transformers import Wav2Vec2ForSequenceClassification
 
-    from build.tiny.classifiers import tiny_gender_config
+    from build.models.tiny.classifiers import tiny_gender_config
 
     return _save_random(Wav2Vec2ForSequenceClassification, tiny_gender_config(**_wav2vec2_large(classifier_proj_size=256)), dest)
 
@@ -439,7 +439,7 @@ def build_fullsize_emotion2vec(dest: Path) -> tuple[str, float] | None:
 def _bare_transformers(model, extractor, device: str):
     import torch
 
-    from build.audio import SAMPLE_RATE
+    from build.sources.audio import SAMPLE_RATE
 
     def forward(batch):
         inputs = extractor(batch, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True, return_tensors="pt")
@@ -473,8 +473,8 @@ def _bare_emotion2vec(member, device: str):
 
 def _windows(segments: dict, spec) -> list:
     """The windows ``label_segments`` cuts (same formula), decoded and sliced in memory."""
-    from build.audio import SAMPLE_RATE, decode_span
-    from build.windows import window_spans
+    from build.core.windows import window_spans
+    from build.sources.audio import SAMPLE_RATE, decode_span
 
     clips = []
     for path, start, end in zip(segments["audio_path"], segments["start"], segments["end"]):
@@ -486,7 +486,7 @@ def _windows(segments: dict, spec) -> list:
 
 
 def _length_sorted_batches(clips: list, batch_size: int) -> list[list]:
-    order = sorted(range(len(clips)), key=lambda k: (-len(clips[k]), k))  # build.label's order
+    order = sorted(range(len(clips)), key=lambda k: (-len(clips[k]), k))  # build.stages.label's order
     return [[clips[k] for k in order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
 
 
@@ -496,7 +496,9 @@ def section_fullsize(args, results: dict) -> None:
     import numpy as np
     import torch
 
-    from build import devices, dimension, emotion, gender, label
+    from build.core import devices
+    from build.models import dimension, emotion, gender
+    from build.stages import label
 
     info = header("3. Full-size labelling (label_segments) vs the bare batched forward")
     config = load_config("tiny", args.device, [])
@@ -532,17 +534,15 @@ def section_fullsize(args, results: dict) -> None:
                 continue
             folder, params = built
             build_s = time.perf_counter() - started
-            models = {"emotion_models": list(tiny.emotion), "dimension_model": tiny.dimension, "gender_model": tiny.gender}
-            models[{"emotion": "emotion_models", "dimension": "dimension_model", "gender": "gender_model"}[kind]] = [folder] if kind == "emotion" else folder
+            models = dataclasses.replace(tiny, **{kind: [folder] if kind == "emotion" else folder})
+            runtime = dataclasses.replace(config.runtime, device=device, batch_size=batch_size, precision=precision)
+            run_config = dataclasses.replace(config, models=models, runtime=runtime)
             nulls = {k: null for k, (_, null) in labellers().items() if k != kind}
 
             def run_a(segs):
                 forget_decoders()
                 with labellers_replaced(nulls):
-                    out = label.label_segments(
-                        segs, emotion_window=dataclasses.asdict(config.emotion_window), gender_window=dataclasses.asdict(config.gender_window),
-                        device=device, batch_size=batch_size, loader_workers=config.runtime.loader_workers, precision=precision, **models,
-                    )  # fmt: skip
+                    out = label.label_segments(segs, run_config)
                 synchronize(device)
                 errors = [e for e in out["label_error"] if e]
                 if errors:
@@ -651,8 +651,8 @@ def _free_port() -> int:
 
 
 def _copies(source: Path, dest: Path, copies: int) -> tuple[int, float]:
-    from build.audio import probe_duration
-    from build.ingest import AUDIO_EXTENSIONS
+    from build.sources.audio import probe_duration
+    from build.sources.ingest import AUDIO_EXTENSIONS
 
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     seconds = sum(probe_duration(str(p)) or 0.0 for p in files)

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
 
-from build.tiny.qwen2_audio import build_tiny_qwen2_audio  # noqa: E402
+from build.models.tiny.qwen2_audio import build_tiny_qwen2_audio  # noqa: E402
 from metrics.cpqa import speech_llm  # noqa: E402
 
 QUESTIONS = ["How does the speaker feel?", "Is the speaker male or female?", "How many people speak?", "Why does the speaker sound tense?"]

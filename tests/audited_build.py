@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from build import pipeline
-from build.audio import decode_span
-from build.config import PAPER_ALPHA, Config
 from conftest import AMI, ravdess_recording
 from openai_stub import OpenAIStub
+
+from build import pipeline
+from build.core.config import PAPER_ALPHA, Config
+from build.sources.audio import decode_span
 
 PAIRS = [
     {"question": "How does the speaker feel?", "answer": "Afraid, by the sound of it."},

@@ -30,14 +30,14 @@ def ravdess_clips() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    from build.tiny import build_tiny_models
+    from build.models.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_models):
-    from build.config import tiny_config
+    from build.core.config import tiny_config
 
     return tiny_config(str(tiny_models))
 

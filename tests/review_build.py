@@ -8,12 +8,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from conftest import AMI, REPO, ravdess_recording
 from datasets import Dataset
 
-from build import export, pipeline
-from build.config import paper_config
-from build.schema import EMOTION_LABELS
-from conftest import AMI, REPO, ravdess_recording
+from build import pipeline
+from build.core.config import paper_config
+from build.core.schema import EMOTION_LABELS
+from build.publishing import export
 
 XSS = "<img src=x onerror=alert(1)> {{constructor}} ${alert(2)}"
 # (segment_id, recording, audio, start, end, primary emotion, gender)

@@ -5,9 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from build.words import label_for_span, tag_segment_words, tag_words
 from conftest import ravdess_clips, ravdess_recording
+
+from build.core.config import AsrConfig
+from build.stages import align
+from build.stages.words import label_for_span, tag_segment_words, tag_words
 
 # ---- stage 9: the join rule on hand-made words and windows ----------------------------------------
 EMOTION_WINDOWS = [
@@ -97,7 +99,11 @@ def test_tag_words_is_a_batched_map_adding_one_column():
 # ---- stage 8: transcription and word times on real audio ----------------------------------------
 RAVDESS = str(ravdess_recording(1))
 SEGMENT = (10.0, 24.491)  # four clips: Kids, Dogs, Kids, Kids (clip 4 starts at 10.511 s)
-ASR = dict(model="bundled:tiny.en", language="en", compute_type="int8", batch_size=4, device="cpu")
+ASR = dict(model="bundled:tiny.en", language="en", compute_type="int8", batch_size=4)
+
+
+def transcribe_and_align(batch, **settings):
+    return align.transcribe_and_align(batch, AsrConfig(**settings), device="cpu")
 
 
 def _normalise(text: str) -> str:
@@ -111,8 +117,6 @@ def _clips_in(start, end):
 @pytest.fixture(scope="module")
 def faster_whisper_run(tmp_path_factory):
     """One batch through the faster-whisper aligner: a RAVDESS segment and a file that does not exist."""
-    from build.align import transcribe_and_align
-
     missing = str(tmp_path_factory.mktemp("asr") / "missing.flac")
     batch = {"audio_path": [RAVDESS, missing], "start": [SEGMENT[0], 0.0], "end": [SEGMENT[1], 5.0]}
     return missing, transcribe_and_align(batch, aligner="faster-whisper", **ASR)
@@ -150,7 +154,7 @@ def test_an_unreadable_file_gives_an_error_naming_it_and_the_rest_is_transcribed
 
 
 def test_bundled_model_name_resolves_to_the_wheel_folder():
-    from build.align import resolve_model
+    from build.stages.align import resolve_model
 
     folder = Path(resolve_model("bundled:tiny.en"))
     assert (folder / "model.bin").is_file() and (folder / "tokenizer.json").is_file()
@@ -168,8 +172,6 @@ def _torchaudio_align_checkpoint_cached() -> bool:
 
 @pytest.mark.skipif(_torchaudio_align_checkpoint_cached(), reason="the English align model is cached here: no fallback")
 def test_whisperx_aligner_offline_falls_back_to_faster_whisper_and_says_so():
-    from build.align import transcribe_and_align
-
     # The real load: torchaudio's download fails offline, so faster-whisper times the words.
     out = transcribe_and_align({"audio_path": [RAVDESS], "start": [0.0], "end": [7.0]}, aligner="whisperx", **ASR)
     assert out["asr_error"] == [None]
@@ -210,8 +212,8 @@ def _tiny_align_model():
 def test_whisperx_aligner_with_an_align_model_times_every_word_offline(monkeypatch):
     """WhisperX's batched transcription and align() run for real (align() needs NLTK's punkt_tab,
     which is not installed here); only the align model's weights are random instead of downloaded."""
-    from build import devices
-    from build.align import align_model_key, transcribe_and_align
+    from build.core import devices
+    from build.stages.align import align_model_key
 
     monkeypatch.setitem(devices._CACHE, align_model_key("en", "cpu"), _tiny_align_model())
     out = transcribe_and_align({"audio_path": [RAVDESS], "start": [SEGMENT[0]], "end": [SEGMENT[1]]}, aligner="whisperx", **ASR)
@@ -226,7 +228,5 @@ def test_whisperx_aligner_with_an_align_model_times_every_word_offline(monkeypat
 
 
 def test_unknown_aligner_is_refused():
-    from build.align import transcribe_and_align
-
     with pytest.raises(ValueError, match="unknown aligner 'mfa'"):
         transcribe_and_align({"audio_path": [], "start": [], "end": []}, aligner="mfa", **ASR)

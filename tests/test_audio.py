@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-
-from build.audio import AudioError, decode_span, iter_blocks, probe_duration
 from conftest import AMI, APOLLO, ravdess_recording
+
+from build.sources.audio import AudioError, decode_span, iter_blocks, probe_duration
 
 
 @pytest.mark.parametrize("path", [AMI, ravdess_recording(1)], ids=["ami", "ravdess"])
@@ -23,7 +23,7 @@ def test_a_recording_that_ends_on_a_block_edge_has_no_empty_block():
 
 def test_resampled_source_keeps_its_length_in_blocks():
     # apollo11.mp3 is 8 kHz: FFmpeg resamples, and torchcodec 0.7 shifts each later block by its
-    # resampler delay (see build.audio); the total length and the first block still match.
+    # resampler delay (see build.sources.audio); the total length and the first block still match.
     whole = decode_span(str(APOLLO))
     blocks = [b for _, b in iter_blocks(str(APOLLO), block_s=7.0)]
     assert sum(len(b) for b in blocks) == len(whole)

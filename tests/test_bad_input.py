@@ -11,10 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-
-from build import ingest, pipeline, segment
-from build.audio import decode_span
 from conftest import AMI
+
+from build import pipeline
+from build.sources import ingest
+from build.sources.audio import decode_span
+from build.stages import segment
 
 SPEECH_S = 8.0
 SHORT = {"status": "dropped", "stage": "length", "reason": "shorter than 30 s"}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import RAVDESS_CLIPS, REPO, SAMPLES, ravdess_clips, ravdess_recording
 
-from build import calibrate as calib
-from build.audio import probe_duration
-from build.config import Config
-from build.schema import EMOTION_LABELS
+from build.commands import calibrate as calib
+from build.core.config import Config
+from build.core.schema import EMOTION_LABELS
+from build.sources.audio import probe_duration
 
 RAVDESS_FILES = REPO / "tests" / "data" / "ravdess"
 # The tiny valence model answers about 0.01 everywhere: x near 1 (v_neg_max = 1 - x) moves the cells apart.

@@ -9,14 +9,25 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-
-from build import categories
-from build.categories import (
-    BATCH, CATEGORIES, DATA, MODES, accuracy, categorise, categorise_question, classify, cross_validated,
-    offline_model, parse_reply, read_labelled, request_for,
-)
-from build.llm import LlmClient
 from openai_stub import OpenAIStub, Reply
+
+from build.models import categories
+from build.models.categories import (
+    BATCH,
+    CATEGORIES,
+    DATA,
+    MODES,
+    accuracy,
+    categorise,
+    categorise_question,
+    classify,
+    cross_validated,
+    offline_model,
+    parse_reply,
+    read_labelled,
+    request_for,
+)
+from build.models.llm import LlmClient
 
 E, S, R, O = CATEGORIES
 HELD_OUT = Path(__file__).parent / "data"
@@ -75,7 +86,7 @@ def test_training_data_is_large_balanced_and_apart_from_the_held_out_questions()
     rows = read_labelled(DATA)
     counts = {c: sum(1 for _, label in rows if label == c) for c in CATEGORIES}
     assert len(rows) >= 300 and min(counts.values()) >= 50, counts
-    assert DATA == Path(categories.__file__).parent / "data" / "categories.jsonl"  # shipped inside build/
+    assert DATA == Path(categories.__file__).parents[1] / "data" / "categories.jsonl"  # shipped inside build/
     trained_on = {q.lower() for q, _ in rows}
     for path, minimum in ((TUNED, 48), (UNSEEN, 56)):
         held_out = read_labelled(path)
@@ -283,8 +294,8 @@ def test_parse_reply_wants_exactly_n_known_categories():
 
 
 def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
-    from build.categories import client_for, llm_model
-    from build.config import Config
+    from build.core.config import Config
+    from build.models.categories import client_for, llm_model
 
     qa = Config().qa
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -300,8 +311,8 @@ def test_the_llm_categorises_only_with_a_configured_endpoint(monkeypatch):
 
 
 def test_preflight_accepts_every_categoriser_mode():
-    from build.config import Config
-    from build.preflight import check_config
+    from build.commands.preflight import check_config
+    from build.core.config import Config
 
     assert MODES == ("auto", "llm", "embeddings", "rules")
     for mode in MODES:

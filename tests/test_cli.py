@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from openai_stub import OpenAIStub
 
 import cpqa
-from openai_stub import OpenAIStub
 
 SECRET = "sk-test-never-written-anywhere"
 PAIRS = [

@@ -1,12 +1,16 @@
 import dataclasses
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from build import pipeline, schema
-from build.calibrate import X_GRID, Y_GRID, parse_grid
-from build.condense import (
+from build import pipeline
+from build.commands.calibrate import X_GRID, Y_GRID, parse_grid
+from build.core.config import PAPER_ALPHA, Config
+from build.core.work import WorkDir, fingerprint
+from build.pipeline.steps import Condense
+from build.stages.condense import (
     balanced_sample,
     consistent_mask,
     count_occurrences,
@@ -16,8 +20,6 @@ from build.condense import (
     occurrence_labels,
     primary_label,
 )
-from build.config import PAPER_ALPHA, Config
-from build.work import WorkDir, fingerprint
 
 X, Y = 0.5, 0.4  # the paper's best: v_pos_min 0.5, v_neg_max 0.5, neutral band [0.4, 0.6]
 
@@ -135,10 +137,10 @@ def _condensation_files(folder, config: Config) -> tuple[bytes, bytes]:
         _labelled_segment(3, ["neutral"] * 5),  # passes nothing
     ]
     segments = {name: [row.get(name) for row in rows] for name in rows[0]}
-    columns, features, counts, dropped = pipeline._condense(segments, config)
-    fp = fingerprint("condense", pipeline.stage_params(config)["condense"], ["label-fp", "r00000"])
+    result = Condense().run(segments, SimpleNamespace(config=config), lambda seconds: None)
+    fp = fingerprint("condense", pipeline.step_params(config)["condense"], ["label-fp", "r00000"])
     work = WorkDir(folder)
-    work.write("condense", "r00000", fp, columns, features, stats={"counts": counts}, dropped=dropped)
+    work.write("condense", "r00000", fp, result.columns, result.features, stats={"counts": result.counts}, dropped=result.dropped)
     output, dropped_rows = work.output("condense", "r00000"), work.dropped_path("condense", "r00000")
     return output.read_bytes(), dropped_rows.read_bytes()
 
@@ -187,7 +189,7 @@ def test_stage_fingerprints_ignore_the_order_of_every_config_mapping():
         mapping = getattr(getattr(config, section), key)
         setattr(getattr(reordered, section), key, dict(reversed(mapping.items())))
     assert list(reordered.condense.alpha) != list(config.condense.alpha)
-    fingerprints = [{s: fingerprint(s, p) for s, p in pipeline.stage_params(c).items()}
+    fingerprints = [{s: fingerprint(s, p) for s, p in pipeline.step_params(c).items()}
                     for c in (config, reordered)]
     assert fingerprints[0] == fingerprints[1]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from build.config import PAPER_ALPHA, Config, paper_config, tiny_config
+from build.core.config import PAPER_ALPHA, Config, paper_config, tiny_config
 
 
 def test_paper_defaults():

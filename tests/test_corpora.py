@@ -2,8 +2,8 @@
 
 import pytest
 
-from build.corpora import CORPORA, normalise_labels
-from build.schema import EMOTION_LABELS
+from build.core.schema import EMOTION_LABELS
+from build.sources.corpora import CORPORA, normalise_labels
 
 LISTED = ("iemocap", "meld", "crema-d", "ravdess", "emodb", "tess", "savee", "cmu-mosei", "emowoz", "msp-podcast", "empatheticdialogues")
 

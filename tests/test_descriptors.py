@@ -1,4 +1,4 @@
-"""Acoustic descriptors (build.descriptors) against facts about real and synthetic audio, and the levels."""
+"""Acoustic descriptors (build.stages.descriptors) against facts about real and synthetic audio, and the levels."""
 
 import math
 import statistics
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import syllables
-
-from build import descriptors as d
-from build.schema import DESCRIPTORS_OUTPUT
 from conftest import ravdess_clips, ravdess_recording
+
+from build.core.schema import DESCRIPTORS_OUTPUT
+from build.stages import descriptors as d
 
 SR = 16_000
 ACTORS = (1, 2, 3, 4, 5, 6)
@@ -172,8 +172,8 @@ def test_rate_is_null_without_words_syllables_or_english():
 @pytest.fixture(scope="module")
 def tempo_rates(tmp_path_factory):
     """Actor 1's four-clip segment as it is and through FFmpeg's atempo 0.8 and 1.25; per version the
-    speaking rate over the speech regions silero-vad finds (build.segment), with the clips' own text."""
-    from build.segment import detect_speech
+    speaking rate over the speech regions silero-vad finds (build.stages.segment), with the clips' own text."""
+    from build.stages.segment import detect_speech
 
     folder = tmp_path_factory.mktemp("tempo")
     source = folder / "segment.wav"

@@ -11,8 +11,9 @@ int8 Whisper kernels round differently with another one (see README, "Bad input 
 import shutil
 
 from audited_build import audited_config
-from build import pipeline
 from openai_stub import OpenAIStub, Reply
+
+from build import pipeline
 
 
 def _parquet_files(root):

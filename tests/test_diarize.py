@@ -2,9 +2,10 @@
 per-speaker transcripts, and the diarization error rate of RTTM-shaped input (pyannote.metrics)."""
 
 import pytest
-
-from build import diarize
 from conftest import SAMPLES
+
+from build.core.config import AsrConfig
+from build.models import diarize
 
 RTTM = SAMPLES / "ami_es2004_excerpt.rttm"
 # Which transcript is whose (from what each says when, against the RTTM's turns): D speaks the long
@@ -111,7 +112,7 @@ def test_diarization_without_a_token_is_refused_with_what_to_do(monkeypatch):
 
 
 def test_speaker_turns_reach_the_prompt_in_clip_time():
-    from build.qa import render_messages
+    from build.stages.qa import render_messages
 
     words = [
         {"word": "hello", "start": 10.5, "end": 11.0, "score": 0.9, "speaker": "SPEAKER_00", "emotion": "happy", "gender": "female"},
@@ -128,8 +129,9 @@ def test_speaker_turns_reach_the_prompt_in_clip_time():
 def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
     """The ASR map with diarize=True: the pyannote pipeline is replaced by the excerpt's RTTM (turns in
     segment time), the rest is the real code (bundled tiny.en, faster-whisper word times)."""
-    from build import align
     from conftest import AMI
+
+    from build.stages import align
 
     start, end = 20.0, 50.0
     reference = diarize.read_rttm(RTTM)
@@ -140,22 +142,21 @@ def test_diarization_in_the_asr_stage_puts_a_speaker_on_each_word(monkeypatch):
         return [{**t, "start": t["start"] - start, "end": t["end"] - start} for t in reference if t["end"] > start and t["start"] < end]
 
     monkeypatch.setattr(align, "diarize_audio", rttm_turns)
-    out = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, device="cpu", diarize=True)
+    out = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, diarize=True), device="cpu")
     assert out["asr_error"] == [None] and seen == [16_000 * 30]
     assert out["n_speakers"] == [4]  # FEE013, FEE016, MEE014, MEO015 all have a turn in 20-50 s
     words = out["words"][0]
     assert words and all("speaker" in w for w in words)
     expected = diarize.join_speakers([{k: w[k] for k in ("word", "start", "end")} for w in words], reference)  # the same join in recording time
     assert [w["speaker"] for w in words] == [w["speaker"] for w in expected]
-    off = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1, device="cpu")
+    off = align.transcribe_and_align({"audio_path": [str(AMI)], "start": [start], "end": [end]}, AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="en", compute_type="int8", batch_size=1), device="cpu")
     assert off["n_speakers"] == [None] and all("speaker" not in w for w in off["words"][0])
 
 
 def test_split_by_speaker_is_refused_even_with_diarization(tmp_path):
     from build import pipeline
-    from build.config import paper_config
-
-    from build.preflight import PreflightError
+    from build.commands.preflight import PreflightError
+    from build.core.config import paper_config
 
     config = paper_config().with_overrides(["export.split_by=speaker", "asr.diarize=true"])
     with pytest.raises(PreflightError, match=r"export.split_by=speaker: diarization labels speakers per clip"):

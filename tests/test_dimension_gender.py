@@ -19,23 +19,23 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
-from build.audio import decode_span
-from build.batching import batch_plan
-from build.dimension import (
+from build.core.schema import DIMENSIONAL_OUTPUT, DIMENSIONS, GENDER_LABELS, GENDER_OUTPUT
+from build.models.batching import batch_plan
+from build.models.dimension import (
     MspDimensionModel,
     dimension_columns,
     label_dimensions,
     load_dimension_model,
 )
-from build.gender import gender_from_logits, gender_label_indices, label_gender, load_gender_model
-from build.schema import DIMENSIONAL_OUTPUT, DIMENSIONS, GENDER_LABELS, GENDER_OUTPUT
-from build.tiny.classifiers import (
+from build.models.gender import gender_from_logits, gender_label_indices, label_gender, load_gender_model
+from build.models.tiny.classifiers import (
     build_tiny_dimension_model,
     build_tiny_gender_model,
     tiny_dimension_config,
     tiny_feature_extractor,
     tiny_gender_config,
 )
+from build.sources.audio import decode_span
 
 REAL_EMOTION_SPEECH = Path(__file__).resolve().parent / "data" / "ravdess"
 # RAVDESS, 48 kHz: actor 01 (male) and 02 (female), neutral and angry; 3.3-4.3 s each.

@@ -2,9 +2,12 @@
 
 import pyarrow.parquet as pq
 import pytest
-
 from audited_build import PAIRS
-from build import condense, ingest, pipeline, postfilter, qa, segment
+
+from build import pipeline
+from build.core import schema
+from build.sources import ingest
+from build.stages import condense, postfilter, qa, segment
 
 
 def _dropped(out) -> dict[str, list[dict]]:
@@ -66,5 +69,5 @@ def test_the_ledger_accounts_for_every_file(audited_build):
 
 @pytest.mark.parametrize("stage", ["ingest", "vad", "length", "pairs"])
 def test_the_audit_files_have_the_dropped_schema(audited_build, stage):
-    schema = pq.read_schema(audited_build.out / "work" / "dropped" / f"{stage}.parquet")
-    assert schema.names == list(pipeline.schema.DROPPED)
+    written = pq.read_schema(audited_build.out / "work" / "dropped" / f"{stage}.parquet")
+    assert written.names == list(schema.DROPPED)

@@ -14,15 +14,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from build import emotion
-from build.audio import SAMPLE_RATE, decode_span
-from build.emotion import average_posteriors, label_categorical_emotion, parse_emotion_label, scores_in_label_order
-from build.errors import span_label
-from build.models import funasr_side_effects_contained
-from build.schema import EMOTION_LABELS
-from build.tiny.emotion2vec import EMOTION2VEC_TOKENS, build_tiny_emotion2vec, tiny_emotion2vec_config
 from conftest import AMI, ravdess_recording
+
+from build.core.errors import span_label
+from build.core.schema import EMOTION_LABELS
+from build.models import emotion
+from build.models.base import funasr_side_effects_contained
+from build.models.emotion import (
+    average_posteriors,
+    label_categorical_emotion,
+    parse_emotion_label,
+    scores_in_label_order,
+)
+from build.models.tiny.emotion2vec import EMOTION2VEC_TOKENS, build_tiny_emotion2vec, tiny_emotion2vec_config
+from build.sources.audio import SAMPLE_RATE, decode_span
 
 # RAVDESS clips bundled in tests/data/ravdess (48 kHz mono FLAC, 3-4.3 s); decode_spans resamples them to 16 kHz.
 REAL_EMOTION_SPEECH = Path(__file__).resolve().parent / "data" / "ravdess"

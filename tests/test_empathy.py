@@ -5,9 +5,14 @@ import json
 
 import numpy as np
 import pytest
+from openai_stub import OpenAIStub, Reply
 
-from build import devices, empathy
-from build.empathy import (
+from build.core import devices
+from build.core.config import EmpathyConfig, QaConfig
+from build.core.schema import EMOTION_LABELS
+from build.publishing import licences
+from build.stages import empathy
+from build.stages.empathy import (
     FAMILIES,
     context_turns,
     family_of,
@@ -21,8 +26,6 @@ from build.empathy import (
     sentence_spans,
     target_emotions,
 )
-from build.schema import EMOTION_LABELS
-from openai_stub import OpenAIStub, Reply
 
 
 def words_of(*sentences, start=10.0, step=0.5, speaker=None):
@@ -234,7 +237,13 @@ def run(stub, rows, tmp_path, **overrides):
         demos_per_sample=2, max_response_chars=200, pause_s=0.7, temperature=0.7, max_tokens=300, structured_output="text",
         concurrency=2, max_retries=0, timeout_s=10,
     )  # fmt: skip
-    return generate_empathy(batch_of(rows), **{**kwargs, **overrides})
+    return generate_empathy(batch_of(rows), **sections(**{**kwargs, **overrides}))
+
+
+def sections(*, base_url, cache_dir, model, api_key_env, concurrency, max_retries, timeout_s, **empathy) -> dict:
+    """generate_empathy's arguments from flat settings: the empathy section, the QA section's endpoint."""
+    qa = QaConfig(model=model, api_key_env=api_key_env, concurrency=concurrency, max_retries=max_retries, timeout_s=timeout_s)
+    return {"empathy": EmpathyConfig(**empathy), "qa": qa, "base_url": base_url, "cache_dir": cache_dir}
 
 
 def test_generation_writes_exact_rows_and_records_every_failure(tmp_path):
@@ -300,9 +309,9 @@ def test_a_rerun_is_answered_from_the_cache(tmp_path):
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="empathy.strategy must be one of"):
-        generate_empathy(batch_of([clip_row()]), base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="random", demos_per_sample=1, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1)
+        generate_empathy(batch_of([clip_row()]), **sections(base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="random", demos_per_sample=1, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1))
     with pytest.raises(ValueError, match="demos_per_sample must be 1, 2 or 3, got 4"):
-        generate_empathy(batch_of([clip_row()]), base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="llm", demos_per_sample=4, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1)
+        generate_empathy(batch_of([clip_row()]), **sections(base_url="http://x", model="m", api_key_env="K", cache_dir=None, strategy="llm", demos_per_sample=4, max_response_chars=10, pause_s=0.7, temperature=0, max_tokens=1, structured_output="text", concurrency=1, max_retries=0, timeout_s=1))
 
 
 @pytest.mark.parametrize(
@@ -315,18 +324,19 @@ def test_bad_settings_are_named():
     ],
 )
 def test_bad_empathy_settings_fail_the_preflight(tiny_config, override, problem):
-    from build import preflight
+    from build.commands import preflight
 
     key = override.split("=")[0]
     assert preflight.check_config(tiny_config.with_overrides([override])) == [f"{problem}: fix it with --set {key}=... or in --config"]
 
 
 def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode(tmp_path):
+    from conftest import AMI
     from datasets import Dataset, load_dataset
 
-    from build import export, publish, schema
-    from build.config import ExportConfig
-    from conftest import AMI
+    from build.core import schema
+    from build.core.config import ExportConfig
+    from build.publishing import export, publish
 
     def sample(sid, rid, start):
         target = {"text": "Really?", "start": 1.0, "end": 1.5, "emotions": {"primary": "surprised", "secondary": None}}
@@ -350,7 +360,7 @@ def test_the_empathy_config_follows_the_segments_splits_and_the_publication_mode
     export.write_empathy(samples, tmp_path, {}, {}, ExportConfig(publish="metadata-only"))
     bare = load_dataset("parquet", data_files=str(tmp_path / "data" / "empathy" / "*.parquet"), split="train")
     assert "audio" not in bare.column_names and sorted(bare["id"]) == ["a-0000-empathy", "b-0000-empathy", "c-0000-empathy"]
-    assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {publish.source_sha256(str(AMI))}
+    assert set(bare["license"]) == {"other"} and set(bare["source_sha256"]) == {licences.source_sha256(str(AMI))}
     # rehydrate puts back exactly the audio a full build embeds
     report = publish.rehydrate(tmp_path, AMI.parent)  # into a copy beside tmp_path
     assert (report.rows, report.missing, report.changed) == (3, {}, {})

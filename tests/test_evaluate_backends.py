@@ -11,9 +11,9 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
+from openai_stub import OpenAIStub, Reply
 
 import cpqa
-from openai_stub import OpenAIStub, Reply
 
 SR = 16_000
 datasets.disable_progress_bars()  # as the CLI does before datasets is imported, so stderr holds only the error
@@ -276,7 +276,6 @@ def test_a_set_without_the_audiobench_columns_is_named(tmp_path, capsys):
 
 def test_the_metric_takes_a_served_model_as_a_dict(tmp_path):
     import evaluate
-
     from conftest import REPO
 
     metric = evaluate.load(str(REPO / "metrics" / "cpqa"), keep_in_memory=True)
@@ -409,7 +408,7 @@ BAD_PREDICTION_LINES = [
 
 @pytest.mark.parametrize(("content", "line", "problem"), BAD_PREDICTION_LINES)
 def test_a_bad_predictions_line_is_one_error_naming_file_and_line(tmp_path, content, line, problem):
-    from build.evaluate import read_predictions
+    from build.commands.evaluate import read_predictions
 
     path = tmp_path / "predictions.jsonl"
     path.write_bytes(content)
@@ -419,7 +418,7 @@ def test_a_bad_predictions_line_is_one_error_naming_file_and_line(tmp_path, cont
 
 
 def test_what_a_predictions_file_may_hold(tmp_path):
-    from build.evaluate import read_predictions
+    from build.commands.evaluate import read_predictions
 
     path = tmp_path / "predictions.jsonl"
     lines = [

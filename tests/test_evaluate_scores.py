@@ -5,11 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import REPO
+from openai_stub import OpenAIStub
 from scipy.stats import spearmanr
 
 import cpqa
-from conftest import REPO
-from openai_stub import OpenAIStub
 
 METRIC_DIR = REPO / "metrics" / "cpqa"
 

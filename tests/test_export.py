@@ -5,13 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import AMI, REPO
 from datasets import Dataset
 
-from build import export, pipeline, stats
-from build.audio import decode_span
-from build.config import paper_config
-from build.schema import EMOTION_LABELS
-from conftest import AMI, REPO
+from build import pipeline
+from build.core.config import paper_config
+from build.core.schema import EMOTION_LABELS
+from build.publishing import card, export, publish, stats
+from build.sources.audio import decode_span
 
 SPANS = [(2.0, 34.0), (20.5, 55.0)]
 
@@ -185,14 +186,14 @@ def test_a_rebuild_into_the_same_folder_loads_fresh(tmp_path):
         rows = export.segment_table(segments, models, counts)
         export.write_config(rows, out, "segments")
         export.write_config(rows.select([0]), out, "qa")
-        info = export.dataset_info_yaml(out)
+        info = card.dataset_info_yaml(out)
         (out / "README.md").write_text("---\n" + info + "\nconfigs:\n- config_name: segments\n  data_files:\n  - split: test\n    path: data/segments/test-*.parquet\n---\n")
         loaded.append(load_dataset(str(out), "segments", split="test")["n_pairs"][:])
     assert loaded == [[2, 1], [0, 0]]
 
 
 def test_files_to_upload_is_exactly_the_card_and_the_shards(built):
-    assert export.files_to_upload(built) == [
+    assert publish.files_to_upload(built) == [
         "README.md",
         "data/qa/test-00000-of-00001.parquet",
         "data/segments/test-00000-of-00001.parquet",
@@ -202,7 +203,7 @@ def test_files_to_upload_is_exactly_the_card_and_the_shards(built):
 
 def test_card_template_fields_must_all_be_given():
     with pytest.raises(KeyError, match=r"needs a value for \$n_pairs"):
-        export.render_card("pairs: $n_pairs", {})
+        card.render_card("pairs: $n_pairs", {})
 
 
 def test_push_uploads_exactly_those_files(built, monkeypatch):
@@ -222,20 +223,20 @@ def test_push_uploads_exactly_those_files(built, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    url = export.push(built, "you/cpqa")
+    url = publish.push(built, "you/cpqa")
     assert url == "https://huggingface.co/datasets/you/cpqa"
     assert calls["create"] == ("you/cpqa", "dataset", True)  # private by default
-    assert calls["upload"] == export.files_to_upload(built)
+    assert calls["upload"] == publish.files_to_upload(built)
     assert calls["token"] == "hf_secret"
 
 
 def test_local_model_folders_are_published_by_name_only(tmp_path):
-    assert export.public_model_id(str(tmp_path)) == f"local:{tmp_path.name}"
-    assert export.public_model_id("iic/emotion2vec_plus_large") == "iic/emotion2vec_plus_large"
+    assert card.public_model_id(str(tmp_path)) == f"local:{tmp_path.name}"
+    assert card.public_model_id("iic/emotion2vec_plus_large") == "iic/emotion2vec_plus_large"
 
 
 def test_a_build_id_of_digits_only_stays_the_same_string_in_the_card(tmp_path):
     """The card's YAML quotes the id: unquoted, 0000000000000123 would read back as the integer 123."""
     write(tmp_path, build_id="0000000000000123")
-    assert export.card_header(tmp_path)["cpqa_build_id"] == "0000000000000123"
-    assert export.check_current(tmp_path) == "0000000000000123"
+    assert card.card_header(tmp_path)["cpqa_build_id"] == "0000000000000123"
+    assert publish.check_current(tmp_path) == "0000000000000123"

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import AMI, APOLLO, ravdess_recording
 from datasets import Dataset
 
-from build.audio import decode_span, iter_blocks, probe_duration
-from build.ingest import list_recordings, probe_recordings
-from conftest import AMI, APOLLO, ravdess_recording
+from build.sources.audio import decode_span, iter_blocks, probe_duration
+from build.sources.ingest import list_recordings, probe_recordings
 
 
 def _probe(data):
@@ -99,7 +99,7 @@ def _hub(monkeypatch, root):
     from fsspec.implementations.dirfs import DirFileSystem
     from fsspec.implementations.local import LocalFileSystem
 
-    from build import audio
+    from build.sources import audio
 
     class CountingHub(DirFileSystem):
         bytes_read = 0
@@ -187,7 +187,7 @@ def test_hub_dataset_gives_parquet_references_reading_only_ids(tmp_path, monkeyp
     # the pipeline probes from 8 threads: the shared open files and caches must hold
     from concurrent.futures import ThreadPoolExecutor
 
-    from build import audio
+    from build.sources import audio
 
     refs = list(data["audio_path"])
     audio.clear_caches()

@@ -1,4 +1,4 @@
-"""Recording ids: a slug of the file name in any script, unique in every case (``build.ingest.slug``, ``unique_ids``)."""
+"""Recording ids: a slug of the file name in any script, unique in every case (``build.sources.ingest.slug``, ``unique_ids``)."""
 
 import hashlib
 import re
@@ -6,11 +6,11 @@ import string
 import unicodedata
 
 import pytest
-
-from build import ingest
-from build.ingest import list_recordings
 from conftest import AMI, APOLLO
 from test_ingest import _audio_table, _hub
+
+from build.sources import ingest
+from build.sources.ingest import list_recordings
 
 
 def _h(key: str) -> str:

@@ -1,8 +1,8 @@
-"""build.label: one decode per segment, windows sliced from it, each segment's windows in its own
+"""build.stages.label: one decode per segment, windows sliced from it, each segment's windows in its own
 length-sorted model batches.
 
 Real bundled audio (AMI at 16 kHz, a RAVDESS actor recording, Apollo 11 as an 8 kHz mp3 that the
-decoder resamples) and the tiny random-weight models of ``build.tiny``.
+decoder resamples) and the tiny random-weight models of ``build.models.tiny``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,22 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from build.dimension import label_dimensions
-from build.emotion import label_categorical_emotion
-from build.gender import label_gender
-from build.label import label_segments
-from build.schema import DIMENSIONS, EMOTION_LABELS, GENDER_LABELS, LABEL_OUTPUT, RAW_EMOTION_WINDOW, GENDER_WINDOW
-from build.windows import explode_windows, window_spans
 from conftest import AMI, APOLLO, ravdess_recording
+
+from build.core.config import WindowSpec
+from build.core.schema import (
+    DIMENSIONS,
+    EMOTION_LABELS,
+    GENDER_LABELS,
+    GENDER_WINDOW,
+    LABEL_OUTPUT,
+    RAW_EMOTION_WINDOW,
+)
+from build.core.windows import explode_windows, window_spans
+from build.models.dimension import label_dimensions
+from build.models.emotion import label_categorical_emotion
+from build.models.gender import label_gender
+from build.stages.label import label_segments
 
 # Every segment's windows reach both of its ends (a kept remainder, or context reaching the end),
 # so the window map functions, which decode the range covering a batch's windows, decode exactly
@@ -36,18 +44,13 @@ def rows(segments: dict[str, list], indices) -> dict[str, list]:
     return {name: [values[i] for i in indices] for name, values in segments.items()}
 
 
-def label(config, segments: dict[str, list], **overrides) -> dict[str, list]:
-    kwargs = dict(
-        emotion_window=dataclasses.asdict(config.emotion_window),
-        gender_window=dataclasses.asdict(config.gender_window),
-        emotion_models=list(config.models.emotion),
-        dimension_model=config.models.dimension,
-        gender_model=config.models.gender,
-        device="cpu",
-        batch_size=4,
-        loader_workers=0,
-    )
-    return label_segments(segments, **{**kwargs, **overrides})
+def label(config, segments: dict[str, list], on_segment_done=None, gender_window=None, **runtime) -> dict[str, list]:
+    """label_segments on CPU, batches of 4, decoding in-process; ``runtime`` overrides those settings."""
+    settings = {"device": "cpu", "batch_size": 4, "loader_workers": 0, **runtime}
+    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **settings))
+    if gender_window is not None:
+        config = dataclasses.replace(config, gender_window=WindowSpec(**gender_window))
+    return label_segments(segments, config, on_segment_done=on_segment_done)
 
 
 def spans(config, segments, i, which: str) -> list[tuple[float, float]]:
@@ -99,7 +102,7 @@ def test_labels_equal_those_of_the_window_map_functions(tiny_config, labelled):
 
         # FunASR runs every clip on its own, and the clip is the same slice of the same decode:
         # the scores are equal, not just close.
-        # pooled batches only reorder float32 sums (build.emotion pads with the mask FunASR uses)
+        # pooled batches only reorder float32 sums (build.models.emotion pads with the mask FunASR uses)
         np.testing.assert_allclose([w["emotion_scores"] for w in emotion_windows], categorical["emotion_scores"], rtol=0, atol=1e-6)
         assert [w["emotion"] for w in emotion_windows] == categorical["emotion"]
         # The transformers models get other batches here (other windows beside them, padding with

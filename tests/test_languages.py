@@ -13,11 +13,12 @@ import copy
 import json
 
 import pytest
-
-from build import devices
-from build.align import align_model_key, transcribe_and_align
-from build.audio import decode_span
 from conftest import AMI, ravdess_recording
+
+from build.core import devices
+from build.core.config import AsrConfig
+from build.sources.audio import decode_span
+from build.stages.align import align_model_key, transcribe_and_align
 
 SPANS = {"audio_path": [str(AMI), str(ravdess_recording(2))], "start": [0.0, 5.0], "end": [4.0, 9.0]}  # short: decoding random weights is slow
 SOT, ZH = 50258, 50260  # multilingual layout: <|startoftranscript|>, <|zh|>
@@ -43,7 +44,13 @@ def _multilingual_tokenizer():
 def multilingual_whisper(tmp_path_factory):
     import ctranslate2
     import torch
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     tokenizer, languages = _multilingual_tokenizer()
     assert len(languages) == 99 and tokenizer.token_to_id("<|zh|>") == ZH and tokenizer.token_to_id("<|startoftranscript|>") == SOT
@@ -95,7 +102,7 @@ def spies(monkeypatch):
 
 
 def _asr(model, language, aligner="whisperx"):
-    return transcribe_and_align(dict(SPANS), model=model, aligner=aligner, language=language, compute_type="int8", batch_size=2, device="cpu")
+    return transcribe_and_align(dict(SPANS), AsrConfig(model=model, aligner=aligner, language=language, compute_type="int8", batch_size=2), device="cpu")
 
 
 def test_the_tiny_model_is_multilingual_and_identifies_mandarin(multilingual_whisper):
@@ -117,7 +124,7 @@ def test_auto_identifies_each_segment_transcribes_and_aligns_in_its_language(mul
 
 
 def test_a_fixed_language_is_used_without_identification(multilingual_whisper, spies, monkeypatch):
-    from build import align
+    from build.stages import align
 
     monkeypatch.setattr(align, "_detect_language", lambda *a: pytest.fail("a fixed language needs no language id"))
     out = _asr(multilingual_whisper, "zh", aligner="faster-whisper")
@@ -141,12 +148,12 @@ def test_an_english_only_model_refuses_another_language():
 
 
 def test_an_english_only_model_says_english_in_auto_mode(spies):
-    out = transcribe_and_align({k: v[:1] for k, v in SPANS.items()}, model="bundled:tiny.en", aligner="faster-whisper", language="auto", compute_type="int8", batch_size=1, device="cpu")
+    out = transcribe_and_align({k: v[:1] for k, v in SPANS.items()}, AsrConfig(model="bundled:tiny.en", aligner="faster-whisper", language="auto", compute_type="int8", batch_size=1), device="cpu")
     assert out["language"] == ["en"] and spies["transcribe"] == ["en"]
 
 
 def test_qa_in_the_segment_language_or_in_english():
-    from build.qa import render_messages
+    from build.stages.qa import render_messages
 
     row = {"transcript": "你好", "language": "zh", "tagged_words": [], "primary_emotion": "happy", "emotions": ["happy"], "gender": "female"}
     segment = render_messages(row, 3, True, language="segment")[1]["content"]
@@ -159,9 +166,9 @@ def test_qa_in_the_segment_language_or_in_english():
 def test_the_card_lists_the_languages_with_counts(tmp_path):
     import yaml
     from datasets import Dataset
-
-    from build.config import paper_config
     from test_export import _segments, write
+
+    from build.core.config import paper_config
 
     rows = [{**row, "language": lang} for row, lang in zip(_segments().to_list(), ["zh", "en"])]
     write(tmp_path, paper_config(), segments=Dataset.from_list(rows))

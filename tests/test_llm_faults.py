@@ -9,12 +9,14 @@ import importlib
 import json
 
 import pytest
-
-from build import devices, postfilter
-from build.llm import LlmClient, cache_key
-from build.qa import generate_qa, load_prompt, prompt_fragments
-from metrics.cpqa import llm_client
 from openai_stub import FAULTS, Faults, OpenAIStub, Reply
+
+from build.core import devices
+from build.core.config import PostFilterConfig, QaConfig
+from build.models.llm import LlmClient, cache_key
+from build.stages import postfilter
+from build.stages.qa import generate_qa, load_prompt, prompt_fragments
+from metrics.cpqa import llm_client
 
 KEY_ENV = "CPQA_TEST_FAULTS_KEY"
 
@@ -50,10 +52,11 @@ def qa_reply(body: dict) -> str:
 
 def run_qa(base_url: str, rows: list[dict], cache_dir, max_retries: int = 5) -> dict:
     batch = {key: [row[key] for row in rows] for key in rows[0]}
-    return generate_qa(
-        batch, base_url=base_url, model="stub-model", api_key_env=KEY_ENV, cache_dir=str(cache_dir), pairs_per_segment=2, temperature=0.7,
-        max_tokens=200, structured_output="text", concurrency=4, max_retries=max_retries, timeout_s=10,
+    qa = QaConfig(
+        model="stub-model", api_key_env=KEY_ENV, pairs_per_segment=2, temperature=0.7, max_tokens=200, structured_output="text",
+        concurrency=4, max_retries=max_retries, timeout_s=10,
     )  # fmt: skip
+    return generate_qa(batch, qa, base_url=base_url, cache_dir=str(cache_dir))
 
 
 def test_qa_at_a_30_percent_fault_rate_equals_the_fault_free_run(tmp_path):
@@ -187,12 +190,13 @@ def test_a_transcript_that_hijacks_the_llm_cannot_get_its_pairs_trusted():
         "answer": ["Calm.", leaked_sentence, "x" * 601, "Fine.", "Her flight was late.", "Yes, extra."],
         "pair_index": [0, 1, 2, 3, 4, 6],
     }
-    reasons = postfilter.filter_reasons(pairs, transcript_words=["transcript"], min_answer_chars=2, max_question_chars=300, max_answer_chars=600, max_pairs=6, prompt_fragments=prompt_fragments())
+    pf = PostFilterConfig(transcript_words=["transcript"], min_answer_chars=2, max_question_chars=300, max_answer_chars=600)
+    reasons = postfilter.filter_reasons(pairs, pf, max_pairs=6, prompt_fragments=prompt_fragments())
     assert reasons["drop_reason"] == [None, postfilter.LEAKS_PROMPT, postfilter.TOO_LONG, postfilter.TOO_LONG, None, postfilter.EXTRA_PAIR]
 
 
 def test_pairs_of_the_wrong_shape_never_reach_the_table():
-    from build.qa import parse_qa
+    from build.stages.qa import parse_qa
 
     reply = json.dumps({"pairs": [
         {"question": "What is said?", "answer": {"text": "nested"}},
@@ -207,7 +211,6 @@ def test_pairs_of_the_wrong_shape_never_reach_the_table():
 @pytest.fixture(scope="module")
 def metric():
     import evaluate
-
     from conftest import REPO
 
     return evaluate.load(str(REPO / "metrics" / "cpqa"))

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from build import publish
-from build.ingest import list_recordings, read_records
+from build.publishing import licences
+from build.sources.ingest import list_recordings, read_records
 
 COLUMNS = ("license", "audio_path", "recording_id")
 ROWS = [{"license": "cc-by-nc-4.0", "audio_path": "one.wav", "recording_id": "first"},
@@ -29,14 +29,14 @@ def test_a_csv_with_a_byte_order_mark_keeps_its_first_column(tmp_path, order):
     data = list_recordings(manifest)
     assert data["recording_id"] == ["first", "second"]
     assert data["audio_path"] == [str(tmp_path / "one.wav"), str(tmp_path / "two.wav")]
-    assert publish.row_licences(manifest, list(data["audio_path"]), "cc-by-4.0") == ["cc-by-nc-4.0", "cc0-1.0"]
+    assert licences.row_licences(manifest, list(data["audio_path"]), "cc-by-4.0") == ["cc-by-nc-4.0", "cc0-1.0"]
 
 
 def test_a_jsonl_with_a_byte_order_mark_keeps_its_first_line(tmp_path):
     manifest = tmp_path / "list.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8-sig")
     assert list_recordings(manifest)["recording_id"] == ["first", "second"]
-    assert publish.row_licences(manifest, [str(tmp_path / "one.wav")], "cc-by-4.0") == ["cc-by-nc-4.0"]
+    assert licences.row_licences(manifest, [str(tmp_path / "one.wav")], "cc-by-4.0") == ["cc-by-nc-4.0"]
 
 
 def test_a_jsonl_line_without_the_path_names_the_file_and_line(tmp_path):

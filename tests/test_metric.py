@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import AMI, REPO, ravdess_recording
 from openai_stub import OpenAIStub, Reply
 
@@ -633,7 +632,7 @@ def test_ten_second_windows_are_labelled_as_such_in_the_results(metric):
 @pytest.fixture(scope="module")
 def tiny_qwen2_audio(tmp_path_factory) -> Path:
     """A random-weight Qwen2-Audio (hidden size 32) with a locally trained byte-level BPE tokenizer."""
-    from build.tiny.qwen2_audio import build_tiny_qwen2_audio
+    from build.models.tiny.qwen2_audio import build_tiny_qwen2_audio
 
     return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"), corpus=[*QUESTIONS, *REFERENCES])
 

@@ -8,12 +8,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from conftest import AMI, ravdess_recording
 
 from build import pipeline
-from build.audio import decode_span
-from build.config import PAPER_ALPHA
-from build.windows import window_spans
-from conftest import AMI, ravdess_recording
+from build.core import schema
+from build.core.config import PAPER_ALPHA
+from build.core.windows import window_spans
+from build.pipeline.columns import rows as rows_of
+from build.sources.audio import decode_span
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +190,7 @@ def test_a_build_where_nothing_survives_still_accounts_for_everything(tmp_path, 
     (folder / "empty.flac").write_bytes(b"")
     result = pipeline.build(folder, tiny_config, tmp_path / "out", progress=False)
     assert result.status == "nothing condensed"
-    assert len(result.segments) == 0 and result.segments.features == pipeline.schema.CONDENSED_SEGMENT
+    assert len(result.segments) == 0 and result.segments.features == schema.CONDENSED_SEGMENT
     assert [(e["recording_id"], e["status"], e["stage"]) for e in result.ledger] == [("empty", "failed", "ingest"), ("silence", "dropped", "vad")]
 
 
@@ -208,9 +210,9 @@ def _empathy_reply(request):
 
 def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_config, out):
     from datasets import load_dataset
-
-    from build import empathy, words
     from openai_stub import OpenAIStub
+
+    from build.stages import empathy, words
 
     with OpenAIStub(_empathy_reply) as stub:
         config = _config(tiny_config).with_overrides(
@@ -221,7 +223,7 @@ def test_the_empathy_output_is_built_resumed_and_loads(labelled, source, tiny_co
     # what the stage should keep follows from the transcribed clips and the target-span rule
     asr = pq.read_table(out / "work" / "asr" / "s00000.parquet").to_pydict()
     asr = {**asr, **words.tag_words(asr)}
-    prepared = {sid: empathy.prepare_sample(row, config.empathy.pause_s) for sid, row in zip(asr["segment_id"], pipeline._rows(asr))}
+    prepared = {sid: empathy.prepare_sample(row, config.empathy.pause_s) for sid, row in zip(asr["segment_id"], rows_of(asr))}
     expected = sorted(sid for sid, (sample, _) in prepared.items() if sample is not None)
     assert expected, "the bundled clips should yield at least one target utterance"
     assert first_requests == len(expected)

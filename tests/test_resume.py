@@ -20,7 +20,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import AMI, REPO, ravdess_recording
 from openai_stub import OpenAIStub
 

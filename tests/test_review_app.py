@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-
-from build.review.folder import open_build
-from build.review.store import Store
 from conftest import REPO
 from review_build import XSS, cached_review_build
+
+from build.commands.review.folder import open_build
+from build.commands.review.store import Store
 
 CHROMIUM = Path(
     "/usr/bin/chromium"

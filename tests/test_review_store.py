@@ -7,14 +7,14 @@ import sqlite3
 
 import pyarrow.parquet as pq
 import pytest
-
-from build.review import agreement
-from build.review.export import SECTION_END, SECTION_START, export_review
-from build.review.folder import NotReviewable, open_build
-from build.review.imports import ImportErrors, import_pairs
-from build.review.session import Review
-from build.review.store import Action, Store, problem
 from review_build import XSS, cached_review_build, write_review_build
+
+from build.commands.review import agreement
+from build.commands.review.export import SECTION_END, SECTION_START, export_review
+from build.commands.review.folder import NotReviewable, open_build
+from build.commands.review.imports import ImportErrors, import_pairs
+from build.commands.review.session import Review
+from build.commands.review.store import Action, Store, problem
 
 
 @pytest.fixture
@@ -573,7 +573,7 @@ REASONING = "contextual paralinguistic reasoning"
 
 
 def test_a_real_build_is_reviewed_and_exported(real_reviewed):
-    from build.export import files_to_upload
+    from build.publishing.publish import files_to_upload
 
     out, review, rows, section, before = real_reviewed
     clip = review.build.clips[0]
@@ -594,8 +594,9 @@ def test_a_real_build_is_reviewed_and_exported(real_reviewed):
 def test_evaluate_scores_the_llm_and_the_human_set_of_one_folder(real_reviewed, tmp_path):
     import json
 
-    import cpqa
     from openai_stub import OpenAIStub
+
+    import cpqa
 
     out, review, *_ = real_reviewed
     clip = review.build.clips[0].segment_id
@@ -623,8 +624,9 @@ def test_evaluate_scores_the_llm_and_the_human_set_of_one_folder(real_reviewed, 
 
 
 def test_rehydrate_restores_the_audio_of_the_reviewed_configs_of_a_metadata_only_build(tmp_path):
-    from build.publish import rehydrate
     from conftest import AMI, ravdess_recording
+
+    from build.publishing.publish import rehydrate
 
     out = write_review_build(tmp_path / "meta", publish="metadata-only")
     copy = tmp_path / "copy"
@@ -692,7 +694,7 @@ def test_review_of_a_folder_that_is_no_build_ends_in_one_line(tmp_path, capsys):
 
 
 def test_auth_files_and_variables(tmp_path, monkeypatch):
-    from build.review.serve import AccessRefused, check_access, read_auth
+    from build.commands.review.serve import AccessRefused, check_access, read_auth
 
     users = tmp_path / "users"
     users.write_text("# who\nalice:s3cret\n\n bob :pa:ss\n")

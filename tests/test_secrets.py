@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
-
 from conftest import REPO, ravdess_recording
 from openai_stub import OpenAIStub, Reply
 

@@ -1,11 +1,12 @@
 import pytest
-
-from build.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
 from conftest import AMI, APOLLO, ravdess_recording
+
+from build.core.config import VadConfig
+from build.stages.segment import detect_speech, explode_segments, length_drop_reason, merge_speech
 
 
 def _vad(paths, **kwargs):
-    return detect_speech({"audio_path": [str(p) for p in paths], "error": [None] * len(paths)}, **kwargs)
+    return detect_speech({"audio_path": [str(p) for p in paths], "error": [None] * len(paths)}, VadConfig(**kwargs))
 
 
 def _silero_whole_file(path):
@@ -13,7 +14,7 @@ def _silero_whole_file(path):
     import torch
     from silero_vad import get_speech_timestamps, load_silero_vad
 
-    from build.audio import decode_span
+    from build.sources.audio import decode_span
 
     stamps = get_speech_timestamps(torch.from_numpy(decode_span(str(path))), load_silero_vad(), sampling_rate=16_000)
     return [{"start": s["start"] / 16_000, "end": s["end"] / 16_000} for s in stamps]
@@ -127,7 +128,7 @@ def test_explode_segments_derives_ids():
 def test_vad_runs_on_one_thread_and_gives_the_process_its_threads_back(monkeypatch):
     import torch
 
-    from build import segment
+    from build.stages import segment
 
     seen = []
     real = segment.speech_probabilities

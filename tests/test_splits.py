@@ -3,10 +3,10 @@ seed, near the asked fractions; written as Hub splits that load_dataset reads; s
 
 import pyarrow.parquet as pq
 import pytest
-
-from build import splits
-from build.config import paper_config
 from test_export import _segments, write
+
+from build.core.config import paper_config
+from build.publishing import splits
 
 
 def _recordings(n_recordings: int, clips_each: int) -> list[list[str]]:

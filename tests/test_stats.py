@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from build import stats
+from build.publishing import stats
 
 QA_A = ["emotion"] * 5 + ["speaker"] * 2 + ["contextual paralinguistic reasoning"] * 3 + ["other"] * 2
 SEG_A = {"primary_emotion": ["sad", "sad", "happy", None], "gender": ["female", "male", "female", None], "duration": [30.0, 34.99, 41.2, 59.9], "n_pairs": [3, 3, 4, 2]}

@@ -4,11 +4,12 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-
-from build import condense, pipeline
-from build.config import PAPER_ALPHA
 from conftest import ravdess_recording
 from openai_stub import OpenAIStub
+
+from build import pipeline
+from build.core.config import PAPER_ALPHA
+from build.stages import condense, qa
 
 PAIRS = "Q: How does the speaker feel?\nA: Afraid.\nQ: Is the speaker male or female?\nA: Male."
 QUOTA = 2
@@ -33,16 +34,16 @@ def _config(tiny_config, stub_url, rounds):
 def builds(source, tiny_config, tmp_path_factory):
     """One output folder built three times: no top-up, one round, two rounds; the QA stub loses chosen segments."""
     out = tmp_path_factory.mktemp("topup-out")
-    real = pipeline.qa.generate_qa
+    real = qa.generate_qa
     lose: set[str] = set()
 
-    def losing_qa(batch, **kwargs):
-        result = real(batch, **kwargs)
+    def losing_qa(batch, *args, **kwargs):
+        result = real(batch, *args, **kwargs)
         result["qa_pairs"] = [[] if sid in lose else pairs for sid, pairs in zip(batch["segment_id"], result["qa_pairs"])]
         return result
 
     with OpenAIStub(lambda request: PAIRS) as stub, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.qa, "generate_qa", losing_qa)
+        mp.setattr(qa, "generate_qa", losing_qa)
         pipeline.build(source, _config(tiny_config, stub.base_url, 0), out, stop_after="condense", progress=False)
         # every candidate, as condensation wrote them (the sample holds only the quota)
         tables = [pq.read_table(p).to_pydict() for p in sorted((out / "work" / "condense").glob("r*.parquet")) if "dropped" not in p.name]

@@ -1,6 +1,6 @@
 import pytest
 
-from build.windows import explode_windows, window_spans
+from build.core.windows import explode_windows, window_spans
 
 
 def test_31_second_segment_emotion_windows():

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, Features, Value, load_dataset
 
-from build.ranks import Ranks
-from build.schema import DROPPED
-from build.work import WorkDir, fingerprint, plan_shards, shard_name
+from build.core.ranks import Ranks
+from build.core.schema import DROPPED
+from build.core.work import WorkDir, fingerprint, plan_shards, shard_name
 
 ROWS = Features({"segment_id": Value("string"), "valence": Value("float32")})
 

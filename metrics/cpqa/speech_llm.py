@@ -412,46 +412,55 @@ def answer_questions(
     shows whether the answers needed the voice). ``progress(n)`` is told of every n windows answered.
     """
     backend = make_backend(model, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, dtype=dtype)
-    rate = backend.sampling_rate
-    cache = AnswerCache(cache_dir)
-    answers: list[list[Answer | None]] = [[] for _ in questions]
-    pending: list[tuple[int, int, str, str, np.ndarray, str]] = []  # (item, slot, window, question, samples, cache key)
-
-    def answer_batch(batch):
-        texts = _answer_or_fail(backend, batch, rate)
-        for (item, slot, window, _, _, key), text in zip(batch, texts):
-            if isinstance(text, BaseException):
-                answers[item][slot] = Answer(window, None, _first_line(text))
-            else:
-                cache.put(key, text)
-                answers[item][slot] = Answer(window, text)
-        if progress is not None:
-            progress(len(batch))
-
-    def flush():
-        pending.sort(key=lambda p: len(p[4]))
-        for start in range(0, len(pending), backend.batch_size):
-            answer_batch(pending[start : start + backend.batch_size])
-        pending.clear()
-
+    run = _Answering(backend, AnswerCache(cache_dir), [[] for _ in questions], progress)
     read_ahead = max(READ_AHEAD_WINDOWS, backend.batch_size)
     for item, (question, clip) in enumerate(zip(questions, audio)):
         try:
-            waveform = load_waveform(clip, rate, source_rate)
+            waveform = load_waveform(clip, backend.sampling_rate, source_rate)
         except Exception as exc:
-            answers[item].append(Answer(FULL, None, f"audio: {type(exc).__name__}: {exc}"))
+            run.answers[item].append(Answer(FULL, None, f"audio: {type(exc).__name__}: {exc}"))
             continue
         if silence:
             waveform = np.zeros_like(waveform)
-        for window, samples in audio_windows(waveform, rate, window_seconds):
-            key = AnswerCache.key(backend.name, backend.params, audio_sha256(samples), question)
-            cached = cache.get(key)
-            answers[item].append(Answer(window, cached, cached=True) if cached is not None else None)
-            if cached is None:
-                pending.append((item, len(answers[item]) - 1, window, question, samples, key))
-            elif progress is not None:
-                progress(1)
-        if len(pending) >= read_ahead:
-            flush()
-    flush()
-    return answers
+        for window, samples in audio_windows(waveform, backend.sampling_rate, window_seconds):
+            run.add(item, window, question, samples)
+        if len(run.pending) >= read_ahead:
+            run.flush()
+    run.flush()
+    return run.answers
+
+
+class _Answering:
+    """The answers of one ``answer_questions`` call: windows from the cache at once, the others pending
+    until a batch of similar lengths is answered (a failure stays on its window)."""
+
+    def __init__(self, backend, cache: AnswerCache, answers: list[list], progress: Callable[[int], None] | None):
+        self.backend, self.cache, self.answers, self.progress = backend, cache, answers, progress
+        self.pending: list[tuple[int, int, str, str, np.ndarray, str]] = []  # item, slot, window, question, samples, key
+
+    def add(self, item: int, window: str, question: str, samples: np.ndarray) -> None:
+        key = AnswerCache.key(self.backend.name, self.backend.params, audio_sha256(samples), question)
+        cached = self.cache.get(key)
+        self.answers[item].append(Answer(window, cached, cached=True) if cached is not None else None)
+        if cached is None:
+            self.pending.append((item, len(self.answers[item]) - 1, window, question, samples, key))
+        elif self.progress is not None:
+            self.progress(1)
+
+    def flush(self) -> None:
+        self.pending.sort(key=lambda p: len(p[4]))
+        size = self.backend.batch_size
+        for start in range(0, len(self.pending), size):
+            self._answer(self.pending[start : start + size])
+        self.pending.clear()
+
+    def _answer(self, batch) -> None:
+        texts = _answer_or_fail(self.backend, batch, self.backend.sampling_rate)
+        for (item, slot, window, _, _, key), text in zip(batch, texts):
+            if isinstance(text, BaseException):
+                self.answers[item][slot] = Answer(window, None, _first_line(text))
+            else:
+                self.cache.put(key, text)
+                self.answers[item][slot] = Answer(window, text)
+        if self.progress is not None:
+            self.progress(len(batch))
