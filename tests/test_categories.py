@@ -158,7 +158,7 @@ GOOD = [{"question": f"{c} question {i}?", "category": c} for c in CATEGORIES fo
     [
         ([GOOD[0], "", '{"question": "cut off', GOOD[1]],
          ":3: not a JSON object (Unterminated string starting at)"),
-        ([GOOD[0], '["How?", "emotion"]'], ":2: not a JSON object"),
+        ([GOOD[0], '["How?", "emotion"]'], ":2: not a JSON object (a JSON list)"),
         ([GOOD[0], {"question": "  ", "category": E}], ':2: no "question" text'),
         ([GOOD[0], {"category": E}], ':2: no "question" text'),
         ([{"question": "How?", "category": "feelings"}],

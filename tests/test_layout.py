@@ -31,7 +31,7 @@ LONG_MODULES = {
     "build/commands/evaluate.py": 583,
     "build/core/config.py": 402,
     "build/sources/audio.py": 489,
-    "build/sources/ingest.py": 460,
+    "build/sources/ingest.py": 454,
     "build/stages/descriptors.py": 510,
     "build/stages/empathy.py": 450,
     "metrics/cpqa/judge.py": 440,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def first_line(exc: BaseException, with_type: bool = True) -> str:
     """``ValueError: the first line of its message`` (or the message alone with ``with_type=False``)."""
@@ -23,3 +25,14 @@ class PreflightError(RuntimeError):
         self.problems = list(problems)
         head = problems[0] if len(problems) == 1 else f"{problems[0]} [1 of {len(problems)} problems; --debug lists them all]"
         super().__init__("\n".join([head, *problems[1:]]))
+
+
+def json_object(line: str, where: str) -> dict:
+    """One JSONL line as a dict, or a ``ValueError`` starting with ``where`` (file and line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not a JSON object ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: not a JSON object (a JSON {type(record).__name__})")
+    return record

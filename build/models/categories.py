@@ -48,6 +48,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from ..core.errors import json_object
 from .embeddings import BUNDLED, embed
 from .llm import LlmClient
 from .llm_server import resolve_endpoint
@@ -114,12 +115,7 @@ def read_labelled(path: Path, every_category: bool = True) -> list[tuple[str, st
 
 
 def _labelled_row(line: str, where: str) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not a JSON object ({exc.msg})") from exc
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: not a JSON object")
+    record = json_object(line, where)
     question, category = record.get("question"), record.get("category")
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where}: no \"question\" text")

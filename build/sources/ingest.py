@@ -60,7 +60,7 @@ from typing import NamedTuple
 
 from datasets import Dataset, Features
 
-from ..core.errors import first_line
+from ..core.errors import first_line, json_object
 from ..core.schema import RECORDING
 from . import audio
 from .audio import AudioError, probe_duration
@@ -255,13 +255,7 @@ def read_rows(path: Path, what: str = "recordings") -> list[tuple[str, dict]]:
         rows = []
         for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from exc
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{n}: not a JSON object (a JSON {type(record).__name__})")
-                rows.append((f"line {n}", record))
+                rows.append((f"line {n}", json_object(line, f"{path}:{n}")))
     else:
         raise ValueError(f"{path}: expected a .csv or .jsonl file")
     if not rows:
